@@ -1,0 +1,29 @@
+//! Shard stores for qsfs: the `ShardStore` trait and its implementations. This crate depends on no other qsfs
+//! crate and knows nothing of segments, keys or metadata.
+//!
+//! - [`DirStore`] (`dir:/path`): one file per shard on a local or mounted disk; the embedded default.
+//! - [`RedisStore`] (`redis://`): shards as Redis strings.
+//! - [`ZdbStore`] (`zdb://`): shards in a 0-db namespace, user or sequential mode.
+//! - [`FaultyStore`]: wraps any store and injects failures on a plan.
+//! - [`StoreUri`] / [`open_store`]: from a config string to an `Arc<dyn ShardStore>`.
+//! - `testing` (feature `testing`): a real redis-server launcher, a protocol-level 0-db server and the
+//!   conformance suite every store passes.
+
+pub mod dir;
+pub mod error;
+pub mod faulty;
+pub mod redis;
+pub mod store;
+pub mod uri;
+pub mod zdb;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use dir::DirStore;
+pub use error::{Result, StoreError};
+pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
+pub use redis::RedisStore;
+pub use store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity, verify_identity};
+pub use uri::{StoreUri, open_store};
+pub use zdb::{ZDB_MAX_VALUE, ZdbMode, ZdbStore};

@@ -1,0 +1,144 @@
+//! Human-readable output: `ls -l` lines and the `status` report.
+
+use qsfs::meta::{FileKind, Inode};
+use qsfs::volume::VolumeStatus;
+
+pub fn long_line(name: &str, inode: &Inode, target: Option<&[u8]>) -> String {
+    let kind = match inode.kind {
+        FileKind::File => '-',
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::Fifo => 'p',
+        FileKind::CharDevice => 'c',
+        FileKind::BlockDevice => 'b',
+        FileKind::Socket => 's',
+    };
+    let mut line = format!(
+        "{kind}{} {:>3} {:>5} {:>5} {:>12} {} {name}",
+        mode_string(inode.mode),
+        inode.nlink,
+        inode.uid,
+        inode.gid,
+        inode.size,
+        utc_time(inode.mtime_ns)
+    );
+    if let Some(t) = target {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(t));
+    }
+    line
+}
+
+fn mode_string(mode: u32) -> String {
+    let mut s = String::with_capacity(9);
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let x = bits & 1 != 0;
+        s.push(match (mode & special != 0, x) {
+            (true, true) => lower,
+            (true, false) => upper,
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC (days-to-civil conversion; no time zone database needed).
+pub fn utc_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+pub fn print_status(st: &VolumeStatus) {
+    println!("volume    {} (id {})", st.volume, st.volume_id);
+    println!(
+        "layout    {} data + {} parity shards, {} segments, write quorum {}",
+        st.data_shards,
+        st.parity_shards,
+        human_bytes(st.segment_size),
+        st.write_quorum
+    );
+    println!(
+        "contents  {} files, {} directories, {}",
+        st.files,
+        st.directories,
+        human_bytes(st.logical_bytes)
+    );
+    let s = &st.segments;
+    println!(
+        "segments  {} total: {} fully redundant, {} degraded, {} unreadable",
+        s.total, s.healthy, s.degraded, s.unreadable
+    );
+    if st.garbage_shards > 0 {
+        println!("garbage   {} shards awaiting deletion", st.garbage_shards);
+    }
+    println!("stores");
+    for store in &st.stores {
+        let state = if store.reachable { "up  " } else { "DOWN" };
+        let free = store
+            .free_bytes
+            .map(|f| format!(", {} free", human_bytes(f)))
+            .unwrap_or_default();
+        println!(
+            "  {:>3}  {state}  {:>8} shards  {:>10}{free}  {}",
+            store.id,
+            store.shards,
+            human_bytes(store.bytes),
+            store.uri
+        );
+        if let Some(e) = &store.error {
+            println!("         {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_and_modes() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00");
+        assert_eq!(utc_time(1_700_000_000 * 1_000_000_000), "2023-11-14 22:13");
+        assert_eq!(mode_string(0o755), "rwxr-xr-x");
+        assert_eq!(mode_string(0o4755), "rwsr-xr-x");
+        assert_eq!(mode_string(0o1777), "rwxrwxrwt");
+    }
+}

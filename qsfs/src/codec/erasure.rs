@@ -1,0 +1,148 @@
+//! The availability half of the segment codec: how a sealed segment is cut into k equal data shards and how the
+//! m parity shards are computed and used (reed-solomon-simd).
+//!
+//! Layout: the sealed bytes (ciphertext + tag) fill the data shards in order and the tail of the last ones is zero
+//! padding up to `k * shard_len`. `shard_len` is the smallest even length (at least 2, reed-solomon-simd's rule) that
+//! holds the sealed bytes, so it follows from the sealed length alone and decode can check it. Reconstruction runs
+//! only when a data shard is missing: the read path fetches data shards first, and with all of them present the
+//! segment is a plain concatenation.
+
+use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
+
+use crate::error::{QsfsError, Result};
+
+/// Data bytes per shard for a sealed segment of `stored_len` bytes over `k` data shards.
+pub fn shard_len_for(stored_len: u64, k: usize) -> u64 {
+    let per_shard = stored_len.div_ceil(k as u64);
+    (per_shard + per_shard % 2).max(2)
+}
+
+/// True when reed-solomon-simd can code `k` data and `m` parity shards.
+pub(super) fn supports(k: usize, m: usize) -> bool {
+    ReedSolomonEncoder::supports(k, m)
+}
+
+/// The `m` parity shards of the `k` data shards (each `shard_len` bytes).
+pub(super) fn parity(
+    k: usize,
+    m: usize,
+    shard_len: usize,
+    data_shards: &[&[u8]],
+) -> Result<Vec<Vec<u8>>> {
+    debug_assert_eq!(data_shards.len(), k);
+    let params_error =
+        |e: reed_solomon_simd::Error| QsfsError::CodecParams(format!("erasure coding: {e}"));
+    let mut encoder = ReedSolomonEncoder::new(k, m, shard_len).map_err(params_error)?;
+    for shard in data_shards {
+        encoder.add_original_shard(shard).map_err(params_error)?;
+    }
+    let result = encoder.encode().map_err(params_error)?;
+    Ok(result.recovery_iter().map(<[u8]>::to_vec).collect())
+}
+
+/// Fills in every missing data shard (indexes `0..k`) of `shards` (`k + m` entries, present ones already verified
+/// and `shard_len` long). Does nothing when all data shards are present. Uses data shards first and only as many
+/// parity shards as needed to reach `k`.
+pub(super) fn restore_data_shards(
+    segment: u64,
+    k: usize,
+    m: usize,
+    shard_len: usize,
+    shards: &mut [Option<Vec<u8>>],
+) -> Result<()> {
+    let missing: Vec<usize> = (0..k).filter(|&i| shards[i].is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let available = shards.iter().filter(|s| s.is_some()).count();
+    if available < k {
+        return Err(QsfsError::CorruptSegment {
+            segment,
+            reason: format!(
+                "only {available} of the {k} shards needed to reconstruct it are available"
+            ),
+        });
+    }
+    let corrupt = |e: reed_solomon_simd::Error| QsfsError::CorruptSegment {
+        segment,
+        reason: format!("erasure decoding: {e}"),
+    };
+    let mut decoder = ReedSolomonDecoder::new(k, m, shard_len).map_err(corrupt)?;
+    let mut fed = 0;
+    for (index, shard) in shards[..k].iter().enumerate() {
+        if let Some(shard) = shard {
+            decoder.add_original_shard(index, shard).map_err(corrupt)?;
+            fed += 1;
+        }
+    }
+    for (index, shard) in shards[k..].iter().enumerate() {
+        if fed == k {
+            break;
+        }
+        if let Some(shard) = shard {
+            decoder.add_recovery_shard(index, shard).map_err(corrupt)?;
+            fed += 1;
+        }
+    }
+    let result = decoder.decode().map_err(corrupt)?;
+    for index in missing {
+        let restored =
+            result
+                .restored_original(index)
+                .ok_or_else(|| QsfsError::CorruptSegment {
+                    segment,
+                    reason: format!("erasure decoding did not restore data shard {index}"),
+                })?;
+        shards[index] = Some(restored.to_vec());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_len_is_even_minimal_and_at_least_two() {
+        assert_eq!(shard_len_for(16, 4), 4);
+        assert_eq!(shard_len_for(17, 4), 6);
+        assert_eq!(shard_len_for(16, 10), 2);
+        assert_eq!(shard_len_for(1, 1), 2);
+        assert_eq!(shard_len_for(4 << 20, 4), 1 << 20);
+        for stored in 16..300u64 {
+            for k in 1..12 {
+                let len = shard_len_for(stored, k);
+                assert!(len.is_multiple_of(2) && len >= 2 && len * k as u64 >= stored);
+                assert!(
+                    len == 2 || (len - 2) * (k as u64) < stored,
+                    "not minimal: {stored} over {k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn restores_from_any_k() {
+        let (k, m, len) = (4, 2, 64);
+        let data: Vec<u8> = (0..k * len).map(|i| (i * 7 + 3) as u8).collect();
+        let data_shards: Vec<&[u8]> = data.chunks(len).collect();
+        let parity = parity(k, m, len, &data_shards).unwrap();
+        let all: Vec<Vec<u8>> = data.chunks(len).map(<[u8]>::to_vec).chain(parity).collect();
+        for lost_a in 0..k + m {
+            for lost_b in lost_a + 1..k + m {
+                let mut shards: Vec<Option<Vec<u8>>> = all.iter().cloned().map(Some).collect();
+                shards[lost_a] = None;
+                shards[lost_b] = None;
+                restore_data_shards(1, k, m, len, &mut shards).unwrap();
+                for (i, shard) in shards[..k].iter().enumerate() {
+                    assert_eq!(shard.as_deref(), Some(&all[i][..]));
+                }
+            }
+        }
+        let mut shards: Vec<Option<Vec<u8>>> = all.into_iter().map(Some).collect();
+        shards[0] = None;
+        shards[1] = None;
+        shards[5] = None;
+        assert!(restore_data_shards(1, k, m, len, &mut shards).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! The volume's config file `qsfs.toml`: one serde struct, unknown keys refused, human-readable sizes, and errors
+//! that name the file, the key and what was expected.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{QsfsError, Result};
+
+pub const CONFIG_FORMAT_VERSION: u32 = 1;
+
+/// A byte count written like `4MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> std::result::Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid size {text:?}: expected a whole number with an optional unit (B, KiB, MiB, GiB, TiB)")
+        })?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" | "k" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "KB" | "kB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("invalid size {text:?}: too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if n != 0 && n % (1u64 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        ByteSize::parse(s)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How the master key is obtained.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// 32 random bytes in the volume's `key` file (mode 0600).
+    File,
+    /// argon2id over a passphrase read from an environment variable.
+    Passphrase,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2Params {
+    /// Hex-encoded random salt.
+    pub salt: String,
+    pub m_cost_kib: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub source: KeySource,
+    /// A keyed hash proving a candidate master key is this volume's, without revealing it.
+    pub check: String,
+    /// Environment variable holding the passphrase (passphrase source only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argon2: Option<Argon2Params>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Stable slot number; also written into the store's identity marker.
+    pub id: u32,
+    pub uri: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub format_version: u32,
+    /// 16 random bytes, hex: bound into every segment's AEAD associated data and every store's marker.
+    pub volume_id: String,
+    pub data_shards: usize,
+    pub parity_shards: usize,
+    pub segment_size: ByteSize,
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Shards that must be durable before a segment is committed (K+1 ..= K+M).
+    pub write_quorum: usize,
+    pub key: KeyConfig,
+    pub stores: Vec<StoreConfig>,
+}
+
+fn default_zstd_level() -> i32 {
+    1
+}
+
+pub const MIN_SEGMENT_SIZE: u64 = 4 << 10;
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+
+impl VolumeConfig {
+    /// Reads and validates `path`. Every error is one line naming the file and, where there is one, the key.
+    pub fn load(path: &Path) -> Result<VolumeConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| QsfsError::io(format!("reading {}", path.display()), e))?;
+        let cfg: VolumeConfig = toml::from_str(&text).map_err(|e| config_error(path, &text, &e))?;
+        cfg.validate().map_err(|reason| QsfsError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("config serializes");
+        format!(
+            "# qsfs volume config. Edit store URIs if a server moves; never change ids, shards or volume_id.\n{body}"
+        )
+    }
+
+    pub fn volume_id_bytes(&self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        // validate() guarantees 32 hex digits.
+        hex::decode_to_slice(&self.volume_id, &mut id).expect("validated volume id");
+        id
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.format_version != CONFIG_FORMAT_VERSION {
+            return Err(format!(
+                "key `format_version`: expected {CONFIG_FORMAT_VERSION}, found {}",
+                self.format_version
+            ));
+        }
+        if self.volume_id.len() != 32 || hex::decode(&self.volume_id).is_err() {
+            return Err("key `volume_id`: expected 32 hex digits".into());
+        }
+        if self.data_shards == 0 {
+            return Err("key `data_shards`: expected at least 1".into());
+        }
+        if self.parity_shards == 0 {
+            return Err("key `parity_shards`: expected at least 1".into());
+        }
+        if self.data_shards + self.parity_shards > 255 {
+            return Err(
+                "keys `data_shards` + `parity_shards`: expected at most 255 shards in all".into(),
+            );
+        }
+        let total = self.data_shards + self.parity_shards;
+        if self.write_quorum <= self.data_shards || self.write_quorum > total {
+            return Err(format!(
+                "key `write_quorum`: expected {} ..= {total} (more than data_shards, at most data + parity), found {}",
+                self.data_shards + 1,
+                self.write_quorum
+            ));
+        }
+        let seg = self.segment_size.0;
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&seg) {
+            return Err(format!(
+                "key `segment_size`: expected {} ..= {}, found {}",
+                ByteSize(MIN_SEGMENT_SIZE),
+                ByteSize(MAX_SEGMENT_SIZE),
+                self.segment_size
+            ));
+        }
+        if !(-7..=22).contains(&self.zstd_level) {
+            return Err(format!(
+                "key `zstd_level`: expected -7 ..= 22, found {}",
+                self.zstd_level
+            ));
+        }
+        if self.stores.len() < total {
+            return Err(format!(
+                "key `stores`: {total} shards per segment need at least {total} stores so that no two shards of a segment share one; found {}",
+                self.stores.len()
+            ));
+        }
+        let mut ids: Vec<u32> = self.stores.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("key `stores`: two stores share an id".into());
+        }
+        let mut uris: Vec<&str> = self.stores.iter().map(|s| s.uri.as_str()).collect();
+        uris.sort_unstable();
+        if uris.windows(2).any(|w| w[0] == w[1]) {
+            return Err("key `stores`: the same store URI is listed twice".into());
+        }
+        for s in &self.stores {
+            qsfs_backends::StoreUri::parse(&s.uri)
+                .map_err(|e| format!("key `stores` (id {}): {e}", s.id))?;
+        }
+        match self.key.source {
+            KeySource::File => {}
+            KeySource::Passphrase if self.key.argon2.is_none() => {
+                return Err(
+                    "key `key.argon2`: expected salt and cost parameters for a passphrase volume"
+                        .into(),
+                );
+            }
+            KeySource::Passphrase => {}
+        }
+        Ok(())
+    }
+}
+
+/// Turns a toml error into one line: file, line, the offending line's text (which names the key) and the message.
+fn config_error(path: &Path, text: &str, err: &toml::de::Error) -> QsfsError {
+    let message = err.message().replace('\n', " ");
+    let reason = match err.span() {
+        Some(span) => {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!("line {line_no} (`{line}`): {message}")
+        }
+        None => message,
+    };
+    QsfsError::Config {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(ByteSize::parse("4MiB").unwrap(), ByteSize(4 << 20));
+        assert_eq!(ByteSize::parse("512KiB").unwrap(), ByteSize(512 << 10));
+        assert_eq!(ByteSize::parse("4096").unwrap(), ByteSize(4096));
+        assert_eq!(ByteSize::parse("1 GiB").unwrap(), ByteSize(1 << 30));
+        assert!(ByteSize::parse("4XB").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+        assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+}

@@ -1,0 +1,17 @@
+//! qsfs: a quantum-safe storage filesystem. Files are cut into segments; each segment is compressed, encrypted on
+//! the client, erasure-coded into K data + M parity shards and spread over append-only shard stores. Metadata lives
+//! in a local SQLite database. A `Volume` is the one object the CLI and the FUSE layer both drive.
+
+pub mod codec;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod keys;
+pub mod meta;
+pub mod pipeline;
+pub mod runtime;
+pub mod store_set;
+pub mod volume;
+
+pub use error::{QsfsError, Result};
+pub use volume::{InitOptions, Volume};

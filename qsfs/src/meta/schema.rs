@@ -1,0 +1,114 @@
+//! Schema versions and the migrations between them. A database newer than this binary is refused rather than
+//! guessed at.
+
+use rusqlite::Connection;
+
+use crate::error::{QsfsError, Result};
+
+/// Each entry upgrades the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: namespace, data map, stores.
+    r#"
+    CREATE TABLE inodes (
+        ino       INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind      INTEGER NOT NULL,
+        mode      INTEGER NOT NULL,
+        uid       INTEGER NOT NULL,
+        gid       INTEGER NOT NULL,
+        size      INTEGER NOT NULL DEFAULT 0,
+        nlink     INTEGER NOT NULL DEFAULT 0,
+        rdev      INTEGER NOT NULL DEFAULT 0,
+        atime_ns  INTEGER NOT NULL,
+        mtime_ns  INTEGER NOT NULL,
+        ctime_ns  INTEGER NOT NULL,
+        crtime_ns INTEGER NOT NULL,
+        target    BLOB
+    );
+    CREATE TABLE dirents (
+        parent INTEGER NOT NULL REFERENCES inodes(ino),
+        name   BLOB NOT NULL,
+        ino    INTEGER NOT NULL REFERENCES inodes(ino),
+        PRIMARY KEY (parent, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX dirents_by_ino ON dirents(ino);
+    CREATE TABLE xattrs (
+        ino   INTEGER NOT NULL REFERENCES inodes(ino) ON DELETE CASCADE,
+        name  BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE stores (
+        id         INTEGER PRIMARY KEY,
+        uri        TEXT NOT NULL,
+        state      INTEGER NOT NULL DEFAULT 0,
+        last_seen  INTEGER,
+        last_error TEXT
+    );
+    CREATE TABLE segments (
+        id         INTEGER PRIMARY KEY,
+        ino        INTEGER NOT NULL REFERENCES inodes(ino),
+        idx        INTEGER NOT NULL,
+        plain_len  INTEGER NOT NULL,
+        stored_len INTEGER NOT NULL,
+        shard_len  INTEGER NOT NULL,
+        nonce      BLOB NOT NULL,
+        flags      INTEGER NOT NULL,
+        UNIQUE (ino, idx)
+    );
+    CREATE TABLE shards (
+        segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        idx        INTEGER NOT NULL,
+        store_id   INTEGER REFERENCES stores(id),
+        locator    BLOB,
+        blob_len   INTEGER NOT NULL,
+        root       BLOB NOT NULL,
+        state      INTEGER NOT NULL,
+        PRIMARY KEY (segment_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX shards_by_store ON shards(store_id);
+    CREATE TABLE garbage (
+        id       INTEGER PRIMARY KEY,
+        store_id INTEGER NOT NULL REFERENCES stores(id),
+        locator  BLOB NOT NULL,
+        since_ns INTEGER NOT NULL
+    );
+    "#,
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: Option<i64> = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| {
+            if e == rusqlite::Error::QueryReturnedNoRows {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        })?;
+    let mut version = current.unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(QsfsError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    while version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        version += 1;
+        if current.is_none() && version == 1 {
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [version],
+            )?;
+        } else {
+            tx.execute("UPDATE schema_version SET version = ?1", [version])?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}

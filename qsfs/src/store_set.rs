@@ -1,0 +1,289 @@
+//! The volume's stores as one set: their identities checked at open, their up/down state, shard placement on
+//! distinct stores with retries and spares, and reads with retry. Knows shards only as opaque blobs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qsfs_backends::{
+    Locator, ShardStore, StoreError, StoreIdentity, StoreUri, open_store, verify_identity,
+};
+use tokio::task::JoinSet;
+
+use crate::codec::EncodedShard;
+use crate::config::StoreConfig;
+use crate::error::{QsfsError, Result};
+use crate::meta::{ShardRow, ShardState};
+
+/// How long an identity check may take before a store counts as unreachable for this session.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Backoff between attempts of a retryable store operation.
+const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_millis(1000),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreState {
+    Up,
+    Down(String),
+}
+
+pub struct StoreSlot {
+    pub id: u32,
+    /// Redacted URI, safe to show.
+    pub uri: String,
+    pub store: Arc<dyn ShardStore>,
+    state: Mutex<StoreState>,
+}
+
+impl StoreSlot {
+    pub fn state(&self) -> StoreState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state() == StoreState::Up
+    }
+
+    fn mark_down(&self, reason: String) {
+        tracing::warn!(store = %self.uri, %reason, "store marked down");
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = StoreState::Down(reason);
+    }
+}
+
+pub struct StoreSet {
+    slots: Vec<Arc<StoreSlot>>,
+}
+
+impl StoreSet {
+    /// Opens every configured store and checks its identity marker; a store that cannot be reached or proves to
+    /// belong elsewhere is kept, marked down, with the reason (reads and writes then avoid it).
+    pub async fn open(configs: &[StoreConfig], volume_id: &str) -> Result<StoreSet> {
+        let mut slots = Vec::new();
+        for c in configs {
+            let uri = StoreUri::parse(&c.uri)?;
+            let store = open_store(&uri, false).await?;
+            slots.push(Arc::new(StoreSlot {
+                id: c.id,
+                uri: uri.to_string(),
+                store,
+                state: Mutex::new(StoreState::Up),
+            }));
+        }
+        let mut checks = JoinSet::new();
+        for slot in &slots {
+            let slot = slot.clone();
+            let expected = StoreIdentity {
+                volume_id: volume_id.to_string(),
+                store_id: slot.id,
+            };
+            checks.spawn(async move {
+                let res = tokio::time::timeout(
+                    PROBE_TIMEOUT,
+                    verify_identity(slot.store.as_ref(), &expected),
+                )
+                .await;
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => slot.mark_down(e.to_string()),
+                    Err(_) => {
+                        slot.mark_down(format!("{}: no answer within {PROBE_TIMEOUT:?}", slot.uri))
+                    }
+                }
+            });
+        }
+        while checks.join_next().await.is_some() {}
+        Ok(StoreSet { slots })
+    }
+
+    /// Creates (dir) or connects to each store of a new volume and writes its identity marker. Any failure aborts.
+    pub async fn initialise(configs: &[StoreConfig], volume_id: &str) -> Result<()> {
+        for c in configs {
+            let uri = StoreUri::parse(&c.uri)?;
+            let store = open_store(&uri, true).await?;
+            let identity = StoreIdentity {
+                volume_id: volume_id.to_string(),
+                store_id: c.id,
+            };
+            store.write_identity(&identity).await?;
+        }
+        Ok(())
+    }
+
+    pub fn slots(&self) -> &[Arc<StoreSlot>] {
+        &self.slots
+    }
+
+    pub fn slot(&self, id: u32) -> Option<&Arc<StoreSlot>> {
+        self.slots.iter().find(|s| s.id == id)
+    }
+
+    pub fn up_ids(&self) -> HashSet<u32> {
+        self.slots
+            .iter()
+            .filter(|s| s.is_up())
+            .map(|s| s.id)
+            .collect()
+    }
+
+    fn down_summary(&self) -> String {
+        let down: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state() {
+                StoreState::Down(r) => Some(r),
+                StoreState::Up => None,
+            })
+            .collect();
+        if down.is_empty() {
+            "no store reported an error".into()
+        } else {
+            down.join("; ")
+        }
+    }
+
+    /// Places one segment's shards on distinct up stores, concurrently. Stores are rotated by segment id so load
+    /// spreads when there are more stores than shards; a shard whose store fails goes to a spare store if any.
+    /// Succeeds when at least `quorum` shards are durable; the rest are returned as `Missing` for repair.
+    /// On failure the shards that did land are deleted again (best effort) and nothing is recorded.
+    pub async fn place(
+        &self,
+        segment_id: u64,
+        shards: Vec<EncodedShard>,
+        quorum: usize,
+    ) -> Result<Vec<ShardRow>> {
+        let mut up: Vec<Arc<StoreSlot>> =
+            self.slots.iter().filter(|s| s.is_up()).cloned().collect();
+        if up.len() < quorum {
+            return Err(QsfsError::NotEnoughStores {
+                needed: quorum,
+                available: up.len(),
+                detail: self.down_summary(),
+            });
+        }
+        let start = (segment_id % up.len() as u64) as usize;
+        up.rotate_left(start);
+        let mut spares: Vec<Arc<StoreSlot>> = up
+            .split_off(shards.len().min(up.len()))
+            .into_iter()
+            .rev()
+            .collect();
+
+        let mut rows: Vec<ShardRow> = shards
+            .iter()
+            .map(|s| ShardRow {
+                index: s.index,
+                store_id: None,
+                locator: None,
+                blob_len: s.blob.len() as u64,
+                root: s.root,
+                state: ShardState::Missing,
+            })
+            .collect();
+        let blobs: Vec<Arc<EncodedShard>> = shards.into_iter().map(Arc::new).collect();
+        let mut tasks = JoinSet::new();
+        for (shard, slot) in blobs.iter().zip(up) {
+            spawn_put(&mut tasks, shard.clone(), slot);
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (index, slot, result) =
+                joined.map_err(|e| QsfsError::Invalid(format!("store task failed: {e}")))?;
+            match result {
+                Ok(loc) => {
+                    let row = &mut rows[index];
+                    row.store_id = Some(slot.id);
+                    row.locator = Some(loc.0);
+                    row.state = ShardState::Ok;
+                }
+                Err(e) => {
+                    slot.mark_down(e.to_string());
+                    if let Some(spare) = spares.pop() {
+                        spawn_put(&mut tasks, blobs[index].clone(), spare);
+                    }
+                }
+            }
+        }
+        let placed = rows.iter().filter(|r| r.state == ShardState::Ok).count();
+        if placed < quorum {
+            for r in &rows {
+                if let (Some(id), Some(loc)) = (r.store_id, &r.locator)
+                    && let Some(slot) = self.slot(id)
+                {
+                    let _ = slot.store.delete(&Locator(loc.clone())).await;
+                }
+            }
+            return Err(QsfsError::NotEnoughStores {
+                needed: quorum,
+                available: placed,
+                detail: self.down_summary(),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Reads one shard blob, retrying transient failures. A store that stays unreachable is marked down.
+    pub async fn fetch(&self, store_id: u32, locator: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let slot = self.slot(store_id).ok_or_else(|| StoreError::Unavailable {
+            uri: format!("store {store_id}"),
+            reason: "not in this volume's config".into(),
+        })?;
+        if let StoreState::Down(reason) = slot.state() {
+            return Err(StoreError::Unavailable {
+                uri: slot.uri.clone(),
+                reason,
+            });
+        }
+        let loc = Locator(locator.to_vec());
+        let res = with_retry(|| slot.store.get(&loc)).await;
+        if let Err(e) = &res
+            && e.is_retryable()
+        {
+            slot.mark_down(e.to_string());
+        }
+        res
+    }
+
+    /// Deletes a shard that metadata no longer references.
+    pub async fn delete(&self, store_id: u32, locator: &[u8]) -> Result<(), StoreError> {
+        let slot = self.slot(store_id).ok_or_else(|| StoreError::Unavailable {
+            uri: format!("store {store_id}"),
+            reason: "not in this volume's config".into(),
+        })?;
+        if let StoreState::Down(reason) = slot.state() {
+            return Err(StoreError::Unavailable {
+                uri: slot.uri.clone(),
+                reason,
+            });
+        }
+        let loc = Locator(locator.to_vec());
+        with_retry(|| slot.store.delete(&loc)).await
+    }
+}
+
+type PutOutcome = (usize, Arc<StoreSlot>, Result<Locator, StoreError>);
+
+fn spawn_put(tasks: &mut JoinSet<PutOutcome>, shard: Arc<EncodedShard>, slot: Arc<StoreSlot>) {
+    tasks.spawn(async move {
+        let res = with_retry(|| slot.store.put(&shard.key, &shard.blob)).await;
+        (shard.index, slot, res)
+    });
+}
+
+async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && attempt < RETRY_DELAYS.len() => {
+                tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! A `Volume`: the one object the CLI and the FUSE layer drive. It owns the config, the master key's subkeys (inside
+//! the codec), the metadata database, the store set and the I/O runtime, and it holds the volume lock.
+//!
+//! On disk a volume is a directory: `qsfs.toml`, `key` (mode 0600, file-key volumes), `meta.db`, `cache/`, `lock`,
+//! and for the embedded default `stores/0..N`. `qsfs.toml` is written last at init, so its presence means the
+//! volume is complete.
+
+mod files;
+mod lock;
+mod segments;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::codec::{CodecParams, SegmentCodec, SegmentKeys};
+use crate::config::{
+    ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, KeySource, StoreConfig, VolumeConfig,
+};
+use crate::durable;
+use crate::error::{QsfsError, Result};
+use crate::keys::{self, MasterKey};
+use crate::meta::{self, MetaStore};
+use crate::runtime::IoRuntime;
+use crate::store_set::StoreSet;
+
+pub use files::PutOptions;
+pub use lock::VolumeLock;
+pub use status::{StoreStatus, VolumeStatus};
+
+pub const CONFIG_FILE: &str = "qsfs.toml";
+pub const KEY_FILE: &str = "key";
+pub const META_FILE: &str = "meta.db";
+/// The environment variable read for a passphrase when the config names none.
+pub const DEFAULT_PASSPHRASE_ENV: &str = "QSFS_PASSPHRASE";
+
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub data_shards: usize,
+    pub parity_shards: usize,
+    pub segment_size: ByteSize,
+    pub zstd_level: i32,
+    /// Defaults to K+M.
+    pub write_quorum: Option<usize>,
+    /// Store URIs; empty means K+M `dir:` stores inside the volume.
+    pub stores: Vec<String>,
+    /// Derive the key from the passphrase in this environment variable instead of a random key file.
+    pub passphrase_env: Option<String>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            data_shards: 4,
+            parity_shards: 2,
+            segment_size: ByteSize(4 << 20),
+            zstd_level: 1,
+            write_quorum: None,
+            stores: Vec::new(),
+            passphrase_env: None,
+        }
+    }
+}
+
+pub struct Volume {
+    root: PathBuf,
+    config: VolumeConfig,
+    meta: MetaStore,
+    codec: Arc<SegmentCodec>,
+    stores: Arc<StoreSet>,
+    rt: IoRuntime,
+    _lock: VolumeLock,
+}
+
+impl Volume {
+    /// Creates a new volume at `root`. Refuses if one exists; never overwrites a key. On failure, removes what it
+    /// created locally.
+    pub fn init(root: &Path, opts: &InitOptions) -> Result<PathBuf> {
+        if root.join(CONFIG_FILE).exists() || root.join(KEY_FILE).exists() {
+            return Err(QsfsError::VolumeExists {
+                path: root.to_path_buf(),
+            });
+        }
+        let existed = root.exists();
+        std::fs::create_dir_all(root)
+            .map_err(|e| QsfsError::io(format!("creating {}", root.display()), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
+        let _lock = VolumeLock::acquire(&root)?;
+        let result = Self::init_inner(&root, opts);
+        if result.is_err() {
+            for name in [
+                KEY_FILE,
+                META_FILE,
+                "meta.db-wal",
+                "meta.db-shm",
+                "cache",
+                "stores",
+                "lock",
+            ] {
+                let p = root.join(name);
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+            if !existed {
+                let _ = std::fs::remove_dir(&root);
+            }
+        }
+        result.map(|_| root)
+    }
+
+    fn init_inner(root: &Path, opts: &InitOptions) -> Result<()> {
+        let total = opts.data_shards + opts.parity_shards;
+        let mut volume_id = [0u8; 16];
+        rand::fill(&mut volume_id);
+        let stores: Vec<StoreConfig> = if opts.stores.is_empty() {
+            (0..total as u32)
+                .map(|i| StoreConfig {
+                    id: i,
+                    uri: format!("dir:{}", root.join("stores").join(i.to_string()).display()),
+                })
+                .collect()
+        } else {
+            opts.stores
+                .iter()
+                .enumerate()
+                .map(|(i, u)| StoreConfig {
+                    id: i as u32,
+                    uri: absolutize(u),
+                })
+                .collect()
+        };
+        let (master, key) = match &opts.passphrase_env {
+            None => {
+                let master = MasterKey::random();
+                let check = master.check_value(&volume_id);
+                (
+                    master,
+                    KeyConfig {
+                        source: KeySource::File,
+                        check,
+                        passphrase_env: None,
+                        argon2: None,
+                    },
+                )
+            }
+            Some(var) => {
+                let pass = read_passphrase(var)?;
+                let params = keys::new_argon2_params();
+                let master = MasterKey::from_passphrase(pass.as_bytes(), &params)?;
+                let check = master.check_value(&volume_id);
+                let cfg = KeyConfig {
+                    source: KeySource::Passphrase,
+                    check,
+                    passphrase_env: Some(var.clone()),
+                    argon2: Some(params),
+                };
+                (master, cfg)
+            }
+        };
+        let config = VolumeConfig {
+            format_version: CONFIG_FORMAT_VERSION,
+            volume_id: hex::encode(volume_id),
+            data_shards: opts.data_shards,
+            parity_shards: opts.parity_shards,
+            segment_size: opts.segment_size,
+            zstd_level: opts.zstd_level,
+            write_quorum: opts.write_quorum.unwrap_or(total),
+            key,
+            stores,
+        };
+        let config_path = root.join(CONFIG_FILE);
+        config.validate().map_err(|reason| QsfsError::Config {
+            path: config_path.clone(),
+            reason,
+        })?;
+        let codec = build_codec(&config, &master)?;
+        check_store_value_limits(&config, &codec)?;
+        if config.key.source == KeySource::File {
+            master.write_file(&root.join(KEY_FILE))?;
+        }
+        std::fs::create_dir_all(root.join("cache"))
+            .map_err(|e| QsfsError::io("creating cache directory", e))?;
+        let rt = IoRuntime::new()?;
+        rt.block_on(StoreSet::initialise(&config.stores, &config.volume_id))?;
+        let meta = MetaStore::open(&root.join(META_FILE), true)?;
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        meta.write(|c| {
+            meta::ensure_root(c, uid, gid)?;
+            for s in &config.stores {
+                meta::sync_store(c, s.id, &s.uri)?;
+            }
+            Ok(())
+        })?;
+        durable::write_atomic(&config_path, config.to_toml().as_bytes())
+    }
+
+    /// Opens an existing volume: lock, config, key check, metadata, stores. A wrong key fails before anything else
+    /// is read or written.
+    pub fn open(root: &Path) -> Result<Volume> {
+        let config_path = root.join(CONFIG_FILE);
+        if !config_path.exists() {
+            return Err(QsfsError::NoVolume {
+                path: root.to_path_buf(),
+            });
+        }
+        let root = root
+            .canonicalize()
+            .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
+        let lock = VolumeLock::acquire(&root)?;
+        let config = VolumeConfig::load(&config_path)?;
+        let master = match config.key.source {
+            KeySource::File => MasterKey::read_file(&root.join(KEY_FILE))?,
+            KeySource::Passphrase => {
+                let var = config
+                    .key
+                    .passphrase_env
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PASSPHRASE_ENV.to_string());
+                let pass = read_passphrase(&var)?;
+                let params = config
+                    .key
+                    .argon2
+                    .as_ref()
+                    .expect("validated: passphrase volumes carry argon2 params");
+                MasterKey::from_passphrase(pass.as_bytes(), params)?
+            }
+        };
+        if !master.matches(&config.volume_id_bytes(), &config.key.check) {
+            return Err(QsfsError::WrongKey { path: root.clone() });
+        }
+        let codec = Arc::new(build_codec(&config, &master)?);
+        let meta_path = root.join(META_FILE);
+        if !meta_path.exists() {
+            return Err(QsfsError::Config {
+                path: meta_path,
+                reason: "metadata database is missing; the volume cannot be opened".into(),
+            });
+        }
+        let meta = MetaStore::open(&meta_path, false)?;
+        let rt = IoRuntime::new()?;
+        let stores = Arc::new(rt.block_on(StoreSet::open(&config.stores, &config.volume_id))?);
+        meta.write(|c| {
+            for slot in stores.slots() {
+                meta::sync_store(c, slot.id, &slot.uri)?;
+                let state = slot.state();
+                let err = match &state {
+                    crate::store_set::StoreState::Down(r) => Some(r.as_str()),
+                    crate::store_set::StoreState::Up => None,
+                };
+                meta::record_store_state(c, slot.id, err.is_none(), err)?;
+            }
+            Ok(())
+        })?;
+        Ok(Volume {
+            root,
+            config,
+            meta,
+            codec,
+            stores,
+            rt,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &VolumeConfig {
+        &self.config
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    pub fn stores(&self) -> &StoreSet {
+        &self.stores
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.config.segment_size.0
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+}
+
+fn build_codec(config: &VolumeConfig, master: &MasterKey) -> Result<SegmentCodec> {
+    let sub = master.subkeys();
+    SegmentCodec::new(
+        CodecParams {
+            data_shards: config.data_shards,
+            parity_shards: config.parity_shards,
+            zstd_level: config.zstd_level,
+        },
+        SegmentKeys {
+            encryption: sub.segment_encryption,
+            shard_naming: sub.shard_naming,
+        },
+        config.volume_id_bytes(),
+    )
+}
+
+/// A store with a value limit (0-db: 8 MiB) must fit the largest shard blob a full segment can produce.
+fn check_store_value_limits(config: &VolumeConfig, codec: &SegmentCodec) -> Result<()> {
+    // Incompressible data is stored raw, so a full segment of random bytes gives the largest possible shard.
+    let mut probe = vec![0u8; config.segment_size.0 as usize];
+    rand::fill(&mut probe[..]);
+    let encoded = codec.encode(1, &probe)?;
+    let largest = encoded
+        .shards
+        .iter()
+        .map(|s| s.blob.len() as u64)
+        .max()
+        .unwrap_or(0);
+    let rt = IoRuntime::new()?;
+    for s in &config.stores {
+        if s.uri.starts_with("dir:") {
+            continue; // no value limit, and opening a dir store that does not exist yet would fail
+        }
+        let uri = qsfs_backends::StoreUri::parse(&s.uri)?;
+        // Network stores connect lazily: opening one here sends nothing.
+        let store = rt.block_on(qsfs_backends::open_store(&uri, false))?;
+        if let Some(limit) = store.max_value_size()
+            && largest > limit
+        {
+            return Err(QsfsError::CodecParams(format!(
+                "store {uri} accepts values up to {limit} bytes, but a {} segment over {} data shards makes \
+                 {largest}-byte shards; use a smaller --segment-size or more --data-shards",
+                config.segment_size, config.data_shards
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn read_passphrase(var: &str) -> Result<String> {
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => Err(QsfsError::KeyFile {
+            path: PathBuf::from(format!("${var}")),
+            reason: format!(
+                "this volume's key comes from a passphrase: set the environment variable {var}"
+            ),
+        }),
+    }
+}
+
+/// Makes a `dir:` URI's path absolute relative to the current directory, so the volume works from anywhere.
+fn absolutize(uri: &str) -> String {
+    match uri.strip_prefix("dir:") {
+        Some(p) if !p.starts_with('/') => match std::env::current_dir() {
+            Ok(cwd) => format!("dir:{}", cwd.join(p).display()),
+            Err(_) => uri.to_string(),
+        },
+        _ => uri.to_string(),
+    }
+}

@@ -1,0 +1,120 @@
+//! `qsfs status`: the volume's shape, each store's reachability and holdings, and how many segments are fully
+//! redundant, degraded or unreadable. The serialized form is the documented `status --json` schema.
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::Volume;
+use crate::error::Result;
+use crate::meta::{self, SegmentHealth};
+use crate::store_set::StoreState;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStatus {
+    pub id: u32,
+    pub uri: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    /// Shards metadata records on this store in good state.
+    pub shards: u64,
+    pub bytes: u64,
+    pub free_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeStatus {
+    pub volume: String,
+    pub volume_id: String,
+    pub data_shards: usize,
+    pub parity_shards: usize,
+    pub segment_size: u64,
+    pub write_quorum: usize,
+    pub files: u64,
+    pub directories: u64,
+    pub logical_bytes: u64,
+    pub garbage_shards: u64,
+    pub segments: SegmentHealth,
+    pub stores: Vec<StoreStatus>,
+}
+
+impl Volume {
+    /// Probes every store (concurrently) and summarizes the volume.
+    pub fn status(&self) -> Result<VolumeStatus> {
+        let probes = self.rt.block_on(async {
+            let mut tasks = JoinSet::new();
+            for slot in self.stores.slots() {
+                let slot = slot.clone();
+                tasks.spawn(async move {
+                    let res = match slot.state() {
+                        StoreState::Down(reason) => Err(reason),
+                        StoreState::Up => slot.store.probe().await.map_err(|e| e.to_string()),
+                    };
+                    (slot.id, res)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(Ok(r)) = tasks.join_next().await {
+                out.push(r);
+            }
+            out
+        });
+        let reachable = probes
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(id, _)| *id)
+            .collect();
+        let cfg = &self.config;
+        let (files, dirs, logical, usage, health, garbage) = self.meta.read(|c| {
+            let (f, d, l) = meta::namespace_totals(c)?;
+            let usage = meta::store_usage(c)?;
+            let health = meta::segment_health(
+                c,
+                &reachable,
+                cfg.data_shards,
+                cfg.data_shards + cfg.parity_shards,
+            )?;
+            Ok((f, d, l, usage, health, meta::garbage_count(c)?))
+        })?;
+        let mut stores: Vec<StoreStatus> = self
+            .stores
+            .slots()
+            .iter()
+            .map(|slot| {
+                let probe = probes
+                    .iter()
+                    .find(|(id, _)| *id == slot.id)
+                    .map(|(_, r)| r.clone());
+                let (shards, bytes) = usage.get(&slot.id).copied().unwrap_or((0, 0));
+                let (reachable, error, free_bytes) = match probe {
+                    Some(Ok(h)) => (true, None, h.free_bytes),
+                    Some(Err(e)) => (false, Some(e), None),
+                    None => (false, Some("probe did not finish".into()), None),
+                };
+                StoreStatus {
+                    id: slot.id,
+                    uri: slot.uri.clone(),
+                    reachable,
+                    error,
+                    shards,
+                    bytes,
+                    free_bytes,
+                }
+            })
+            .collect();
+        stores.sort_by_key(|s| s.id);
+        Ok(VolumeStatus {
+            volume: self.root.display().to_string(),
+            volume_id: cfg.volume_id.clone(),
+            data_shards: cfg.data_shards,
+            parity_shards: cfg.parity_shards,
+            segment_size: cfg.segment_size.0,
+            write_quorum: cfg.write_quorum,
+            files,
+            directories: dirs,
+            logical_bytes: logical,
+            garbage_shards: garbage,
+            segments: health,
+            stores,
+        })
+    }
+}
