@@ -482,3 +482,25 @@ impl ShardStore for DirStore {
         self.run(|i| i.read_identity()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disk_and_quota_are_full() {
+        let inner = Inner {
+            root: "/x".into(),
+            uri: "dir:/x".into(),
+        };
+        for code in [nix::libc::ENOSPC, nix::libc::EDQUOT] {
+            let e = inner.io(io::Error::from_raw_os_error(code));
+            assert!(matches!(e, StoreError::Full { .. }), "{e}");
+        }
+        let e = inner.io(io::Error::from_raw_os_error(nix::libc::EIO));
+        assert!(
+            matches!(e, StoreError::Io { .. }) && !e.is_retryable(),
+            "{e}"
+        );
+    }
+}

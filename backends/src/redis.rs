@@ -127,15 +127,21 @@ impl RedisStore {
 }
 
 /// The whole text of a server error reply (`-CODE detail`), which the redis crate splits into code and detail.
+/// A failed pipeline reports its failed commands' errors together; the first one stands for the pipeline.
 pub(crate) fn server_message(e: &RedisError) -> Option<String> {
+    let join = |code: &str, detail: Option<&str>| match detail {
+        Some(d) => format!("{code} {d}"),
+        None => code.to_string(),
+    };
     match e.kind() {
-        ErrorKind::Server(_) | ErrorKind::Extension => {
-            let code = e.code().unwrap_or("");
-            Some(match e.detail() {
-                Some(d) => format!("{code} {d}"),
-                None => code.to_string(),
-            })
-        }
+        ErrorKind::Server(_) | ErrorKind::Extension => match e.code() {
+            Some(code) => Some(join(code, e.detail())),
+            None => {
+                let errors = e.clone().into_server_errors()?;
+                let (_, first) = errors.first()?;
+                Some(join(first.code(), first.details()))
+            }
+        },
         _ => None,
     }
 }

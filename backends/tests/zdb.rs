@@ -332,69 +332,141 @@ async fn probe_reports_namespace_limit() {
     assert_eq!(h.free_bytes, Some(10_000_000));
 }
 
-/// A real 0-db, when installed: the same suite, to keep the test server honest.
-#[tokio::test]
-async fn real_zdb_binary_when_available() {
-    let Some(zdb) = find_on_path("zdb") else {
-        println!("skipping: no zdb binary on PATH");
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A real `zdb` process (0-db), killed on drop.
+struct RealZdb {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RealZdb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    let _zdb = Kill(
-        std::process::Command::new(zdb)
+}
+
+impl RealZdb {
+    /// Starts `zdb --mode <mode>` when a zdb binary is on PATH; `None` (after saying so) otherwise.
+    async fn start(mode: &str) -> Option<RealZdb> {
+        let Some(zdb) = find_on_path("zdb") else {
+            println!("skipping: no zdb binary on PATH");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(zdb)
             .args([
                 "--listen",
                 "127.0.0.1",
                 "--port",
                 &port.to_string(),
                 "--mode",
-                "user",
+                mode,
             ])
             .arg("--data")
-            .arg(tmp.path().join("data"))
+            .arg(dir.path().join("data"))
             .arg("--index")
-            .arg(tmp.path().join("index"))
+            .arg(dir.path().join("index"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap(),
-    );
-    // A bare connection (no CLIENT SETINFO) for the admin command that creates our namespace.
-    let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-        "127.0.0.1".into(),
-        port,
-    ))
-    .unwrap()
-    .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
-    let client = redis::Client::open(info).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut conn = loop {
-        match client.get_multiplexed_async_connection().await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("zdb did not start: {e}"),
+            .unwrap();
+        let server = RealZdb {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "zdb did not start listening");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Some(server)
+    }
+
+    /// Runs admin commands (no --admin password: every client is admin) on a bare connection.
+    async fn admin(&self, commands: &[&[&str]]) {
+        // No CLIENT SETINFO: 0-db does not know it.
+        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
+            "127.0.0.1".into(),
+            self.port,
+        ))
+        .unwrap()
+        .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
+        let client = redis::Client::open(info).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for args in commands {
+            let mut cmd = redis::cmd(args[0]);
+            for a in &args[1..] {
+                cmd.arg(*a);
+            }
+            let _: () = cmd
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+}
+
+/// A real 0-db, when installed: the same suite, to keep the test server honest.
+#[tokio::test]
+async fn real_zdb_user_mode() {
+    let Some(zdb) = RealZdb::start("user").await else {
+        return;
     };
-    let _: () = redis::cmd("NSNEW")
-        .arg("qsfs")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    conformance::run(store(&format!("zdb://127.0.0.1:{port}/qsfs")).await).await;
+    zdb.admin(&[&["NSNEW", "qsfs"]]).await;
+    let s = store(&format!("zdb://127.0.0.1:{}/qsfs", zdb.port)).await;
+    conformance::run(s.clone()).await;
+    // Enough entries, overwrites and deletes that SCAN has retired index entries to skip.
+    let mut expected = Vec::new();
+    for i in 0..400u32 {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        expected.push(s.put(&ShardKey(k), &i.to_le_bytes()).await.unwrap());
+    }
+    for loc in expected.drain(..100) {
+        s.delete(&loc).await.unwrap();
+    }
+    let mut listed = s.list().await.unwrap();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[tokio::test]
+async fn real_zdb_seq_mode_with_password() {
+    let Some(zdb) = RealZdb::start("seq").await else {
+        return;
+    };
+    zdb.admin(&[
+        &["NSNEW", "qsfs"],
+        &["NSSET", "qsfs", "password", "s3cret"],
+        &["NSSET", "qsfs", "public", "0"],
+        &["NSSET", "qsfs", "maxsize", "100000000"],
+    ])
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = |pw: &Path| {
+        format!(
+            "zdb://127.0.0.1:{}/qsfs?mode=seq&password-file={}",
+            zdb.port,
+            pw.display()
+        )
+    };
+    let wrong = store(&uri(&password_file(tmp.path(), "wrong"))).await;
+    let err = wrong.probe().await.unwrap_err();
+    assert!(matches!(err, StoreError::Auth { .. }), "{err}");
+    let nopw = store(&format!("zdb://127.0.0.1:{}/qsfs?mode=seq", zdb.port)).await;
+    assert!(matches!(nopw.probe().await, Err(StoreError::Auth { .. })));
+    let s = store(&uri(&password_file(tmp.path(), "s3cret"))).await;
+    conformance::run(s.clone()).await;
+    let h = s.probe().await.unwrap();
+    assert!(h.free_bytes.is_some_and(|f| f <= 100_000_000), "{h:?}");
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

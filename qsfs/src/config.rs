@@ -47,7 +47,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if n != 0 && n % (1u64 << shift) == 0 {
+            if n != 0 && n.is_multiple_of(1u64 << shift) {
                 return write!(f, "{}{unit}", n >> shift);
             }
         }

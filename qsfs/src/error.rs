@@ -69,6 +69,14 @@ pub enum QsfsError {
     Invalid(String),
     #[error("no space left: {0}")]
     NoSpace(String),
+    #[error("{0}: file name too long")]
+    NameTooLong(String),
+    #[error("{0}: no such attribute")]
+    NoAttribute(String),
+    #[error("{0}: operation not supported")]
+    Unsupported(String),
+    #[error("{0}: operation not permitted")]
+    NotPermitted(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -91,6 +99,56 @@ impl QsfsError {
             QsfsError::Store(e) => e.is_retryable(),
             QsfsError::NotEnoughStores { .. } => true,
             _ => false,
+        }
+    }
+}
+
+impl QsfsError {
+    /// The errno a FUSE reply carries for this error: the one place the library's errors meet POSIX. Lost or
+    /// damaged data and unreachable stores are EIO (a reader must never mistake data loss for a missing file);
+    /// a store that reports itself full is ENOSPC; namespace errors map to their POSIX namesakes.
+    pub fn errno(&self) -> i32 {
+        use nix::libc;
+        match self {
+            QsfsError::NotFound(_) => libc::ENOENT,
+            QsfsError::Exists(_) => libc::EEXIST,
+            QsfsError::NotADirectory(_) => libc::ENOTDIR,
+            QsfsError::IsADirectory(_) => libc::EISDIR,
+            QsfsError::NotEmpty(_) => libc::ENOTEMPTY,
+            QsfsError::Invalid(_) => libc::EINVAL,
+            QsfsError::NameTooLong(_) => libc::ENAMETOOLONG,
+            QsfsError::NoAttribute(_) => libc::ENODATA,
+            QsfsError::Unsupported(_) => libc::EOPNOTSUPP,
+            QsfsError::NotPermitted(_) => libc::EPERM,
+            QsfsError::NoSpace(_) => libc::ENOSPC,
+            QsfsError::Store(StoreError::Full { .. }) => libc::ENOSPC,
+            QsfsError::Metadata(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                libc::ENOSPC
+            }
+            QsfsError::Io { source, .. } => match source.raw_os_error() {
+                Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => libc::ENOSPC,
+                _ => libc::EIO,
+            },
+            // Everything else means the volume could not do what was asked with the data it holds: a shard or
+            // segment that is missing, corrupt or unreadable, a store that is unreachable or too few stores for
+            // the write quorum, a metadata failure. EIO is what POSIX programs treat as "the device failed".
+            QsfsError::Store(_)
+            | QsfsError::NotEnoughStores { .. }
+            | QsfsError::CorruptShard { .. }
+            | QsfsError::AeadFailure { .. }
+            | QsfsError::CorruptSegment { .. }
+            | QsfsError::Unreadable { .. }
+            | QsfsError::Metadata(_)
+            | QsfsError::Config { .. }
+            | QsfsError::WrongKey { .. }
+            | QsfsError::KeyFile { .. }
+            | QsfsError::VolumeExists { .. }
+            | QsfsError::NoVolume { .. }
+            | QsfsError::VolumeLocked { .. }
+            | QsfsError::SchemaTooNew { .. }
+            | QsfsError::CodecParams(_) => libc::EIO,
         }
     }
 }

@@ -49,6 +49,11 @@ impl StoreSlot {
 
     fn mark_down(&self, reason: String) {
         tracing::warn!(store = %self.uri, %reason, "store marked down");
+        self.set_down(reason);
+    }
+
+    /// Marks the store down quietly: at open, `status` reports it and writes check their quorum up front.
+    fn set_down(&self, reason: String) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = StoreState::Down(reason);
     }
 }
@@ -87,9 +92,9 @@ impl StoreSet {
                 .await;
                 match res {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => slot.mark_down(e.to_string()),
+                    Ok(Err(e)) => slot.set_down(e.to_string()),
                     Err(_) => {
-                        slot.mark_down(format!("{}: no answer within {PROBE_TIMEOUT:?}", slot.uri))
+                        slot.set_down(format!("{}: no answer within {PROBE_TIMEOUT:?}", slot.uri))
                     }
                 }
             });
@@ -98,16 +103,49 @@ impl StoreSet {
         Ok(StoreSet { slots })
     }
 
-    /// Creates (dir) or connects to each store of a new volume and writes its identity marker. Any failure aborts.
+    /// Creates (dir) or connects to each store of a new volume and writes its identity marker. Every store is
+    /// checked first — reachable and holding no marker — so a failed init leaves no marker behind to block a retry.
     pub async fn initialise(configs: &[StoreConfig], volume_id: &str) -> Result<()> {
+        let mut opened = Vec::new();
         for c in configs {
             let uri = StoreUri::parse(&c.uri)?;
             let store = open_store(&uri, true).await?;
+            let found = tokio::time::timeout(PROBE_TIMEOUT, store.read_identity())
+                .await
+                .map_err(|_| StoreError::Unavailable {
+                    uri: uri.to_string(),
+                    reason: format!("no answer within {PROBE_TIMEOUT:?}"),
+                })??;
+            if let Some(id) = found {
+                return Err(StoreError::IdentityExists {
+                    uri: uri.to_string(),
+                    volume: id.volume_id,
+                    store: id.store_id,
+                }
+                .into());
+            }
+            opened.push((c.id, store));
+        }
+        for (id, store) in opened {
             let identity = StoreIdentity {
                 volume_id: volume_id.to_string(),
-                store_id: c.id,
+                store_id: id,
             };
             store.write_identity(&identity).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless at least `quorum` stores are up: checked before a write starts, so a put that cannot reach
+    /// its quorum changes nothing at all.
+    pub fn check_writable(&self, quorum: usize) -> Result<()> {
+        let up = self.slots.iter().filter(|s| s.is_up()).count();
+        if up < quorum {
+            return Err(QsfsError::NotEnoughStores {
+                needed: quorum,
+                available: up,
+                detail: self.down_summary(),
+            });
         }
         Ok(())
     }

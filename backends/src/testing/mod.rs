@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod redis_server;
 mod zdb_commands;
+mod zdb_namespaces;
 pub mod zdb_server;
 
 pub use redis_server::RedisServer;

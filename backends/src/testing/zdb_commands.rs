@@ -3,8 +3,8 @@
 //!
 //! Entries live in an append-only log per namespace (like 0-db's index files); an overwrite or delete retires
 //! the old entry, and `SCAN` walks the live entries in log order with an opaque cursor (here the 8-byte log
-//! position; the real server uses a 17-byte binary index key). `data_size_bytes` only grows, as on the real
-//! append-only server.
+//! position; the real server uses a 17-byte binary index key). Replies were checked against a real 0-db v2.0.7
+//! built from its sources.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 /// 0-db's `REDIS_MAX_PAYLOAD`: the largest accepted bulk argument.
 pub const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 const MAX_KEY: usize = 255;
-const MAX_NAMESPACE: usize = 128;
+pub(super) const MAX_NAMESPACE: usize = 128;
 /// Entries per SCAN reply (the real server answers what it can walk in 2 ms); small enough that tests page.
 const SCAN_BATCH: usize = 100;
 
@@ -45,43 +45,43 @@ pub enum Reply {
     Array(Vec<Reply>),
 }
 
-fn err(msg: &str) -> Reply {
+pub(super) fn err(msg: &str) -> Reply {
     Reply::Error(msg.to_string())
 }
 
-fn ok() -> Reply {
+pub(super) fn ok() -> Reply {
     Reply::Simple("OK".into())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lock {
+pub(super) enum Lock {
     None,
     ReadOnly,
     Frozen,
 }
 
-struct Entry {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    timestamp: u32,
-    live: bool,
+pub(super) struct Entry {
+    pub(super) key: Vec<u8>,
+    pub(super) value: Vec<u8>,
+    pub(super) timestamp: u32,
+    pub(super) live: bool,
 }
 
 pub(crate) struct Namespace {
-    password: Option<String>,
-    public: bool,
-    worm: bool,
-    maxsize: u64,
-    mode: NsMode,
-    lock: Lock,
-    log: Vec<Entry>,
-    index: HashMap<Vec<u8>, usize>,
-    next_id: u64,
-    data_size: u64,
+    pub(super) password: Option<String>,
+    pub(super) public: bool,
+    pub(super) worm: bool,
+    pub(super) maxsize: u64,
+    pub(super) mode: NsMode,
+    pub(super) lock: Lock,
+    pub(super) log: Vec<Entry>,
+    pub(super) index: HashMap<Vec<u8>, usize>,
+    pub(super) next_id: u64,
+    pub(super) data_size: u64,
 }
 
 impl Namespace {
-    fn new(mode: NsMode) -> Namespace {
+    pub(super) fn new(mode: NsMode) -> Namespace {
         Namespace {
             password: None,
             public: true,
@@ -96,13 +96,21 @@ impl Namespace {
         }
     }
 
+    /// An overwritten or deleted entry stops counting in `data_size_bytes` (as observed on 0-db v2.0.7, which
+    /// reports live data there even though the bytes stay on disk until compaction).
+    fn retire(&mut self, i: usize) {
+        self.log[i].live = false;
+        self.data_size -= self.log[i].value.len() as u64;
+        self.index.remove(&self.log[i].key);
+    }
+
     fn live(&self, key: &[u8]) -> Option<&Entry> {
         self.index.get(key).map(|&i| &self.log[i])
     }
 
     fn append(&mut self, key: Vec<u8>, value: Vec<u8>, timestamp: u32) {
-        if let Some(old) = self.index.get(&key) {
-            self.log[*old].live = false;
+        if let Some(&old) = self.index.get(&key) {
+            self.retire(old);
         }
         self.data_size += value.len() as u64;
         self.index.insert(key.clone(), self.log.len());
@@ -147,10 +155,10 @@ pub(crate) struct State {
 
 /// Per-connection state: every connection starts in `default`.
 pub(crate) struct Session {
-    ns: String,
-    writable: bool,
-    admin: bool,
-    nonce: Option<String>,
+    pub(super) ns: String,
+    pub(super) writable: bool,
+    pub(super) admin: bool,
+    pub(super) nonce: Option<String>,
 }
 
 impl Session {
@@ -171,7 +179,7 @@ fn now() -> u32 {
         .unwrap_or(0)
 }
 
-fn text(b: &[u8]) -> String {
+pub(super) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -206,7 +214,7 @@ impl State {
         }
     }
 
-    fn default_mode(mode: ZdbServerMode) -> NsMode {
+    pub(super) fn default_mode(mode: ZdbServerMode) -> NsMode {
         if mode == ZdbServerMode::Seq {
             NsMode::Seq
         } else {
@@ -338,7 +346,7 @@ impl State {
     }
 
     /// `command_args_validate`: exact argument count, no empty argument.
-    fn validate(argv: &[Vec<u8>], n: usize) -> Option<Reply> {
+    pub(super) fn validate(argv: &[Vec<u8>], n: usize) -> Option<Reply> {
         if argv.len() != n {
             return Some(err("Unexpected arguments"));
         }
@@ -347,92 +355,8 @@ impl State {
             .then(|| err("Invalid argument"))
     }
 
-    fn admin(s: &Session) -> Option<Reply> {
+    pub(super) fn admin(s: &Session) -> Option<Reply> {
         (!s.admin).then(|| err("Permission denied"))
-    }
-
-    fn auth(&mut self, s: &mut Session, argv: &[Vec<u8>]) -> Reply {
-        match argv.len() {
-            2 => match &self.admin_password {
-                None => err("Authentication disabled"),
-                Some(_) if argv[1].len() > 128 => err("Password too long"),
-                Some(pw) if argv[1] == pw.as_bytes() => {
-                    s.admin = true;
-                    ok()
-                }
-                Some(_) => err("Access denied"),
-            },
-            3 => {
-                if let Some(e) = Self::validate(argv, 3) {
-                    return e;
-                }
-                if !b"SECURE".starts_with(&argv[1].to_ascii_uppercase()) {
-                    return err("Only SECURE extra method supported");
-                }
-                if b"CHALLENGE".starts_with(&argv[2].to_ascii_uppercase()) {
-                    let nonce = hex::encode(rand::random::<[u8; 8]>());
-                    s.nonce = Some(nonce.clone());
-                    return Reply::Simple(nonce);
-                }
-                let Some(pw) = &self.admin_password else {
-                    return err("Authentication disabled");
-                };
-                let Some(nonce) = s.nonce.take() else {
-                    return err("No CHALLENGE requested, secure authentication not available");
-                };
-                if argv[2].len() != 40 {
-                    s.nonce = Some(nonce);
-                    return err("Invalid hash length");
-                }
-                if argv[2] == secure_hash(&nonce, pw).as_bytes() {
-                    s.admin = true;
-                    ok()
-                } else {
-                    err("Access denied")
-                }
-            }
-            _ => err("Unexpected arguments"),
-        }
-    }
-
-    fn select(&mut self, s: &mut Session, argv: &[Vec<u8>]) -> Reply {
-        if argv.len() < 2 {
-            return err("Invalid argument");
-        }
-        if argv[1].len() > MAX_NAMESPACE {
-            return err("Namespace too long");
-        }
-        let target = text(&argv[1]);
-        let Some(ns) = self.namespaces.get(&target) else {
-            return err("Namespace not found");
-        };
-        let mut writable = true;
-        if let Some(password) = &ns.password {
-            match argv.len() {
-                2 if !ns.public => return err("Namespace protected and private"),
-                2 => writable = false,
-                3 if argv[2] != password.as_bytes() => return err("Access denied"),
-                3 => {}
-                4 => {
-                    if !b"SECURE".starts_with(&argv[2].to_ascii_uppercase()) {
-                        return err("Only SECURE extra method supported");
-                    }
-                    let Some(nonce) = &s.nonce else {
-                        return err("No CHALLENGE requested, secure authentication not available");
-                    };
-                    if argv[3].len() != 40 {
-                        return err("Invalid hash length");
-                    }
-                    if argv[3] != secure_hash(nonce, password).as_bytes() {
-                        return err("Access denied");
-                    }
-                }
-                _ => return err("Too many arguments"),
-            }
-        }
-        s.ns = target;
-        s.writable = writable;
-        ok()
     }
 
     /// GET/EXISTS/CHECK/LENGTH: one key, frozen namespaces refuse.
@@ -566,8 +490,7 @@ impl State {
         if ns.worm {
             return err("Cannot delete a key when namespace is in worm mode");
         }
-        ns.log[i].live = false;
-        ns.index.remove(&argv[1]);
+        ns.retire(i);
         ok()
     }
 
@@ -607,135 +530,5 @@ impl State {
             Reply::Bulk((last as u64).to_le_bytes().to_vec()),
             Reply::Array(entries),
         ])
-    }
-
-    fn nsnew(&mut self, s: &Session, argv: &[Vec<u8>]) -> Reply {
-        if let Some(e) = Self::admin(s).or_else(|| Self::validate(argv, 2)) {
-            return e;
-        }
-        if argv[1].len() > MAX_NAMESPACE {
-            return err("Namespace too long");
-        }
-        let name = text(&argv[1]);
-        if name.contains('/') || name.starts_with('.') {
-            return err("This name is not allowed");
-        }
-        if self.namespaces.contains_key(&name) {
-            return err("This namespace is not available");
-        }
-        self.namespaces
-            .insert(name, Namespace::new(Self::default_mode(self.mode)));
-        ok()
-    }
-
-    fn nsdel(&mut self, s: &Session, argv: &[Vec<u8>]) -> Reply {
-        if let Some(e) = Self::admin(s).or_else(|| Self::validate(argv, 2)) {
-            return e;
-        }
-        let name = text(&argv[1]);
-        if name == "default" {
-            return err("Cannot remove default namespace");
-        }
-        if !self.namespaces.contains_key(&name) {
-            return err("This namespace doesn't exists");
-        }
-        if s.ns == name {
-            return err("Cannot remove namespace you're currently using.");
-        }
-        self.namespaces.remove(&name);
-        ok()
-    }
-
-    fn nsset(&mut self, s: &Session, argv: &[Vec<u8>]) -> Reply {
-        if let Some(e) = Self::admin(s).or_else(|| Self::validate(argv, 4)) {
-            return e;
-        }
-        let (target, option, value) = (text(&argv[1]), text(&argv[2]), text(&argv[3]));
-        let server_mode = self.mode;
-        let Some(ns) = self.namespaces.get_mut(&target) else {
-            return err("Namespace not found");
-        };
-        let flag = value.starts_with('1');
-        match option.as_str() {
-            "mode" => {
-                if server_mode != ZdbServerMode::Mixed {
-                    return err("This server instance is configured to use a single runtime mode");
-                }
-                if !ns.log.is_empty() {
-                    return err("Cannot change mode of used namespace");
-                }
-                ns.mode = match value.as_str() {
-                    "user" => NsMode::User,
-                    "seq" => NsMode::Seq,
-                    _ => return err("Invalid property value (expected: user, seq)"),
-                };
-            }
-            "lock" => ns.lock = if flag { Lock::ReadOnly } else { Lock::None },
-            "freeze" => ns.lock = if flag { Lock::Frozen } else { Lock::None },
-            _ if target == "default" => return err("Cannot update default namespace"),
-            "maxsize" => ns.maxsize = value.parse().unwrap_or(0),
-            "password" => ns.password = (value != "*").then_some(value),
-            "public" => ns.public = flag,
-            "worm" => ns.worm = flag,
-            _ => return err("Invalid property"),
-        }
-        ok()
-    }
-
-    fn nsinfo(&self, argv: &[Vec<u8>]) -> Reply {
-        if let Some(e) = Self::validate(argv, 2) {
-            return e;
-        }
-        let name = text(&argv[1]);
-        let Some(ns) = self.namespaces.get(&name) else {
-            return err("Namespace not found");
-        };
-        let yn = |b: bool| if b { "yes" } else { "no" };
-        let mut t = String::from("# namespace\n");
-        t += &format!("name: {name}\nentries: {}\n", ns.index.len());
-        t += &format!("public: {}\nworm: {}\n", yn(ns.public), yn(ns.worm));
-        t += &format!(
-            "locked: {}\npassword: {}\n",
-            yn(ns.lock != Lock::None),
-            yn(ns.password.is_some())
-        );
-        t += &format!(
-            "data_size_bytes: {}\ndata_size_mb: {:.2}\n",
-            ns.data_size,
-            ns.data_size as f64 / 1048576.0
-        );
-        t += &format!("data_limits_bytes: {}\n", ns.maxsize);
-        let index_size = ns.log.iter().map(|e| 28 + e.key.len() as u64).sum::<u64>();
-        t += &format!(
-            "index_size_bytes: {index_size}\nindex_size_kb: {:.2}\n",
-            index_size as f64 / 1024.0
-        );
-        t += &format!("next_internal_id: 0x{:016x}\n", ns.next_id.swap_bytes());
-        t += &format!(
-            "mode: {}\n",
-            if ns.mode == NsMode::User {
-                "userkey"
-            } else {
-                "sequential"
-            }
-        );
-        t += "stats_index_io_errors: 0\nstats_index_io_error_last: 0\nstats_index_faults: 0\n";
-        t += "stats_data_io_errors: 0\nstats_data_io_error_last: 0\nstats_data_faults: 0\n";
-        if ns.maxsize > 0 {
-            t += &format!(
-                "space_available: {}\n",
-                ns.maxsize.saturating_sub(ns.data_size)
-            );
-        }
-        let free = self.disk_free;
-        t += &format!(
-            "index_disk_freespace_bytes: {free}\nindex_disk_freespace_mb: {:.2}\n",
-            free as f64 / 1048576.0
-        );
-        t += &format!(
-            "data_disk_freespace_bytes: {free}\ndata_disk_freespace_mb: {:.2}\n",
-            free as f64 / 1048576.0
-        );
-        Reply::Bulk(t.into_bytes())
     }
 }

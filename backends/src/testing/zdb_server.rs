@@ -10,9 +10,10 @@
 //! stored value, count entries, drop every client connection (clients must reconnect and re-authenticate), or
 //! take the server "down" (connections are closed at once) and bring it back with its data.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -53,6 +54,9 @@ struct Shared {
     down: AtomicBool,
     /// Bumped to make every connection close (drop_connections / down / shutdown).
     kick: watch::Sender<u64>,
+    /// Open connections: id -> the kick generation current when it was accepted.
+    open: Mutex<HashMap<u64, u64>>,
+    next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -64,7 +68,8 @@ impl Shared {
 
 /// A running in-memory 0-db protocol server; stopped when dropped.
 pub struct ZdbTestServer {
-    addr: SocketAddr,
+    /// The loopback address the server listens on.
+    pub addr: SocketAddr,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -91,6 +96,8 @@ impl ZdbTestServer {
             )),
             down: AtomicBool::new(false),
             kick: watch::channel(0).0,
+            open: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -161,9 +168,23 @@ impl ZdbTestServer {
         self.shared.state().corrupt(namespace, key)
     }
 
-    /// Closes every client connection now (clients must reconnect and authenticate again).
+    /// Closes every client connection and returns once they are closed (clients must reconnect and
+    /// authenticate again). Connections made after the call are not affected.
     pub fn drop_connections(&self) {
-        self.shared.kick.send_modify(|n| *n += 1);
+        let mut generation = 0;
+        self.shared.kick.send_modify(|n| {
+            *n += 1;
+            generation = *n;
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open.values().all(|&g| g >= generation) {
+                return;
+            }
+            drop(open);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// While down, every connection is closed as soon as it is accepted and existing ones are dropped; data is
@@ -204,7 +225,11 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                     drop(stream);
                     continue;
                 }
-                tokio::spawn(serve(stream, shared.clone()));
+                // Registered before the task runs, so drop_connections sees every accepted connection.
+                let mut kick = shared.kick.subscribe();
+                let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                shared.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id, *kick.borrow_and_update());
+                tokio::spawn(serve(stream, shared.clone(), id, kick));
             }
         }
     }
@@ -217,9 +242,22 @@ enum Request {
     Reject(&'static str),
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+/// Removes a connection from `Shared::open` when its task ends (or is cancelled at shutdown).
+struct Registered<'a>(&'a Shared, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut kick: watch::Receiver<u64>) {
+    let _registered = Registered(&shared, id);
     let _ = stream.set_nodelay(true);
-    let mut kick = shared.kick.subscribe();
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);

@@ -94,12 +94,14 @@ impl Run {
     }
 
     /// Asserts exit code 0 and returns stdout.
+    #[track_caller]
     pub fn ok(self) -> String {
         assert_eq!(self.code, Some(0), "expected success:\n{}", self.describe());
         self.stdout
     }
 
     /// Asserts the given exit code and returns stderr.
+    #[track_caller]
     pub fn code(self, code: i32) -> String {
         assert_eq!(
             self.code,
@@ -111,6 +113,7 @@ impl Run {
     }
 
     /// Asserts an operation failure: exit code 1 and exactly one stderr line starting `qsfs: `. Returns that line.
+    #[track_caller]
     pub fn failed(self) -> String {
         let d = self.describe();
         let stderr = self.code(1);
@@ -118,19 +121,25 @@ impl Run {
     }
 }
 
-/// Checks that `stderr` is a single line starting `qsfs: ` and returns it.
+/// Checks that `stderr` holds exactly one error line, starting `qsfs: `, as its last line, and returns it.
+///
+/// Log lines before it (e.g. `WARN store marked down …`) are tolerated: the spec makes the *error* one line, and
+/// a store going down mid-command is worth a warning. A multi-line error (a continuation after the `qsfs: ` line,
+/// or two `qsfs: ` lines) is not.
+#[track_caller]
 pub fn error_line(stderr: &str, describe: &str) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors = lines.iter().filter(|l| l.starts_with("qsfs: ")).count();
     assert_eq!(
-        lines.len(),
-        1,
-        "errors must be exactly one line on stderr:\n{describe}"
+        errors, 1,
+        "want exactly one stderr line starting `qsfs: `:\n{describe}"
     );
+    let last = lines.last().expect("one error line");
     assert!(
-        lines[0].starts_with("qsfs: "),
-        "error lines must start with `qsfs: `:\n{describe}"
+        last.starts_with("qsfs: "),
+        "the `qsfs: ` error must be the last stderr line (one line):\n{describe}"
     );
-    lines[0].to_string()
+    last.to_string()
 }
 
 /// Runs `qsfs` with `args` (plus `envs`), killing it after [`COMMAND_TIMEOUT`].
@@ -252,11 +261,13 @@ impl Vol {
         run_qsfs(&all, &envs)
     }
 
+    #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
         self.run(args).ok()
     }
 
     /// `qsfs init` with extra options; asserts success and the volume's on-disk layout.
+    #[track_caller]
     pub fn init(&self, extra: &[&str]) {
         let mut args = vec!["init"];
         args.extend_from_slice(extra);
@@ -288,6 +299,7 @@ impl Vol {
     }
 
     /// `qsfs init` with the default (embedded dir) stores, checking they exist at VOLUME/stores/0..5.
+    #[track_caller]
     pub fn init_default(&self, extra: &[&str]) {
         self.init(extra);
         for i in 0..6 {
@@ -306,12 +318,14 @@ impl Vol {
     }
 
     /// `qsfs status --json`, parsed and checked against the schema.
+    #[track_caller]
     pub fn status(&self) -> Status {
         let out = self.ok(&["status", "--json"]);
         Status::parse(&out)
     }
 
     /// `qsfs ls PATH` as a list of names.
+    #[track_caller]
     pub fn ls(&self, path: &str) -> Vec<String> {
         self.ok(&["ls", path]).lines().map(str::to_string).collect()
     }

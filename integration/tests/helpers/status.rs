@@ -75,6 +75,7 @@ fn check(obj: &Value, keys: &[(&str, Ty)], what: &str, doc: &str) {
 
 impl Status {
     /// Parses `status --json` output, checking the documented schema and internal consistency.
+    #[track_caller]
     pub fn parse(out: &str) -> Status {
         let v: Value = serde_json::from_str(out)
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{out}"));

@@ -139,6 +139,7 @@ pub fn walk(root: &Path) -> BTreeMap<PathBuf, Entry> {
 }
 
 /// Asserts that trees (or single files) `a` and `b` hold the same names, types and bytes.
+#[track_caller]
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let wa = walk(a);
     let wb = walk(b);
@@ -168,6 +169,7 @@ fn join_rel(root: &Path, rel: &Path) -> PathBuf {
 }
 
 /// Asserts two files hold the same bytes, naming the first differing offset.
+#[track_caller]
 pub fn assert_same_file(a: &Path, b: &Path) {
     if let Some(off) = first_difference(a, b) {
         panic!("{} and {} differ at byte {off}", a.display(), b.display());
@@ -211,6 +213,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
 
 /// Asserts every regular file under `out` equals the file at the same relative path under `src` (used after
 /// a failed get: whatever it left behind must not be wrong bytes).
+#[track_caller]
 pub fn assert_no_wrong_files(src: &Path, out: &Path) {
     if !out.exists() {
         return;

@@ -21,6 +21,7 @@ pub fn put(vol: &Volume, srcs: &[PathBuf], dest: &str) -> Result<()> {
         fs::symlink_metadata(s).with_context(|| format!("{}", s.display()))?;
         total += local_tree_size(s);
     }
+    vol.stores().check_writable(vol.config().write_quorum)?;
     let dest_ino = vol.meta().read(|c| meta::resolve(c, dest))?;
     let dest_is_dir = match dest_ino {
         Some(ino) => vol

@@ -3,13 +3,24 @@
 //!
 //! WAL mode, foreign keys on, a `schema_version` table and numbered migrations applied in one transaction each.
 //! One writer connection behind a mutex: every change to the volume goes through `MetaStore::write`, which runs a
-//! closure inside one IMMEDIATE transaction so a put or a rename commits all of its rows or none.
+//! closure inside one IMMEDIATE transaction so a put or a rename commits all of its rows or none. Reads run on a
+//! small pool of read-only connections, so a lookup never waits behind a writer's fsync (WAL readers see the last
+//! committed state).
+//!
+//! Durability levels. `write` commits with `synchronous=FULL`: the WAL is fsynced before the commit returns. The
+//! mount's namespace changes (create, mkdir, rename, chmod...) use `write_fast`, which commits with
+//! `synchronous=NORMAL`: atomic and consistent, but the last few commits may be lost in a power cut. That keeps the
+//! durability promise because every promise the filesystem makes (fsync, close, fsyncdir) ends in a FULL commit or
+//! `sync`, and the WAL is one sequential file: fsyncing it makes every earlier frame durable too, so a FULL commit
+//! also hardens all the NORMAL commits before it. Nothing a caller was promised rests on a NORMAL commit alone.
 
 mod data;
+mod fsops;
 mod namespace;
+mod queue;
 mod schema;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -17,11 +28,18 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::error::{QsfsError, Result};
 
 pub use data::*;
+pub use fsops::*;
 pub use namespace::*;
+pub use queue::*;
 pub use schema::SCHEMA_VERSION;
+
+/// Read-only connections kept for `read`.
+const READERS: usize = 4;
 
 pub struct MetaStore {
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    path: PathBuf,
 }
 
 impl MetaStore {
@@ -39,9 +57,53 @@ impl MetaStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(10))?;
+            r.set_prepared_statement_cache_capacity(64);
+            readers.push(Mutex::new(r));
+        }
         Ok(MetaStore {
             conn: Mutex::new(conn),
+            readers,
+            path: path.to_path_buf(),
         })
+    }
+
+    /// Like `write`, but commits with `synchronous=NORMAL` (no fsync): for namespace changes whose durability
+    /// comes from a later FULL commit or `sync` (see the module docs).
+    pub fn write_fast<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let res = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        res
+    }
+
+    /// Makes every commit so far durable: fsyncs the write-ahead log (where NORMAL commits sit until a
+    /// checkpoint, which syncs the database file itself). For fsync/fsyncdir when nothing else needs writing.
+    pub fn sync(&self) -> Result<()> {
+        // Holding the writer lock orders this after any commit in progress.
+        let _conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::File::open(&wal) {
+            Ok(f) => f
+                .sync_all()
+                .map_err(|e| QsfsError::io("syncing the metadata log", e)),
+            // No log file: everything has been checkpointed into the (synced) database file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(QsfsError::io("opening the metadata log", e)),
+        }
     }
 
     /// Runs `f` in one IMMEDIATE transaction and commits it; an error rolls everything back.
@@ -55,12 +117,27 @@ impl MetaStore {
 
     /// Runs `f` on the connection for reads (a consistent snapshot inside one deferred transaction).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Any idle reader will do; if all are busy, queue on one chosen by thread so waits spread out.
+        let mut guard = self.readers.iter().find_map(|r| r.try_lock().ok());
+        let mut conn = match guard.take() {
+            Some(g) => g,
+            None => {
+                let i = thread_slot() % self.readers.len();
+                self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
+            }
+        };
         let tx = conn.transaction()?;
         let out = f(&tx)?;
         tx.finish()?;
         Ok(out)
     }
+}
+
+fn thread_slot() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
 }
 
 pub(crate) fn now_ns() -> i64 {

@@ -69,10 +69,10 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
-const INODE_COLS: &str =
+pub(super) const INODE_COLS: &str =
     "ino, kind, mode, uid, gid, size, nlink, rdev, atime_ns, mtime_ns, ctime_ns, crtime_ns";
 
-fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<Inode> {
+pub(super) fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<Inode> {
     Ok(Inode {
         ino: r.get::<_, i64>(0)? as u64,
         kind: FileKind::from_i64(r.get(1)?)?,

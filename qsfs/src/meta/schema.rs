@@ -73,6 +73,19 @@ const MIGRATIONS: &[&str] = &[
         since_ns INTEGER NOT NULL
     );
     "#,
+    // 1 -> 2: the mount's persistent upload queue (`qsfs mount --writeback`): segments whose plaintext is durable
+    // in VOLUME/cache/queue/FILE and whose inode size is already committed, waiting to be encoded and placed.
+    r#"
+    CREATE TABLE upload_queue (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        ino       INTEGER NOT NULL REFERENCES inodes(ino) ON DELETE CASCADE,
+        idx       INTEGER NOT NULL,
+        plain_len INTEGER NOT NULL,
+        file      TEXT NOT NULL,
+        since_ns  INTEGER NOT NULL
+    );
+    CREATE INDEX upload_queue_by_ino ON upload_queue(ino, idx);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -290,6 +290,15 @@ impl Volume {
         self.config.segment_size.0
     }
 
+    pub fn codec(&self) -> &Arc<SegmentCodec> {
+        &self.codec
+    }
+
+    /// The store I/O runtime: the single crossing point from plain threads into async store I/O.
+    pub fn io(&self) -> &IoRuntime {
+        &self.rt
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
     }
