@@ -69,3 +69,17 @@ pub fn drop_queued_from(conn: &Connection, ino: u64, from: u64) -> Result<Vec<Qu
 pub fn queue_len(conn: &Connection) -> Result<u64> {
     Ok(conn.query_row("SELECT COUNT(*) FROM upload_queue", [], |r| r.get::<_, i64>(0))? as u64)
 }
+
+/// Records placed shards that no row will reference (a sealed segment whose commit was superseded or cancelled)
+/// as garbage, so `collect_garbage` deletes them from their stores.
+pub fn add_garbage(conn: &Connection, shards: &[super::ShardRow]) -> Result<()> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO garbage (store_id, locator, since_ns) VALUES (?1, ?2, ?3)",
+    )?;
+    for s in shards {
+        if let (Some(store), Some(loc)) = (s.store_id, &s.locator) {
+            st.execute(params![store, loc, now_ns()])?;
+        }
+    }
+    Ok(())
+}

@@ -179,13 +179,14 @@ impl Volume {
             reason,
         })?;
         let codec = build_codec(&config, &master)?;
-        check_store_value_limits(&config, &codec)?;
+        let rt = IoRuntime::new()?;
+        check_store_value_limits(&config, &codec, &rt)?;
         if config.key.source == KeySource::File {
             master.write_file(&root.join(KEY_FILE))?;
         }
         std::fs::create_dir_all(root.join("cache"))
             .map_err(|e| QsfsError::io("creating cache directory", e))?;
-        let rt = IoRuntime::new()?;
+
         rt.block_on(StoreSet::initialise(&config.stores, &config.volume_id))?;
         let meta = MetaStore::open(&root.join(META_FILE), true)?;
         let (uid, gid) = (
@@ -321,18 +322,12 @@ fn build_codec(config: &VolumeConfig, master: &MasterKey) -> Result<SegmentCodec
 }
 
 /// A store with a value limit (0-db: 8 MiB) must fit the largest shard blob a full segment can produce.
-fn check_store_value_limits(config: &VolumeConfig, codec: &SegmentCodec) -> Result<()> {
-    // Incompressible data is stored raw, so a full segment of random bytes gives the largest possible shard.
-    let mut probe = vec![0u8; config.segment_size.0 as usize];
-    rand::fill(&mut probe[..]);
-    let encoded = codec.encode(1, &probe)?;
-    let largest = encoded
-        .shards
-        .iter()
-        .map(|s| s.blob.len() as u64)
-        .max()
-        .unwrap_or(0);
-    let rt = IoRuntime::new()?;
+fn check_store_value_limits(
+    config: &VolumeConfig,
+    codec: &SegmentCodec,
+    rt: &IoRuntime,
+) -> Result<()> {
+    let largest = codec.max_shard_blob_len(config.segment_size.0)?;
     for s in &config.stores {
         if s.uri.starts_with("dir:") {
             continue; // no value limit, and opening a dir store that does not exist yet would fail

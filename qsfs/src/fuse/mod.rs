@@ -1,0 +1,75 @@
+//! The FUSE mount: a `Volume` served as a POSIX directory tree through fuser's pure-Rust session.
+//!
+//! - `ops.rs`: the `fuser::Filesystem` impl, a thin dispatcher: each callback calls a method that returns
+//!   `Result` and the one errno mapping (`QsfsError::errno`) turns failures into replies.
+//! - `nodes.rs`: namespace callbacks (lookup, attributes, create/remove/rename/link, xattrs, statfs).
+//! - `files.rs`: open files and directories (open, read, write, flush, fsync, release, readdir).
+//! - `engine.rs` / `seal.rs`: the data path (staging, sealing, the upload queue, durability).
+//! - `session.rs`: mounting, signals, stale mounts, the drain at unmount, and `umount`.
+//!
+//! FUSE callbacks run on fuser's worker threads, which are plain threads: they reach the stores only through the
+//! volume's `IoRuntime::block_on`, the crate's one async boundary.
+
+mod attr;
+mod engine;
+mod files;
+mod nodes;
+mod ops;
+mod seal;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use session::{
+    MountOptions, find_mount, is_stale_mount, mount, unmount, wait_for_exit, DEFAULT_CACHE_SIZE,
+};
+
+use crate::error::QsfsError;
+use crate::meta::{DirEntry, Inode};
+use engine::{Cell, Engine};
+
+/// An open regular file.
+struct FileHandle {
+    ino: u64,
+    cell: Arc<Cell>,
+    append: bool,
+    /// relatime: the access time is considered once per handle, on its first read.
+    atime_checked: AtomicBool,
+}
+
+/// An open directory: the page of entries last read, so sequential readdir calls continue by name instead of
+/// re-reading from the start.
+struct DirHandle {
+    ino: u64,
+    /// Index (0-based, among the real entries) of `page[0]`.
+    page_start: u64,
+    page: Vec<(DirEntry, Inode)>,
+    /// The page is the directory's last.
+    page_is_last: bool,
+}
+
+pub struct QsfsFs {
+    eng: Arc<Engine>,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+    statfs_cache: Mutex<Option<(Instant, attr::Capacity)>>,
+}
+
+impl QsfsFs {
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<FileHandle>, QsfsError> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| QsfsError::Invalid(format!("file handle {fh}")))
+    }
+}

@@ -1,0 +1,241 @@
+//! The mount's local staging area, `VOLUME/cache/`: plaintext of segments that were written but not yet sealed
+//! onto the stores.
+//!
+//! - `staging/`: one sparse file per dirty segment, written in place by FUSE writes. Never promised to survive a
+//!   crash (the durability promise is made by fsync/close, after sealing), so the mount empties it at start.
+//! - `queue/`: segments of `--writeback` mounts that close has made durable locally. Each file is fsynced and named
+//!   by a row of the SQLite upload queue before close returns; the uploader deletes it after the segment commits.
+//!
+//! One file per segment keeps a segment's snapshot immutable once it is handed to the sealer (later writes go to
+//! a fresh file), and lets a queued segment be renamed into `queue/` instead of copied.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::durable;
+use crate::error::{QsfsError, Result};
+
+pub const STAGING_DIR: &str = "staging";
+pub const QUEUE_DIR: &str = "queue";
+
+pub struct StagingArea {
+    staging: PathBuf,
+    queue: PathBuf,
+    next: AtomicU64,
+}
+
+impl StagingArea {
+    /// Opens `cache_dir`'s staging area, creating it if needed. `clean` empties `staging/` (leftovers of a crashed
+    /// mount: never promised, never referenced).
+    pub fn open(cache_dir: &Path, clean: bool) -> Result<StagingArea> {
+        let staging = cache_dir.join(STAGING_DIR);
+        let queue = cache_dir.join(QUEUE_DIR);
+        for d in [&staging, &queue] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| QsfsError::io(format!("creating {}", d.display()), e))?;
+        }
+        if clean {
+            for path in list_files(&staging)? {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(StagingArea {
+            staging,
+            queue,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    pub fn queue_dir(&self) -> &Path {
+        &self.queue
+    }
+
+    /// A new staging file holding `base` (the segment's current bytes, or nothing).
+    pub fn create(&self, base: &[u8]) -> Result<Staged> {
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.staging.join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| QsfsError::io(format!("creating staging file {}", path.display()), e))?;
+        let staged = Staged {
+            path: Mutex::new(path),
+            file,
+            len: AtomicU64::new(0),
+            keep: AtomicBool::new(false),
+        };
+        if !base.is_empty() {
+            staged.write_at(0, base)?;
+        }
+        Ok(staged)
+    }
+
+    /// Opens a queued segment left by an earlier mount.
+    pub fn open_queued(&self, file: &str, len: u64) -> Result<Staged> {
+        let path = self.queue.join(file);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| QsfsError::io(format!("opening queued segment {}", path.display()), e))?;
+        Ok(Staged {
+            path: Mutex::new(path),
+            file: f,
+            len: AtomicU64::new(len),
+            keep: AtomicBool::new(true),
+        })
+    }
+
+    /// Makes `staged` durable and moves it into the queue directory under a new unique name, which it returns.
+    /// The caller fsyncs the queue directory (once for a batch) before committing rows that name the files.
+    pub fn enqueue(&self, staged: &Staged) -> Result<String> {
+        staged.sync()?;
+        let name = format!(
+            "{}-{}-{}",
+            crate::meta::now_ns(),
+            std::process::id(),
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let target = self.queue.join(&name);
+        let mut path = staged.path.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::rename(&*path, &target)
+            .map_err(|e| QsfsError::io(format!("queueing {}", path.display()), e))?;
+        *path = target;
+        staged.keep.store(true, Ordering::Release);
+        Ok(name)
+    }
+
+    pub fn sync_queue_dir(&self) -> Result<()> {
+        durable::sync_dir(&self.queue)
+    }
+
+    /// Files in the queue directory (for the mount's and fsck's leftover sweep).
+    pub fn queue_files(&self) -> Result<Vec<PathBuf>> {
+        list_files(&self.queue)
+    }
+
+    pub fn staging_files(&self) -> Result<Vec<PathBuf>> {
+        list_files(&self.staging)
+    }
+}
+
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(QsfsError::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| QsfsError::io(format!("listing {}", dir.display()), e))?;
+        out.push(e.path());
+    }
+    Ok(out)
+}
+
+/// One segment's plaintext in a local file. Bytes past `len` do not exist; holes inside read as zeros. The file
+/// is removed when the `Staged` is dropped, unless it was queued (then the uploader removes it explicitly, after
+/// the commit that forgets its queue row).
+pub struct Staged {
+    path: Mutex<PathBuf>,
+    file: File,
+    len: AtomicU64,
+    keep: AtomicBool,
+}
+
+impl Staged {
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn io_err(&self, what: &str, e: std::io::Error) -> QsfsError {
+        let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
+        QsfsError::io(format!("{what} staging file {}", path.display()), e)
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| self.io_err("writing", e))?;
+        self.len
+            .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`; bytes at or past `len` are zeros.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = self.len();
+        let avail = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let (data, tail) = buf.split_at_mut(avail);
+        if !data.is_empty() {
+            let mut done = 0;
+            while done < data.len() {
+                let n = self
+                    .file
+                    .read_at(&mut data[done..], offset + done as u64)
+                    .map_err(|e| self.io_err("reading", e))?;
+                if n == 0 {
+                    // The file is shorter than `len` (a trailing hole never written): zeros.
+                    data[done..].fill(0);
+                    break;
+                }
+                done += n;
+            }
+        }
+        tail.fill(0);
+        Ok(())
+    }
+
+    /// The first `len` bytes.
+    pub fn read_prefix(&self, len: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len.min(self.len()) as usize];
+        self.read_at(0, &mut buf)?;
+        Ok(buf)
+    }
+
+    pub fn truncate(&self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| self.io_err("truncating", e))?;
+        self.len.store(len, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        // Extending the file to `len` first makes a trailing hole part of the durable file.
+        self.file
+            .set_len(self.len())
+            .and_then(|_| self.file.sync_all())
+            .map_err(|e| self.io_err("syncing", e))
+    }
+
+    /// Removes the file now (a queued segment after its upload committed, or a cancelled one).
+    pub fn remove(&self) {
+        self.keep.store(false, Ordering::Release);
+        let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::fs::remove_file(&*path);
+        self.keep.store(true, Ordering::Release); // removed; nothing left for Drop to do
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.keep.load(Ordering::Acquire) {
+            let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = std::fs::remove_file(&*path);
+        }
+    }
+}
