@@ -261,18 +261,24 @@ impl StoreSet {
         Ok(rows)
     }
 
-    /// Reads one shard blob, retrying transient failures. A store that stays unreachable is marked down.
-    pub async fn fetch(&self, store_id: u32, locator: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// The slot of a store that is configured and currently up.
+    fn up_slot(&self, store_id: u32) -> Result<&Arc<StoreSlot>, StoreError> {
         let slot = self.slot(store_id).ok_or_else(|| StoreError::Unavailable {
             uri: format!("store {store_id}"),
             reason: "not in this volume's config".into(),
         })?;
-        if let StoreState::Down(reason) = slot.state() {
-            return Err(StoreError::Unavailable {
+        match slot.state() {
+            StoreState::Up => Ok(slot),
+            StoreState::Down(reason) => Err(StoreError::Unavailable {
                 uri: slot.uri.clone(),
                 reason,
-            });
+            }),
         }
+    }
+
+    /// Reads one shard blob, retrying transient failures. A store that stays unreachable is marked down.
+    pub async fn fetch(&self, store_id: u32, locator: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let slot = self.up_slot(store_id)?;
         let loc = Locator(locator.to_vec());
         let res = with_retry(|| slot.store.get(&loc)).await;
         if let Err(e) = &res
@@ -285,16 +291,7 @@ impl StoreSet {
 
     /// Deletes a shard that metadata no longer references.
     pub async fn delete(&self, store_id: u32, locator: &[u8]) -> Result<(), StoreError> {
-        let slot = self.slot(store_id).ok_or_else(|| StoreError::Unavailable {
-            uri: format!("store {store_id}"),
-            reason: "not in this volume's config".into(),
-        })?;
-        if let StoreState::Down(reason) = slot.state() {
-            return Err(StoreError::Unavailable {
-                uri: slot.uri.clone(),
-                reason,
-            });
-        }
+        let slot = self.up_slot(store_id)?;
         let loc = Locator(locator.to_vec());
         with_retry(|| slot.store.delete(&loc)).await
     }

@@ -76,19 +76,15 @@ impl Volume {
             let done: Vec<i64> = self.rt.block_on(async {
                 let mut tasks = JoinSet::new();
                 for g in batch {
-                    if !self.stores.slot(g.store_id).is_some_and(|s| s.is_up()) {
-                        continue;
-                    }
-                    let slot = self.stores.slot(g.store_id).cloned().expect("checked above");
-                    tasks.spawn(async move {
-                        let res = slot.store.delete(&qsfs_backends::Locator(g.locator)).await;
-                        (g.id, res)
-                    });
+                    let stores = self.stores.clone();
+                    tasks.spawn(async move { (g.id, stores.delete(g.store_id, &g.locator).await) });
                 }
                 let mut done = Vec::new();
                 while let Some(Ok((id, res))) = tasks.join_next().await {
                     match res {
                         Ok(()) | Err(StoreError::NotFound { .. }) => done.push(id),
+                        // A down store keeps its garbage until it is back.
+                        Err(e) if e.is_retryable() => {}
                         Err(e) => tracing::warn!(error = %e, "garbage shard not deleted; will retry later"),
                     }
                 }
