@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # The test command of the project: `bash integration/run-tests.sh` (from any directory).
 #
-# Installs missing system packages (redis-server, fuse3, docker-compose), then runs, in order and stopping at the
-# first failure: rustfmt check, clippy with warnings denied, the qsfs binary build, and every test of the
-# workspace (the integration tests drive target/debug/qsfs against real redis-servers and a 0-db test server).
+# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose) and the pjdfstest and fsx tools,
+# then runs, in order and stopping at the first failure: rustfmt check, clippy with warnings denied, the qsfs
+# binary build, every test of the workspace (the integration tests drive target/debug/qsfs against real
+# redis-servers, a 0-db test server and real FUSE mounts), pjdfstest and fsx on fresh `qsfs mount`s, and the
+# offline check of the compose file. Each step prints how long it took.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
-step() { printf '\n==> %s\n' "$*"; }
+step() {
+    if [[ -n ${step_name:-} ]]; then printf '    (%s: %d s)\n' "$step_name" $((SECONDS - step_start)); fi
+    step_name="$*"
+    step_start=$SECONDS
+    printf '\n==> %s\n' "$*"
+}
 
 # --- system packages -----------------------------------------------------------------------------------------
 # binary -> Debian package providing it
 declare -A wanted=(
     [redis-server]=redis-server
     [fusermount3]=fuse3
+    [sqlite3]=sqlite3
     [docker-compose]=docker-compose
 )
 missing=()
@@ -48,12 +56,230 @@ step "cargo test --workspace --all-features"
 # The integration tests run target/debug/qsfs (built just above) unless QSFS_BIN points elsewhere.
 cargo test --workspace --all-features
 
-# --- FUSE: POSIX conformance and fsx on a real mount ---------------------------------------------------------
-# LATER ISSUE (FUSE): mount a fresh volume with `qsfs mount` (as root: /dev/fuse is 0600), then
-#   - pjdfstest (`cargo install --locked pjdfstest@0.2.2`):
-#       pjdfstest -c "$repo_root/../shared/pjdfstest.toml" -p "$mountpoint"
-#   - fsx (`cargo install --locked fsx@0.3.2`) on a file inside the mount,
-# and unmount (`fusermount3 -u` / `umount`) in a trap so a failure never leaves a dead mountpoint behind.
+# --- FUSE: POSIX conformance (pjdfstest) and random I/O (fsx) on real mounts --------------------------------------
+# Each suite gets a fresh volume, mounted with `qsfs mount --foreground` in the background (as root: /dev/fuse is
+# 0600). Afterwards `qsfs umount` must succeed, the mount process must exit 0 and `qsfs fsck` must be clean. A trap
+# unmounts whatever a failure leaves behind, so no dead mountpoint outlives the run.
+PJDFSTEST_VERSION=0.2.2
+FSX_VERSION=0.3.2
+FSX_OPS=${FSX_OPS:-100000}
+FSX_SEED=${FSX_SEED:-20261121}
+# Small segments, so fsx's overwrites, truncates and holes cross many segment boundaries (the minimum is 4KiB).
+FSX_SEGMENT_SIZE=${FSX_SEGMENT_SIZE:-16KiB}
+# The pjdfstest configuration (features, users and groups to switch to) is shared by the project; this script
+# replaces its expected_failures with the list below.
+PJDFSTEST_CONFIG=${PJDFSTEST_CONFIG:-$repo_root/../shared/pjdfstest.toml}
+
+# pjdfstest cases that cannot pass on this mount, each with the FUSE limitation that stops it. pjdfstest fails the
+# run on any other failure and on any of these passing ("PASSED UNEXPECTEDLY"), so the list stays exact.
+pjdfstest_expected_failures=(
+)
+
+# is_mounted MP: MP is a FUSE mount in /proc/self/mounts.
+is_mounted() {
+    awk -v mp="$1" '$2 == mp && $3 ~ /^fuse/ { found = 1 } END { exit !found }' /proc/self/mounts
+}
+
+fuse_mountpoints=()
+fuse_pids=()
+cleanup_fuse() {
+    local mp pid
+    for mp in "${fuse_mountpoints[@]}"; do
+        if is_mounted "$mp"; then
+            echo "cleanup: unmounting $mp"
+            timeout 120 "$qsfs" umount "$mp" >/dev/null 2>&1 || umount -l "$mp" 2>/dev/null ||
+                fusermount3 -u -z "$mp" 2>/dev/null || true
+        fi
+    done
+    for pid in "${fuse_pids[@]}"; do
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${fuse_work:-} ]]; then rm -rf "$fuse_work" 2>/dev/null || true; fi
+}
+
+# init_volume DIR SEGMENT_SIZE: a fresh volume DIR/vol with default (dir) stores.
+init_volume() {
+    if ! "$qsfs" --volume "$1/vol" init --segment-size "$2" >"$1/init.log" 2>&1; then
+        cat "$1/init.log"
+        return 1
+    fi
+}
+
+# start_mount DIR [OPTIONS...]: mounts DIR/vol at DIR/mnt in the background; sets mount_pid.
+start_mount() {
+    local dir=$1 i
+    shift
+    mkdir -p "$dir/mnt"
+    "$qsfs" --volume "$dir/vol" mount "$dir/mnt" --foreground "$@" >>"$dir/mount.log" 2>&1 &
+    mount_pid=$!
+    fuse_pids+=("$mount_pid")
+    fuse_mountpoints+=("$dir/mnt")
+    for ((i = 0; i < 600; i++)); do
+        if is_mounted "$dir/mnt" && ls "$dir/mnt" >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$mount_pid" 2>/dev/null; then
+            echo "qsfs mount exited before $dir/mnt was mounted; its output:"
+            cat "$dir/mount.log"
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "$dir/mnt was not mounted within 60 s; qsfs mount's output:"
+    cat "$dir/mount.log"
+    return 1
+}
+
+# stop_mount DIR: `qsfs umount` (drains uploads), checks the mount process exits 0 and is gone, then fsck.
+stop_mount() {
+    local dir=$1 rc=0
+    if ! timeout 600 "$qsfs" umount "$dir/mnt"; then
+        echo "qsfs umount $dir/mnt failed; mount output:"
+        cat "$dir/mount.log"
+        return 1
+    fi
+    wait "$mount_pid" || rc=$?
+    if ((rc != 0)); then
+        echo "the mount process exited with $rc after qsfs umount; its output:"
+        cat "$dir/mount.log"
+        return 1
+    fi
+    if is_mounted "$dir/mnt"; then
+        echo "$dir/mnt is still mounted after qsfs umount"
+        return 1
+    fi
+    if ! "$qsfs" --volume "$dir/vol" fsck; then
+        echo "qsfs fsck found problems in $dir/vol"
+        return 1
+    fi
+}
+
+# pjdfstest_config OUT: the shared configuration with expected_failures replaced by this script's list.
+pjdfstest_config() {
+    local list=""
+    if ((${#pjdfstest_expected_failures[@]} > 0)); then
+        list=$(printf '"%s", ' "${pjdfstest_expected_failures[@]}")
+        list=${list%, }
+    fi
+    awk -v line="expected_failures = [$list]" '
+        skip { if ($0 ~ /\]/) skip = 0; next }
+        /^[[:space:]]*expected_failures[[:space:]]*=/ { if ($0 !~ /\]/) skip = 1; next }
+        { print }
+        /^[[:space:]]*\[settings\][[:space:]]*$/ { print line; seen = 1 }
+        END { if (!seen) { print "[settings]"; print line } }
+    ' "$PJDFSTEST_CONFIG" >"$1"
+}
+
+run_pjdfstest() {
+    local dir="$fuse_work/pjdfstest" rc=0 summary
+    mkdir -p "$dir"
+    init_volume "$dir" 64KiB
+    # --allow-other: pjdfstest switches to other users (nobody, daemon) to test permission checks.
+    start_mount "$dir" --allow-other
+    pjdfstest_config "$dir/pjdfstest.toml"
+    (cd "$dir/mnt" && NO_COLOR=1 pjdfstest -c "$dir/pjdfstest.toml" -p "$dir/mnt") >"$dir/pjdfstest.log" 2>&1 ||
+        rc=$?
+    summary=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/pjdfstest.log" | grep -a '^Summary:' | tail -n 1 || true)
+    if ((rc != 0)) || [[ -z $summary ]]; then
+        echo "pjdfstest failed (exit $rc). Failing cases:"
+        sed 's/\x1b\[[0-9;]*m//g' "$dir/pjdfstest.log" | grep -a -A 6 -E ' (FAILED|PASSED UNEXPECTEDLY)$' || true
+        echo "${summary:-no summary line; last lines of the output:}"
+        [[ -n $summary ]] || tail -n 40 "$dir/pjdfstest.log"
+        return 1
+    fi
+    stop_mount "$dir"
+    # "Summary: F failed, S skipped, P passed, E expected failures, T total"
+    local re='([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) passed, ([0-9]+) expected failures, ([0-9]+) total'
+    [[ $summary =~ $re ]] || { echo "unexpected pjdfstest summary: $summary"; return 1; }
+    local failed=${BASH_REMATCH[1]} skipped=${BASH_REMATCH[2]} passed=${BASH_REMATCH[3]}
+    local expected=${BASH_REMATCH[4]} total=${BASH_REMATCH[5]}
+    echo "pjdfstest: $passed passed, $failed failed, $skipped skipped"
+    echo "pjdfstest: $expected expected failures (listed with reasons in run-tests.sh), $total cases in all"
+}
+
+run_fsx() {
+    local dir="$fuse_work/fsx" rc=0 punch=0 before after
+    mkdir -p "$dir/artifacts"
+    init_volume "$dir" "$FSX_SEGMENT_SIZE"
+    start_mount "$dir"
+    # Hole punching is optional for a filesystem: exercise it when the mount supports it.
+    if fallocate -l 65536 "$dir/mnt/.probe" 2>/dev/null &&
+        fallocate -p -o 4096 -l 8192 "$dir/mnt/.probe" 2>/dev/null; then
+        punch=1
+    fi
+    rm -f "$dir/mnt/.probe"
+    # The file grows to 1 MiB, operations span up to 128 KiB: with 16 KiB segments nearly every operation crosses
+    # segment boundaries. mmap reads and writes go through the kernel's page cache; truncates are frequent.
+    cat >"$dir/fsx.toml" <<TOML
+flen = 1048576
+[opsize]
+max = 131072
+[weights]
+close_open = 2
+read = 10
+write = 10
+mapread = 5
+mapwrite = 5
+invalidate = 1
+truncate = 4
+fsync = 1
+fdatasync = 1
+posix_fallocate = 1
+punch_hole = $punch
+sendfile = 1
+copy_file_range = 1
+posix_fadvise = 1
+TOML
+    (cd "$dir" && fsx -f "$dir/fsx.toml" -N "$FSX_OPS" -S "$FSX_SEED" -P "$dir/artifacts" "$dir/mnt/fsx.file") \
+        >"$dir/fsx.log" 2>&1 || rc=$?
+    if ((rc != 0)) || ! grep -q 'All operations completed A-OK' "$dir/fsx.log"; then
+        echo "fsx failed (exit $rc) on $dir/mnt (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE); last output:"
+        tail -n 60 "$dir/fsx.log"
+        return 1
+    fi
+    # The final file survives unmount and remount.
+    before=$(sha256sum <"$dir/mnt/fsx.file")
+    stop_mount "$dir"
+    start_mount "$dir"
+    after=$(sha256sum <"$dir/mnt/fsx.file")
+    if [[ $before != "$after" ]]; then
+        echo "fsx's file changed across unmount and remount"
+        return 1
+    fi
+    stop_mount "$dir"
+    echo "fsx: $FSX_OPS operations, 0 mismatches (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE," \
+        "hole punching $( ((punch)) && echo on || echo 'off: not supported by the mount'))"
+}
+
+if [[ $(id -u) -ne 0 || ! -e /dev/fuse ]]; then
+    step "SKIP pjdfstest and fsx: they mount as root and need /dev/fuse"
+else
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    for tool in "pjdfstest@$PJDFSTEST_VERSION" "fsx@$FSX_VERSION"; do
+        if ! command -v "${tool%@*}" >/dev/null 2>&1; then
+            step "cargo install --locked $tool"
+            cargo install --locked "$tool"
+        fi
+    done
+    if [[ ! -f $PJDFSTEST_CONFIG ]]; then
+        echo "the pjdfstest configuration is missing at $PJDFSTEST_CONFIG (set PJDFSTEST_CONFIG)" >&2
+        exit 1
+    fi
+    fuse_work=$(mktemp -d "${TMPDIR:-/tmp}/qsfs-fuse.XXXXXX")
+    fuse_work=$(realpath "$fuse_work")
+    # pjdfstest switches to other users (nobody, daemon), who must be able to reach the mountpoint.
+    chmod 755 "$fuse_work"
+    trap cleanup_fuse EXIT
+    # A private copy of the binary: a rebuild during the run cannot swap it under a mount.
+    cp "${QSFS_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/debug/qsfs}" "$fuse_work/qsfs"
+    qsfs="$fuse_work/qsfs"
+
+    step "pjdfstest on a qsfs mount"
+    run_pjdfstest
+
+    step "fsx ($FSX_OPS operations) on a qsfs mount with $FSX_SEGMENT_SIZE segments"
+    run_fsx
+fi
 
 # --- deployment files ------------------------------------------------------------------------------------------
 # LATER ISSUE (deployment): validate the compose file offline once it exists.
@@ -62,4 +288,4 @@ if [[ -f docker-compose.yml ]]; then
     docker-compose -f docker-compose.yml config -q
 fi
 
-step "all checks passed"
+step "all checks passed in $SECONDS s"

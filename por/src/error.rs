@@ -37,6 +37,16 @@ pub enum PorError {
     TooLarge { data_len: u64 },
     #[error("invalid sampling parameter {name} = {value}: must lie strictly between 0 and 1")]
     SamplingParam { name: &'static str, value: f64 },
+    #[error("audit nonce {found:?} is not 64 hex digits")]
+    BadNonce { found: String },
+}
+
+impl PorError {
+    /// Always false: every `PorError` is a verdict about bytes or parameters that asking again cannot change
+    /// (store I/O errors, which can be transient, are the callers' and never pass through this type).
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
 }
 
 pub type Result<T, E = PorError> = std::result::Result<T, E>;

@@ -139,10 +139,147 @@ pub struct VolumeConfig {
     pub write_quorum: usize,
     pub key: KeyConfig,
     pub stores: Vec<StoreConfig>,
+    /// Proof-of-retrievability audits and self-healing. Optional: configs written before it existed load with
+    /// the defaults.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 fn default_zstd_level() -> i32 {
     1
+}
+
+/// A span of time written like `15m`, `6h`, `30s`, `1d`, `500ms` or a plain number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl HumanDuration {
+    pub fn parse(text: &str) -> std::result::Result<HumanDuration, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!(
+                "invalid duration {text:?}: expected a whole number with a unit (ms, s, m, h, d)"
+            )
+        })?;
+        let millis: u64 = match unit.trim() {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h, d)"
+                ));
+            }
+        };
+        n.checked_mul(millis)
+            .map(|ms| HumanDuration(std::time::Duration::from_millis(ms)))
+            .ok_or_else(|| format!("invalid duration {text:?}: too large"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms != 0 && ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        HumanDuration::parse(s)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(HumanDuration(std::time::Duration::from_secs(n))),
+            Raw::Text(t) => HumanDuration::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The `[audit]` section: how often the mount audits in the background, how hard it may push the stores, the
+/// detection target (δ, P) and when an unreachable store counts as lost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Background audits (and the repairs they trigger) while the volume is mounted.
+    pub enabled: bool,
+    /// Mean time between background audits; each wait is drawn uniformly from half to one and a half times it,
+    /// so audits do not fall into a rhythm a store could anticipate.
+    pub interval: HumanDuration,
+    /// Bytes per second background audits and repairs may read and write (0 = no cap).
+    pub bandwidth: ByteSize,
+    /// δ: the fraction of a store's shards whose loss an audit must catch.
+    pub delta: f64,
+    /// P: the probability with which one audit must catch it.
+    pub confidence: f64,
+    /// A store unreachable for longer than this is treated as lost and its shards are rebuilt elsewhere.
+    pub lost_store_grace: HumanDuration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            interval: HumanDuration(std::time::Duration::from_secs(6 * 3600)),
+            bandwidth: ByteSize(16 << 20),
+            delta: 0.01,
+            confidence: 0.99,
+            lost_store_grace: HumanDuration(std::time::Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+impl AuditConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (key, value) in [
+            ("audit.delta", self.delta),
+            ("audit.confidence", self.confidence),
+        ] {
+            // `!(0 < v < 1)` so NaN is refused too.
+            if !(value > 0.0 && value < 1.0) {
+                return Err(format!(
+                    "key `{key}`: expected a fraction strictly between 0 and 1, found {value}"
+                ));
+            }
+        }
+        if self.interval.0 < std::time::Duration::from_secs(1) {
+            return Err(format!(
+                "key `audit.interval`: expected at least 1s, found {}",
+                self.interval
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub const MIN_SEGMENT_SIZE: u64 = 4 << 10;
@@ -239,6 +376,7 @@ impl VolumeConfig {
             qsfs_backends::StoreUri::parse(&s.uri)
                 .map_err(|e| format!("key `stores` (id {}): {e}", s.id))?;
         }
+        self.audit.validate()?;
         match self.key.source {
             KeySource::File => {}
             KeySource::Passphrase if self.key.argon2.is_none() => {
@@ -284,5 +422,42 @@ mod tests {
         assert!(ByteSize::parse("MiB").is_err());
         assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        use std::time::Duration;
+        assert_eq!(
+            HumanDuration::parse("15m").unwrap().0,
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            HumanDuration::parse("90").unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(HumanDuration::parse("0s").unwrap().0, Duration::ZERO);
+        assert!(HumanDuration::parse("5 fortnights").is_err());
+        assert_eq!(
+            HumanDuration(Duration::from_secs(6 * 3600)).to_string(),
+            "6h"
+        );
+        assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "90s");
+        assert_eq!(HumanDuration(Duration::ZERO).to_string(), "0ms");
+    }
+
+    #[test]
+    fn audit_section_is_optional_and_checked() {
+        let mut cfg = AuditConfig::default();
+        assert!(cfg.validate().is_ok());
+        let parsed: AuditConfig = toml::from_str("lost_store_grace = \"1s\"").unwrap();
+        assert_eq!(parsed.lost_store_grace.0, std::time::Duration::from_secs(1));
+        assert_eq!(parsed.delta, 0.01);
+        assert!(toml::from_str::<AuditConfig>("bogus = 1").is_err());
+        cfg.confidence = 1.0;
+        assert!(cfg.validate().is_err());
     }
 }

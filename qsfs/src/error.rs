@@ -77,6 +77,8 @@ pub enum QsfsError {
     Unsupported(String),
     #[error("{0}: operation not permitted")]
     NotPermitted(String),
+    #[error("{0} interrupted")]
+    Interrupted(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -98,6 +100,8 @@ impl QsfsError {
         match self {
             QsfsError::Store(e) => e.is_retryable(),
             QsfsError::NotEnoughStores { .. } => true,
+            // A stopped audit or repair keeps its progress (checkpoint, queue): running it again continues.
+            QsfsError::Interrupted(_) => true,
             _ => false,
         }
     }
@@ -121,6 +125,7 @@ impl QsfsError {
             QsfsError::Unsupported(_) => libc::EOPNOTSUPP,
             QsfsError::NotPermitted(_) => libc::EPERM,
             QsfsError::NoSpace(_) => libc::ENOSPC,
+            QsfsError::Interrupted(_) => libc::EINTR,
             QsfsError::Store(StoreError::Full { .. }) => libc::ENOSPC,
             QsfsError::Metadata(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DiskFull =>

@@ -2,14 +2,20 @@
 //! the client, erasure-coded into K data + M parity shards and spread over append-only shard stores. Metadata lives
 //! in a local SQLite database. A `Volume` is the one object the CLI and the FUSE layer both drive.
 
+pub mod audit;
 pub mod codec;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod fsck;
+pub mod fuse;
 pub mod keys;
 pub mod meta;
 pub mod pipeline;
+pub mod repair;
+pub mod read_cache;
 pub mod runtime;
+pub mod staging;
 pub mod store_set;
 pub mod volume;
 

@@ -177,6 +177,9 @@ mod tests {
         assert!(!l.entries.contains_key(&2), "2 was the least recently used");
         assert_eq!(l.bytes, 300);
         cache.insert(&mut l, 5, Arc::new(vec![0; 1000]));
-        assert!(!l.entries.contains_key(&5), "larger than the whole cache: not kept");
+        assert!(
+            !l.entries.contains_key(&5),
+            "larger than the whole cache: not kept"
+        );
     }
 }

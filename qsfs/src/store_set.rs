@@ -66,10 +66,20 @@ impl StoreSet {
     /// Opens every configured store and checks its identity marker; a store that cannot be reached or proves to
     /// belong elsewhere is kept, marked down, with the reason (reads and writes then avoid it).
     pub async fn open(configs: &[StoreConfig], volume_id: &str) -> Result<StoreSet> {
+        Self::open_wrapped(configs, volume_id, &|_, store| store).await
+    }
+
+    /// Like `open`, but every store passes through `wrap(id, store)` first: the hook fault-injection tests use to
+    /// put a `FaultyStore` between the volume and a real store.
+    pub async fn open_wrapped(
+        configs: &[StoreConfig],
+        volume_id: &str,
+        wrap: &(dyn Fn(u32, Arc<dyn ShardStore>) -> Arc<dyn ShardStore> + Sync),
+    ) -> Result<StoreSet> {
         let mut slots = Vec::new();
         for c in configs {
             let uri = StoreUri::parse(&c.uri)?;
-            let store = open_store(&uri, false).await?;
+            let store = wrap(c.id, open_store(&uri, false).await?);
             slots.push(Arc::new(StoreSlot {
                 id: c.id,
                 uri: uri.to_string(),

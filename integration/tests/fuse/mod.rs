@@ -17,6 +17,7 @@ mod lifecycle;
 mod redis;
 mod sqlite;
 mod trees;
+mod writer;
 
 use std::io::Read;
 use std::path::Path;
@@ -132,10 +133,7 @@ pub fn try_run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Out, String> 
 
 /// Runs `program args...` with a 10-minute timeout.
 pub fn sh(program: &str, args: &[&str]) -> Out {
-    run_cmd(
-        Command::new(program).args(args),
-        Duration::from_secs(600),
-    )
+    run_cmd(Command::new(program).args(args), Duration::from_secs(600))
 }
 
 /// Runs `program args...` in `dir` with a 10-minute timeout.
@@ -151,7 +149,12 @@ pub fn sh_in(dir: &Path, program: &str, args: &[&str]) -> Out {
 pub fn assert_diff_r_clean(a: &Path, b: &Path) {
     let out = sh(
         "diff",
-        &["-r", "--no-dereference", crate::helpers::s(a), crate::helpers::s(b)],
+        &[
+            "-r",
+            "--no-dereference",
+            crate::helpers::s(a),
+            crate::helpers::s(b),
+        ],
     );
     assert!(
         out.success() && out.stdout.is_empty(),

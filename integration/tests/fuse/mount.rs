@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Out, run_cmd, try_run_cmd};
+use super::{Out, try_run_cmd};
 use crate::helpers::{Vol, qsfs_bin, s};
 
 /// How long a mount may take to appear in the mount table.
@@ -75,9 +75,15 @@ pub fn is_fuse_mount(mp: &Path) -> bool {
         .any(|t| t == "fuse" || t.starts_with("fuse."))
 }
 
-/// Whether `stat(mp)` fails with ENOTCONN: a FUSE mount whose process died ("Transport endpoint is not connected").
+/// Whether listing `mp` fails with ENOTCONN: a FUSE mount whose process died ("Transport endpoint is not
+/// connected"). A listing, not a `stat`: the kernel may answer `stat` of the root from cached attributes.
 pub fn is_stale(mp: &Path) -> bool {
-    matches!(fs::metadata(mp), Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN))
+    matches!(fs::read_dir(mp), Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN))
+}
+
+/// Whether `mp` is a FUSE mount whose server answers (its root can be listed).
+pub fn is_live_fuse_mount(mp: &Path) -> bool {
+    is_fuse_mount(mp) && fs::read_dir(mp).is_ok()
 }
 
 /// `mp` with its parent canonicalized (a stale mountpoint itself cannot be stat-ed, let alone canonicalized).
@@ -186,12 +192,12 @@ impl Mount {
         m
     }
 
-    /// Polls until the mountpoint is a FUSE mount that answers `stat` (a stale one answers ENOTCONN).
+    /// Polls until the mountpoint is a FUSE mount that answers (a stale one answers ENOTCONN).
     #[track_caller]
     fn wait_ready(&mut self, extra: &[&str]) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if is_fuse_mount(&self.mp) && fs::metadata(&self.mp).is_ok() {
+            if is_live_fuse_mount(&self.mp) {
                 return;
             }
             let child = self.child.as_mut().expect("child");
@@ -248,17 +254,10 @@ impl Mount {
         self.child.as_ref().expect("mount child").id()
     }
 
-    /// Whether the mount process is still running.
-    pub fn alive(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
     /// Everything the mount process printed so far.
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log at {}: {e})", self.log.display()))
+        fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(no log at {}: {e})", self.log.display()))
     }
 
     /// `root/rel` inside the mount.
@@ -267,13 +266,17 @@ impl Mount {
     }
 
     /// SIGKILLs the mount process and reaps it. The mountpoint is left as the kernel leaves it (normally stale:
-    /// "Transport endpoint is not connected").
-    pub fn kill9(&mut self) {
+    /// "Transport endpoint is not connected"); the returned guard unmounts it on drop only if it is still stale
+    /// then (a test that mounts again expects `qsfs mount` to clean it).
+    pub fn kill9(mut self) -> StaleGuard {
         self.stop_watchdog();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let mp = std::mem::take(&mut self.mp);
+        std::mem::forget(self);
+        StaleGuard { mp }
     }
 
     /// Sends `sig` to the mount process and waits up to `timeout` for it to exit; returns its exit status.
@@ -342,6 +345,19 @@ impl Drop for Mount {
     }
 }
 
+/// What a killed mount left behind; see [`Mount::kill9`].
+pub struct StaleGuard {
+    pub mp: PathBuf,
+}
+
+impl Drop for StaleGuard {
+    fn drop(&mut self) {
+        if is_stale(&self.mp) {
+            force_unmount(&self.mp);
+        }
+    }
+}
+
 /// Process ids whose command line is `qsfs … mount MP …` (to find a daemonized mount).
 pub fn mount_pids(mp: &Path) -> Vec<i32> {
     let want = s(mp);
@@ -384,7 +400,12 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Runs `qsfs --volume V ARGS…` that should return by itself (e.g. a mount that daemonizes), with its output in
 /// a file rather than pipes: a daemon that kept the pipes open would otherwise hold up the reader.
 #[track_caller]
-pub fn qsfs_detached(vol: &Vol, args: &[&str], log: &Path, timeout: Duration) -> (Option<i32>, String) {
+pub fn qsfs_detached(
+    vol: &Vol,
+    args: &[&str],
+    log: &Path,
+    timeout: Duration,
+) -> (Option<i32>, String) {
     let f = File::create(log).expect("create log");
     let mut cmd = Command::new(qsfs_bin());
     cmd.arg("--volume")

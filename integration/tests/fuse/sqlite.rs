@@ -18,7 +18,12 @@ fn sqlite(db: &Path, sql: &str) -> String {
 #[track_caller]
 fn assert_integrity_ok(db: &Path) {
     let out = sqlite(db, "PRAGMA integrity_check;");
-    assert_eq!(out.trim(), "ok", "PRAGMA integrity_check on {}", db.display());
+    assert_eq!(
+        out.trim(),
+        "ok",
+        "PRAGMA integrity_check on {}",
+        db.display()
+    );
 }
 
 /// A digest of the table's contents: row count, byte count and an order-dependent fold of every row.
@@ -48,7 +53,12 @@ fn workload(db: &Path, journal: &str) {
         ),
     );
     let small: String = (0..200)
-        .map(|i| format!("INSERT INTO t VALUES ({}, 'small{i}', randomblob(64));\n", 100_000 + i))
+        .map(|i| {
+            format!(
+                "INSERT INTO t VALUES ({}, 'small{i}', randomblob(64));\n",
+                100_000 + i
+            )
+        })
         .collect();
     sqlite(db, &small);
     sqlite(db, "VACUUM;");
@@ -74,7 +84,10 @@ fn sqlite_database_in_mount_passes_integrity_check() {
         workload(&db, journal);
         assert_integrity_ok(&db);
         let d = digest(&db);
-        assert!(d.starts_with("18382|"), "{name}: unexpected row count in digest {d:.80}");
+        assert!(
+            d.starts_with("18382|"),
+            "{name}: unexpected row count in digest {d:.80}"
+        );
         digests.push((name, d));
     }
     m.umount();

@@ -50,9 +50,7 @@ fn lstat(p: &Path) -> (Stat, u64, i64) {
         size: if kind == "dir" { 0 } else { m.size() },
         nlink: if kind == "dir" { 0 } else { m.nlink() },
         mtime: m.mtime(),
-        link: ft
-            .is_symlink()
-            .then(|| fs::read_link(p).expect("readlink")),
+        link: ft.is_symlink().then(|| fs::read_link(p).expect("readlink")),
     };
     (st, m.ino(), m.mtime_nsec())
 }
@@ -87,7 +85,13 @@ fn assert_same_stats(orig: &Path, copy: &Path, nanos: bool) {
     let b = stat_tree(copy);
     let names_a: Vec<_> = a.keys().collect();
     let names_b: Vec<_> = b.keys().collect();
-    assert_eq!(names_a, names_b, "entry names differ between {} and {}", orig.display(), copy.display());
+    assert_eq!(
+        names_a,
+        names_b,
+        "entry names differ between {} and {}",
+        orig.display(),
+        copy.display()
+    );
     let mut problems = Vec::new();
     for (rel, (sa, ia, na)) in &a {
         let (sb, ib, nb) = &b[rel];
@@ -96,7 +100,10 @@ fn assert_same_stats(orig: &Path, copy: &Path, nanos: bool) {
             continue;
         }
         if sa != sb {
-            problems.push(format!("{}: source {sa:?}\n    copy   {sb:?}", rel.display()));
+            problems.push(format!(
+                "{}: source {sa:?}\n    copy   {sb:?}",
+                rel.display()
+            ));
         }
         if nanos && sa.kind != "symlink" && na != nb {
             problems.push(format!("{}: mtime nanoseconds {na} vs {nb}", rel.display()));
@@ -139,8 +146,16 @@ fn cp_a_tree_into_mount_then_diff_r_and_remount() {
     v.init_default(&["--segment-size", "64KiB"]);
     let src = v.scratch("src").join("tree");
     standard_tree(&src, SEGMENT, 12, 101);
-    text_file(&src.join("compressible.txt"), 3 * 1024 * 1024, "compressible");
-    for (name, mode) in [("odd-4097.bin", 0o600), ("one-byte", 0o751), ("nested/a", 0o700)] {
+    text_file(
+        &src.join("compressible.txt"),
+        3 * 1024 * 1024,
+        "compressible",
+    );
+    for (name, mode) in [
+        ("odd-4097.bin", 0o600),
+        ("one-byte", 0o751),
+        ("nested/a", 0o700),
+    ] {
         fs::set_permissions(src.join(name), fs::Permissions::from_mode(mode)).unwrap();
     }
     let mp = v.scratch("mnt");
@@ -204,16 +219,29 @@ fn links_tree(root: &Path) {
     symlink("does/not/exist", root.join("link-dangling")).unwrap();
     symlink("link-rel", root.join("link-chain")).unwrap();
     symlink("../../hard/b", root.join("sub/deeper/up-link")).unwrap();
-    let long: String = (0..60).map(|i| format!("segment{i:02}/")).collect::<String>() + "end";
+    let long: String = (0..60)
+        .map(|i| format!("segment{i:02}/"))
+        .collect::<String>()
+        + "end";
     symlink(&long, root.join("link-long")).unwrap();
     fs::create_dir(root.join("empty-dir")).unwrap();
     // Old, distinct mtimes so a copy that does not keep them shows.
     let out = sh(
         "touch",
-        &["-h", "-d", "2001-02-03 04:05:06", s(&root.join("link-rel")), s(&root.join("hard/a"))],
+        &[
+            "-h",
+            "-d",
+            "2001-02-03 04:05:06",
+            s(&root.join("link-rel")),
+            s(&root.join("hard/a")),
+        ],
     );
     out.ok();
-    sh("touch", &["-d", "1999-12-31 23:59:59", s(&root.join("pair/x.txt"))]).ok();
+    sh(
+        "touch",
+        &["-d", "1999-12-31 23:59:59", s(&root.join("pair/x.txt"))],
+    )
+    .ok();
 }
 
 /// `tar x` of an archive holding symlinks and hard links into a mount: types, link targets, link counts, shared
@@ -239,7 +267,10 @@ fn tar_x_with_symlinks_and_hard_links() {
     assert_diff_r_clean(&src, &x);
     assert_same_stats(&src, &x, false);
     assert_eq!(fs::metadata(x.join("hard/b")).unwrap().nlink(), 3);
-    assert_eq!(fs::read(x.join("link-chain")).unwrap(), fs::read(src.join("hard/a")).unwrap());
+    assert_eq!(
+        fs::read(x.join("link-chain")).unwrap(),
+        fs::read(src.join("hard/a")).unwrap()
+    );
     m.umount();
 
     let m = Mount::start(&v, &mp, &[]);

@@ -28,6 +28,7 @@ pub struct Ack {
 
 /// One record's attempt: when it started and finished and how it ended.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // Some fields are only read through `Debug`, in failure messages.
 pub struct Attempt {
     pub started: Instant,
     pub finished: Instant,
@@ -63,9 +64,12 @@ pub struct Writer {
 /// Records per big file before the writer closes it and starts the next.
 const RECORDS_PER_FILE: u64 = 12;
 
+/// One-record files (made durable by close alone) written after each big file.
+const SMALL_FILES_PER_FILE: u64 = 3;
+
 impl Writer {
-    /// Starts writing into `dir` (created), files named `PREFIX-NNNN` (appended records) and `PREFIX-NNNN.small`
-    /// (one record, made durable by close alone).
+    /// Starts writing into `dir` (created), files named `PREFIX-NNNN` (appended records) and `PREFIX-NNNN.smallK`
+    /// (one record each, made durable by close alone).
     pub fn spawn(dir: &Path, prefix: &str, seed_base: u64, on_error: OnError) -> Writer {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let log = Arc::new(Mutex::new(Log::default()));
@@ -227,33 +231,38 @@ fn write_loop(
                 OnError::NewFile => continue,
             }
         }
-        // A small file made durable by close alone (no fsync).
-        let small = PathBuf::from(format!("{prefix}-{f:04}.small"));
-        let seed = seed_base * 1_000_000_000 + f * 1000 + 999;
-        let len = 1 + (seed % (8 * KIB as u64)) as usize;
-        let t = Instant::now();
-        let res = File::create(dir.join(&small))
-            .and_then(|file| {
-                file.write_all_at(&record_bytes(seed, len), 0)?;
-                Ok(file)
-            })
-            .map_err(|e| format!("create/write: {e}"))
-            .and_then(|file| nix::unistd::close(file).map_err(|e| format!("close: {e}")));
-        match res {
-            Ok(()) => {
-                log.lock().unwrap().acks.push(Ack {
-                    file: small.clone(),
-                    offset: 0,
-                    len,
-                    seed,
-                    how: "close",
-                });
-                attempt(t, &small, "close", None);
+        // Small files made durable by close alone (no fsync).
+        for k in 0..SMALL_FILES_PER_FILE {
+            if stop.load(Ordering::SeqCst) {
+                return;
             }
-            Err(e) => {
-                attempt(t, &small, "close", Some(e));
-                if on_error == OnError::Stop {
-                    return;
+            let small = PathBuf::from(format!("{prefix}-{f:04}.small{k}"));
+            let seed = seed_base * 1_000_000_000 + f * 1000 + 900 + k;
+            let len = 1 + (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % (8 * KIB as u64)) as usize;
+            let t = Instant::now();
+            let res = File::create(dir.join(&small))
+                .and_then(|file| {
+                    file.write_all_at(&record_bytes(seed, len), 0)?;
+                    Ok(file)
+                })
+                .map_err(|e| format!("create/write: {e}"))
+                .and_then(|file| nix::unistd::close(file).map_err(|e| format!("close: {e}")));
+            match res {
+                Ok(()) => {
+                    log.lock().unwrap().acks.push(Ack {
+                        file: small.clone(),
+                        offset: 0,
+                        len,
+                        seed,
+                        how: "close",
+                    });
+                    attempt(t, &small, "close", None);
+                }
+                Err(e) => {
+                    attempt(t, &small, "close", Some(e));
+                    if on_error == OnError::Stop {
+                        return;
+                    }
                 }
             }
         }

@@ -109,6 +109,19 @@ pub fn print_status(st: &VolumeStatus) {
     if st.garbage_shards > 0 {
         println!("garbage   {} shards awaiting deletion", st.garbage_shards);
     }
+    match &st.last_audit {
+        Some(a) => println!(
+            "audit     last {} audit {} UTC: {}, {} failures",
+            a.mode,
+            utc_time(a.finished_unix as i64 * 1_000_000_000),
+            a.verdict,
+            a.failures
+        ),
+        None => println!("audit     never audited (run `qsfs audit`)"),
+    }
+    if st.repair_queue > 0 {
+        println!("repair    {} shards queued (run `qsfs repair`)", st.repair_queue);
+    }
     println!("stores");
     for store in &st.stores {
         let state = if store.reachable { "up  " } else { "DOWN" };
@@ -116,8 +129,12 @@ pub fn print_status(st: &VolumeStatus) {
             .free_bytes
             .map(|f| format!(", {} free", human_bytes(f)))
             .unwrap_or_default();
+        let score = store
+            .score
+            .map(|s| format!(", score {:.1}%", s * 100.0))
+            .unwrap_or_default();
         println!(
-            "  {:>3}  {state}  {:>8} shards  {:>10}{free}  {}",
+            "  {:>3}  {state}  {:>8} shards  {:>10}{free}{score}  {}",
             store.id,
             store.shards,
             human_bytes(store.bytes),

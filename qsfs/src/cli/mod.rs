@@ -1,15 +1,20 @@
 //! Command-line parsing and dispatch. Each subcommand opens the volume, does its work through `Volume`, prints a
 //! human summary (or JSON where asked) and returns an error for the one-line message in `main`.
 
+mod audit;
 mod format;
+mod fsck;
+mod mount;
 mod progress;
+mod repair;
+mod store;
 mod transfer;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use qsfs::config::ByteSize;
+use qsfs::config::{ByteSize, HumanDuration};
 use qsfs::meta::{self, FileKind};
 use qsfs::{InitOptions, Volume};
 
@@ -75,6 +80,67 @@ enum Command {
     },
     /// Show the volume's layout, stores and redundancy.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the stores still hold every shard: random Merkle-proven samples per store (enough to catch a
+    /// loss of δ of a store's shards with probability P, from qsfs.toml [audit]), or every byte with --full.
+    /// Exits 1 when anything failed verification.
+    Audit {
+        /// Verify every shard whole (a scrub); resumes an interrupted full audit.
+        #[arg(long)]
+        full: bool,
+        /// Only this store (its URI or id).
+        #[arg(long, value_name = "URI")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild or move every shard in the repair queue now.
+    Repair {
+        #[arg(long)]
+        json: bool,
+        /// Treat stores unreachable for longer than this as lost (default: audit.lost_store_grace, 15m).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<HumanDuration>,
+    },
+    /// Add, drain (retire) or re-admit a store.
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
+    },
+    /// Mount the volume as a directory (creates the default volume first if there is none). Backgrounds once
+    /// the mount is up unless --foreground.
+    Mount {
+        mountpoint: PathBuf,
+        /// Serve in this process instead of a background one (Ctrl-C unmounts).
+        #[arg(long)]
+        foreground: bool,
+        /// Let other users use the mount (non-root mounts need user_allow_other in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+        /// Memory for decoded segments (read cache), e.g. 256MiB.
+        #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+        cache_size: qsfs::config::ByteSize,
+        /// close() returns once data is durable locally; a persistent queue uploads it in the background.
+        #[arg(long)]
+        writeback: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        threads: usize,
+    },
+    /// Unmount, waiting until pending uploads are done.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach even if files are open (they stay usable until closed).
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Check metadata consistency and that every referenced shard is on its store.
+    Fsck {
+        /// Fix what can be fixed.
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },
@@ -147,6 +213,41 @@ pub fn run(cli: Cli) -> Result<()> {
             vol.remove(&path, recursive)?;
             vol.collect_garbage()?;
             Ok(())
+        }
+        Command::Mount {
+            mountpoint,
+            foreground,
+            allow_other,
+            cache_size,
+            writeback,
+            threads,
+        } => mount::mount(
+            &dir,
+            mount::MountArgs {
+                mountpoint,
+                foreground,
+                allow_other,
+                cache_size,
+                writeback,
+                threads,
+            },
+        ),
+        Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Fsck { repair, json } => {
+            let vol = Volume::open(&dir)?;
+            fsck::fsck(&vol, repair, json)
+        }
+        Command::Audit { full, store, json } => {
+            let vol = Volume::open(&dir)?;
+            audit::run(&vol, full, store.as_deref(), json)
+        }
+        Command::Repair { json, grace } => {
+            let vol = Volume::open(&dir)?;
+            repair::run(&vol, json, grace)
+        }
+        Command::Store { command } => {
+            let vol = Volume::open(&dir)?;
+            store::run(&vol, command)
         }
         Command::Status { json } => {
             let vol = Volume::open(&dir)?;

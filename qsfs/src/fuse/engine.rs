@@ -49,6 +49,9 @@ impl Job {
     }
 }
 
+/// A snapshot to seal, with the file it belongs to.
+pub(crate) type SealRequest = (Arc<Cell>, Arc<Job>);
+
 pub(crate) struct FileState {
     pub size: u64,
     /// The size committed in SQLite.
@@ -69,6 +72,8 @@ pub(crate) struct FileState {
     pub unsynced: bool,
     /// Where the last read ended: a read starting there is sequential and triggers readahead.
     pub read_end: u64,
+    /// The file lost its last name while open: the last release deletes it.
+    pub unlinked: bool,
 }
 
 impl FileState {
@@ -78,6 +83,28 @@ impl FileState {
             .iter()
             .filter(|j| j.idx == idx && !j.is_cancelled())
             .max_by_key(|j| j.version)
+    }
+
+    /// Records that version `version` of segment `idx` is committed. Older snapshots still in flight are void
+    /// from now on: reading or rebuilding from them would resurrect replaced bytes, and their commits would be
+    /// discarded anyway.
+    pub fn mark_committed(&mut self, idx: u64, version: u64) {
+        self.committed.insert(idx, version);
+        for j in &self.jobs {
+            if j.idx == idx && j.version < version {
+                j.cancelled.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Upload-queue rows of snapshots of `idx` older than `version`: a commit of `version` deletes them in the
+    /// same transaction, or a crash would let the next mount upload them over the newer bytes.
+    pub fn older_rows(&self, idx: u64, version: u64) -> Vec<i64> {
+        self.jobs
+            .iter()
+            .filter(|j| j.idx == idx && j.version < version)
+            .filter_map(|j| j.queue_id())
+            .collect()
     }
 
     pub fn is_idle(&self) -> bool {
@@ -111,7 +138,7 @@ pub(crate) struct Engine {
     pub writeback: bool,
     cells: Mutex<HashMap<u64, Arc<Cell>>>,
     version: AtomicU64,
-    pub(super) jobs_tx: Mutex<Option<mpsc::Sender<(Arc<Cell>, Arc<Job>)>>>,
+    pub(super) jobs_tx: Mutex<Option<mpsc::Sender<SealRequest>>>,
     /// Jobs submitted and not finished, over all inodes (backpressure and drain).
     pub(super) inflight: (Mutex<usize>, Condvar),
     pub shutting_down: AtomicBool,
@@ -144,7 +171,9 @@ impl Engine {
     }
 
     pub(super) fn self_arc(&self) -> Arc<Engine> {
-        self.me.upgrade().expect("the engine outlives its own calls")
+        self.me
+            .upgrade()
+            .expect("the engine outlives its own calls")
     }
 
     pub fn next_version(&self) -> u64 {
@@ -180,6 +209,7 @@ impl Engine {
                 last_write: None,
                 unsynced: false,
                 read_end: 0,
+                unlinked: false,
             }),
             changed: Condvar::new(),
             commit: Mutex::new(()),
@@ -301,9 +331,14 @@ impl Engine {
                     }
                 }
                 Src::Db => {
-                    let rec = self.vol.meta().read(|c| meta::segment_at(c, cell.ino, idx))?;
+                    let rec = self
+                        .vol
+                        .meta()
+                        .read(|c| meta::segment_at(c, cell.ino, idx))?;
                     if let Some(rec) = rec {
-                        let data = self.cache.get(&self.vol, &rec, &format!("inode {}", cell.ino))?;
+                        let data =
+                            self.cache
+                                .get(&self.vol, &rec, &format!("inode {}", cell.ino))?;
                         let lo = (from - seg_start) as usize;
                         let hi = ((to - seg_start) as usize).min(data.len());
                         if hi > lo {
@@ -348,9 +383,15 @@ impl Engine {
         } else if let Some(j) = st.newest_job(idx) {
             j.data.read_prefix(j.plain_len.min(existing))?
         } else {
-            match self.vol.meta().read(|c| meta::segment_at(c, cell.ino, idx))? {
+            match self
+                .vol
+                .meta()
+                .read(|c| meta::segment_at(c, cell.ino, idx))?
+            {
                 Some(rec) => {
-                    let data = self.cache.get(&self.vol, &rec, &format!("inode {}", cell.ino))?;
+                    let data = self
+                        .cache
+                        .get(&self.vol, &rec, &format!("inode {}", cell.ino))?;
                     data[..(existing as usize).min(data.len())].to_vec()
                 }
                 None => Vec::new(),
@@ -515,14 +556,22 @@ impl Engine {
                 }
             }
         }
-        let (size, mtime, ctime) = {
+        let (size, mtime, ctime, boundary_older) = {
             let st = cell.lock();
-            (st.size, st.mtime_ns, st.ctime_ns)
+            let older = match &boundary {
+                Some((_, Some(j))) => st.older_rows(keep, j.version),
+                Some((_, None)) => st.older_rows(keep, u64::MAX),
+                None => Vec::new(),
+            };
+            (st.size, st.mtime_ns, st.ctime_ns, older)
         };
         let committed = self.vol.meta().write_fast(|c| {
             meta::drop_segments_from(c, cell.ino, size.div_ceil(seg))?;
             if let Some((rec, _)) = &boundary {
                 meta::put_segment(c, cell.ino, rec)?;
+                for q in &boundary_older {
+                    meta::dequeue(c, *q)?;
+                }
             }
             for j in &cancelled {
                 if let Some(q) = j.queue_id() {
@@ -548,7 +597,7 @@ impl Engine {
             st.times_dirty = false;
         }
         if let Some((_, Some(j))) = boundary {
-            st.committed.insert(keep, j.version);
+            st.mark_committed(keep, j.version);
             st.jobs.retain(|x| !Arc::ptr_eq(x, &j));
         }
         drop(st);

@@ -71,7 +71,10 @@ impl QsfsFs {
     fn touch_atime(&self, ino: u64) -> Result<()> {
         let i = self.inode(ino)?;
         let now = meta::now_ns();
-        if i.atime_ns <= i.mtime_ns || i.atime_ns <= i.ctime_ns || now - i.atime_ns > ATIME_REFRESH_NS {
+        if i.atime_ns <= i.mtime_ns
+            || i.atime_ns <= i.ctime_ns
+            || now - i.atime_ns > ATIME_REFRESH_NS
+        {
             self.eng
                 .vol
                 .meta()
@@ -113,7 +116,8 @@ impl QsfsFs {
             .ok_or_else(|| QsfsError::Invalid("fallocate range".into()))?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let zeroing = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
-        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 || (mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !keep_size) {
             return Err(QsfsError::Unsupported("fallocate mode".into()));
         }
@@ -250,7 +254,8 @@ impl QsfsFs {
             if offset < 2 {
                 for (off, i, name) in self.dot_entries(h.ino)? {
                     let a = attr::to_attr(&i);
-                    if off > offset && reply.add(INodeNo(i.ino), off, name, &TTL, &a, Generation(0)) {
+                    if off > offset && reply.add(INodeNo(i.ino), off, name, &TTL, &a, Generation(0))
+                    {
                         return Ok(());
                     }
                 }

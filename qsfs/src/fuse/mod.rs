@@ -17,6 +17,8 @@ mod nodes;
 mod ops;
 mod seal;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use session::{
-    MountOptions, find_mount, is_stale_mount, mount, unmount, wait_for_exit, DEFAULT_CACHE_SIZE,
+    DEFAULT_CACHE_SIZE, MountEntry, MountOptions, MountReport, block_signals, find_mount,
+    is_stale_mount, mount, unmount, wait_for_exit,
 };
 
 use crate::error::QsfsError;

@@ -32,7 +32,9 @@ impl QsfsFs {
 
     pub(super) fn lookup_name(&self, parent: u64, name: &[u8]) -> Result<Inode> {
         if name.len() > meta::NAME_MAX {
-            return Err(QsfsError::NameTooLong(String::from_utf8_lossy(name).into_owned()));
+            return Err(QsfsError::NameTooLong(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
         }
         let ino = self
             .eng
@@ -150,7 +152,11 @@ impl QsfsFs {
             match kind {
                 FileKind::File => {}
                 FileKind::Dir => return Err(QsfsError::IsADirectory(format!("inode {ino}"))),
-                _ => return Err(QsfsError::Invalid(format!("inode {ino}: not a regular file"))),
+                _ => {
+                    return Err(QsfsError::Invalid(format!(
+                        "inode {ino}: not a regular file"
+                    )));
+                }
             }
             let handle = fh.and_then(|f| self.file(f).ok());
             match handle {
@@ -217,7 +223,9 @@ impl QsfsFs {
 
     pub(super) fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         if Self::xattr_name(name).is_err() {
-            return Err(QsfsError::NoAttribute(String::from_utf8_lossy(name).into_owned()));
+            return Err(QsfsError::NoAttribute(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
         }
         self.eng
             .vol
@@ -252,7 +260,9 @@ impl QsfsFs {
 
     pub(super) fn remove_xattr(&self, ino: u64, name: &[u8]) -> Result<()> {
         if Self::xattr_name(name).is_err() {
-            return Err(QsfsError::NoAttribute(String::from_utf8_lossy(name).into_owned()));
+            return Err(QsfsError::NoAttribute(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
         }
         self.eng
             .vol

@@ -172,7 +172,11 @@ impl Filesystem for QsfsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.remove(parent.0, name.as_bytes(), false), "unlink");
+        empty(
+            reply,
+            self.remove(parent.0, name.as_bytes(), false),
+            "unlink",
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -457,6 +461,21 @@ impl Filesystem for QsfsFs {
                 reply.error(errno(&e))
             }
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No device-style controls here; ENOTTY is what a plain file answers (isatty, TCGETS).
+        reply.error(Errno::ENOTTY);
     }
 
     fn fallocate(

@@ -51,7 +51,10 @@ impl Engine {
 
     /// Stops the workers once the queue they share is empty.
     pub fn stop_workers(&self) {
-        self.jobs_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.jobs_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     pub(super) fn submit(&self, cell: Arc<Cell>, job: Arc<Job>) {
@@ -93,9 +96,15 @@ impl Engine {
         let mut delay = Duration::from_millis(500);
         loop {
             if job.is_cancelled() {
-                if job.queue_id().is_some() {
-                    // Its row went with the truncate or unlink that cancelled it.
-                    job.data.remove();
+                if let Some(q) = job.queue_id() {
+                    // Superseded or cut away: its row must not outlive it (the truncate or unlink that cancelled
+                    // it may have deleted it already; deleting again is harmless).
+                    match self.vol.meta().write_fast(|c| meta::dequeue(c, q)) {
+                        Ok(_) => job.data.remove(),
+                        Err(e) => {
+                            tracing::warn!(ino = cell.ino, error = %e, "stale queue row left")
+                        }
+                    }
                 }
                 self.finish_job(cell, job, None, false);
                 break;
@@ -134,7 +143,10 @@ impl Engine {
         let mut st = cell.lock();
         st.jobs.retain(|j| !Arc::ptr_eq(j, job));
         if restore && !job.is_cancelled() {
-            let newer = st.jobs.iter().any(|j| j.idx == job.idx && j.version > job.version);
+            let newer = st
+                .jobs
+                .iter()
+                .any(|j| j.idx == job.idx && j.version > job.version);
             if !newer && !st.dirty.contains_key(&job.idx) {
                 st.dirty.insert(job.idx, job.data.clone());
             }
@@ -151,15 +163,16 @@ impl Engine {
     /// shards become garbage).
     fn commit_job(&self, cell: &Cell, job: &Arc<Job>, rec: SegmentRecord) -> Result<()> {
         let _commit = cell.lock_commit();
-        let (stale, db_size, mtime, ctime) = {
+        let (stale, db_size, mtime, ctime, older) = {
             let st = cell.lock();
+            let older = st.older_rows(job.idx, job.version);
             let stale = job.is_cancelled()
                 || st
                     .committed
                     .get(&job.idx)
                     .is_some_and(|v| *v >= job.version);
             let end = job.idx * self.seg + job.plain_len;
-            (stale, st.db_size.max(end), st.mtime_ns, st.ctime_ns)
+            (stale, st.db_size.max(end), st.mtime_ns, st.ctime_ns, older)
         };
         let queue_id = job.queue_id();
         let applied = self.vol.meta().write_fast(|c| {
@@ -172,13 +185,16 @@ impl Engine {
                 return Ok(false);
             }
             meta::put_segment(c, cell.ino, &rec)?;
+            for q in &older {
+                meta::dequeue(c, *q)?;
+            }
             meta::set_size_times(c, cell.ino, db_size, mtime, ctime)?;
             Ok(true)
         })?;
         {
             let mut st = cell.lock();
             if applied {
-                st.committed.insert(job.idx, job.version);
+                st.mark_committed(job.idx, job.version);
                 st.db_size = st.db_size.max(db_size);
                 st.unsynced = true;
             }
@@ -203,10 +219,18 @@ impl Engine {
             for (idx, staged) in dirty {
                 self.start_job(cell, &mut st, idx, staged);
             }
-            st.jobs.iter().filter(|j| j.queue_id().is_none()).cloned().collect()
+            st.jobs
+                .iter()
+                .filter(|j| j.queue_id().is_none())
+                .cloned()
+                .collect()
         };
         let mut st = cell.lock();
-        while st.jobs.iter().any(|j| waits.iter().any(|w| Arc::ptr_eq(j, w))) {
+        while st
+            .jobs
+            .iter()
+            .any(|j| waits.iter().any(|w| Arc::ptr_eq(j, w)))
+        {
             st = cell.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         if let Some(e) = st.error.take() {
@@ -326,6 +350,7 @@ impl Engine {
             let _commit = cell.lock_commit();
             let mut st = cell.lock();
             if st.opens > 0 {
+                st.unlinked = true;
                 return Ok(());
             }
             st.dirty.clear();
@@ -356,12 +381,8 @@ impl Engine {
         if dirty && let Err(e) = self.flush(cell, false) {
             tracing::error!(ino = cell.ino, error = %e, "data written after close is not yet on the stores");
         }
-        let nlink = self
-            .vol
-            .meta()
-            .read(|c| meta::get_inode(c, cell.ino))?
-            .map(|i| i.nlink);
-        if nlink == Some(0) {
+        let unlinked = cell.lock().unlinked;
+        if unlinked {
             self.forget_inode(cell.ino)?;
         }
         self.maybe_evict(cell.ino);
@@ -378,7 +399,8 @@ impl Engine {
                 .write_fast(|c| meta::delete_inode_if_unreferenced(c, *ino))?;
         }
         let queued = self.vol.meta().read(meta::queued_segments)?;
-        let known: std::collections::HashSet<&str> = queued.iter().map(|q| q.file.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            queued.iter().map(|q| q.file.as_str()).collect();
         for path in self.staging.queue_files()? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if !known.contains(name) {
@@ -392,7 +414,9 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(ino = q.ino, segment = q.index, error = %e,
                         "queued segment's local file is gone; its bytes are lost");
-                    self.vol.meta().write(|c| meta::dequeue(c, q.id).map(|_| ()))?;
+                    self.vol
+                        .meta()
+                        .write(|c| meta::dequeue(c, q.id).map(|_| ()))?;
                     continue;
                 }
             };

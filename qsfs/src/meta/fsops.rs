@@ -148,7 +148,9 @@ pub fn rename(
     check_name(name)?;
     check_name(new_name)?;
     if mode.no_replace && mode.exchange {
-        return Err(QsfsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE".into()));
+        return Err(QsfsError::Invalid(
+            "RENAME_NOREPLACE with RENAME_EXCHANGE".into(),
+        ));
     }
     dir_inode(conn, parent)?;
     dir_inode(conn, new_parent)?;
@@ -236,7 +238,9 @@ fn is_ancestor_or_self(conn: &Connection, ancestor: u64, dir: u64) -> Result<boo
             _ => return Ok(false),
         }
     }
-    Err(QsfsError::Invalid("directory tree too deep or cyclic".into()))
+    Err(QsfsError::Invalid(
+        "directory tree too deep or cyclic".into(),
+    ))
 }
 
 fn bump_nlink(conn: &Connection, ino: u64, delta: i64) -> Result<()> {
@@ -312,7 +316,13 @@ pub fn set_attrs(conn: &Connection, ino: u64, ch: &AttrChanges) -> Result<Inode>
 }
 
 /// Records a file's size and times after its data changed (the data path's commit).
-pub fn set_size_times(conn: &Connection, ino: u64, size: u64, mtime_ns: i64, ctime_ns: i64) -> Result<()> {
+pub fn set_size_times(
+    conn: &Connection,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+) -> Result<()> {
     conn.prepare_cached(
         "UPDATE inodes SET size = ?2, mtime_ns = ?3, ctime_ns = MAX(ctime_ns, ?4) WHERE ino = ?1",
     )?
@@ -412,7 +422,11 @@ pub fn link_census(conn: &Connection) -> Result<Vec<(Inode, u32, u32)>> {
          FROM inodes"
     ))?;
     let rows = st.query_map([], |r| {
-        Ok((inode_from_row(r)?, r.get::<_, u32>(12)?, r.get::<_, u32>(13)?))
+        Ok((
+            inode_from_row(r)?,
+            r.get::<_, u32>(12)?,
+            r.get::<_, u32>(13)?,
+        ))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -472,4 +486,168 @@ pub fn remove_xattr(conn: &Connection, ino: u64, name: &[u8]) -> Result<()> {
         return Err(QsfsError::NoAttribute(display(name)));
     }
     touch_ctime(conn, &[ino], now_ns())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{MetaStore, ROOT_INO, ensure_root};
+
+    fn store() -> (tempfile::TempDir, MetaStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(&dir.path().join("meta.db"), true).unwrap();
+        m.write(|c| ensure_root(c, 0, 0)).unwrap();
+        (dir, m)
+    }
+
+    fn node(kind: FileKind) -> NewInode {
+        NewInode {
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        }
+    }
+
+    fn nlink(m: &MetaStore, ino: u64) -> u32 {
+        m.read(|c| get_inode(c, ino)).unwrap().unwrap().nlink
+    }
+
+    #[test]
+    fn rename_modes_and_link_counts() {
+        let (_d, m) = store();
+        let (a, b, f, g) = m
+            .write(|c| {
+                let a = create_node(c, ROOT_INO, b"a", &node(FileKind::Dir))?.ino;
+                let b = create_node(c, ROOT_INO, b"b", &node(FileKind::Dir))?.ino;
+                let f = create_node(c, a, b"f", &node(FileKind::File))?.ino;
+                let g = create_node(c, b, b"g", &node(FileKind::File))?.ino;
+                Ok((a, b, f, g))
+            })
+            .unwrap();
+        assert_eq!(nlink(&m, ROOT_INO), 4);
+        // NOREPLACE refuses an existing target; a plain rename replaces it and reports the victim.
+        let no = RenameMode {
+            no_replace: true,
+            exchange: false,
+        };
+        let err = m.write(|c| rename(c, a, b"f", b, b"g", no)).unwrap_err();
+        assert_eq!(err.errno(), nix::libc::EEXIST);
+        let replaced = m
+            .write(|c| rename(c, a, b"f", b, b"g", RenameMode::default()))
+            .unwrap();
+        assert_eq!(replaced, Some(Replaced { ino: g, nlink: 0 }));
+        assert_eq!(m.read(|c| lookup(c, b, b"g")).unwrap(), Some(f));
+        // EXCHANGE swaps a directory and a file across parents; `..` links follow the directory.
+        let sub = m
+            .write(|c| Ok(create_node(c, a, b"sub", &node(FileKind::Dir))?.ino))
+            .unwrap();
+        assert_eq!(nlink(&m, a), 3);
+        let ex = RenameMode {
+            no_replace: false,
+            exchange: true,
+        };
+        m.write(|c| rename(c, a, b"sub", b, b"g", ex)).unwrap();
+        assert_eq!(m.read(|c| lookup(c, b, b"g")).unwrap(), Some(sub));
+        assert_eq!(m.read(|c| lookup(c, a, b"sub")).unwrap(), Some(f));
+        assert_eq!((nlink(&m, a), nlink(&m, b)), (2, 3));
+        // A directory cannot move under itself.
+        let err = m
+            .write(|c| rename(c, ROOT_INO, b"b", sub, b"x", RenameMode::default()))
+            .unwrap_err();
+        assert_eq!(err.errno(), nix::libc::EINVAL);
+        // rmdir of a non-empty directory, unlink of a directory.
+        let err = m
+            .write(|c| remove_name(c, ROOT_INO, b"b", true))
+            .unwrap_err();
+        assert_eq!(err.errno(), nix::libc::ENOTEMPTY);
+        let err = m.write(|c| remove_name(c, b, b"g", false)).unwrap_err();
+        assert_eq!(err.errno(), nix::libc::EISDIR);
+        let (_, left) = m.write(|c| remove_name(c, b, b"g", true)).unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(nlink(&m, b), 2);
+    }
+
+    #[test]
+    fn hard_links_count_and_dirs_refuse() {
+        let (_d, m) = store();
+        let f = m
+            .write(|c| Ok(create_node(c, ROOT_INO, b"f", &node(FileKind::File))?.ino))
+            .unwrap();
+        m.write(|c| add_link(c, f, ROOT_INO, b"g")).unwrap();
+        assert_eq!(nlink(&m, f), 2);
+        let (_, left) = m.write(|c| remove_name(c, ROOT_INO, b"f", false)).unwrap();
+        assert_eq!(left, 1);
+        let d = m
+            .write(|c| Ok(create_node(c, ROOT_INO, b"d", &node(FileKind::Dir))?.ino))
+            .unwrap();
+        let err = m.write(|c| add_link(c, d, ROOT_INO, b"d2")).unwrap_err();
+        assert_eq!(err.errno(), nix::libc::EPERM);
+        let long = vec![b'x'; NAME_MAX + 1];
+        let err = m.write(|c| add_link(c, f, ROOT_INO, &long)).unwrap_err();
+        assert_eq!(err.errno(), nix::libc::ENAMETOOLONG);
+    }
+
+    #[test]
+    fn dir_pages_walk_every_entry_once_in_order() {
+        let (_d, m) = store();
+        m.write(|c| {
+            for i in 0..1234 {
+                create_node(
+                    c,
+                    ROOT_INO,
+                    format!("n{i:05}").as_bytes(),
+                    &node(FileKind::File),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = m
+                .read(|c| dir_page(c, ROOT_INO, after.as_deref(), 100))
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(e, _)| e.name.clone());
+            seen.extend(page.into_iter().map(|(e, _)| e.name));
+        }
+        assert_eq!(seen.len(), 1234);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn xattrs_create_replace_remove() {
+        let (_d, m) = store();
+        let f = m
+            .write(|c| Ok(create_node(c, ROOT_INO, b"f", &node(FileKind::File))?.ino))
+            .unwrap();
+        let err = m
+            .write(|c| set_xattr(c, f, b"user.a", b"1", false, true))
+            .unwrap_err();
+        assert_eq!(err.errno(), nix::libc::ENODATA);
+        m.write(|c| set_xattr(c, f, b"user.a", b"1", true, false))
+            .unwrap();
+        let err = m
+            .write(|c| set_xattr(c, f, b"user.a", b"2", true, false))
+            .unwrap_err();
+        assert_eq!(err.errno(), nix::libc::EEXIST);
+        m.write(|c| set_xattr(c, f, b"user.a", b"2", false, true))
+            .unwrap();
+        assert_eq!(
+            m.read(|c| get_xattr(c, f, b"user.a")).unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(
+            m.read(|c| list_xattrs(c, f)).unwrap(),
+            vec![b"user.a".to_vec()]
+        );
+        m.write(|c| remove_xattr(c, f, b"user.a")).unwrap();
+        assert_eq!(m.read(|c| get_xattr(c, f, b"user.a")).unwrap(), None);
+    }
 }

@@ -1,5 +1,6 @@
 //! The volume's metadata in SQLite: the namespace (inodes, directory entries, xattrs), the data map (segments and
-//! their shards, the stores, garbage awaiting deletion) and, in later schema versions, operation queues.
+//! their shards, the stores, garbage awaiting deletion) and, in later schema versions, operation queues (the
+//! mount's upload queue; the repair queue, audit history and audit checkpoint in `ops`).
 //!
 //! WAL mode, foreign keys on, a `schema_version` table and numbered migrations applied in one transaction each.
 //! One writer connection behind a mutex: every change to the volume goes through `MetaStore::write`, which runs a
@@ -17,6 +18,7 @@
 mod data;
 mod fsops;
 mod namespace;
+mod ops;
 mod queue;
 mod schema;
 
@@ -30,6 +32,7 @@ use crate::error::{QsfsError, Result};
 pub use data::*;
 pub use fsops::*;
 pub use namespace::*;
+pub use ops::*;
 pub use queue::*;
 pub use schema::SCHEMA_VERSION;
 
@@ -40,6 +43,8 @@ pub struct MetaStore {
     conn: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     path: PathBuf,
+    /// The writer's current `synchronous` level is FULL (changed only under the writer lock).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl MetaStore {
@@ -71,6 +76,7 @@ impl MetaStore {
             conn: Mutex::new(conn),
             readers,
             path: path.to_path_buf(),
+            full: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -78,15 +84,21 @@ impl MetaStore {
     /// comes from a later FULL commit or `sync` (see the module docs).
     pub fn write_fast<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let res = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        res
+        self.set_full(&conn, false)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Switches the writer's `synchronous` level (called with the writer lock held); a no-op when it is already
+    /// there, so runs of commits of one kind pay nothing.
+    fn set_full(&self, conn: &Connection, full: bool) -> Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) != full {
+            conn.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+            self.full.store(full, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Makes every commit so far durable: fsyncs the write-ahead log (where NORMAL commits sit until a
@@ -109,6 +121,7 @@ impl MetaStore {
     /// Runs `f` in one IMMEDIATE transaction and commits it; an error rolls everything back.
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.set_full(&conn, true)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;

@@ -46,8 +46,8 @@ fn queued_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedSegment> {
 
 /// Every queued segment, oldest first (the order they must be applied in).
 pub fn queued_segments(conn: &Connection) -> Result<Vec<QueuedSegment>> {
-    let mut st = conn
-        .prepare_cached("SELECT id, ino, idx, plain_len, file FROM upload_queue ORDER BY id")?;
+    let mut st =
+        conn.prepare_cached("SELECT id, ino, idx, plain_len, file FROM upload_queue ORDER BY id")?;
     let rows = st.query_map([], queued_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -67,15 +67,18 @@ pub fn drop_queued_from(conn: &Connection, ino: u64, from: u64) -> Result<Vec<Qu
 }
 
 pub fn queue_len(conn: &Connection) -> Result<u64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM upload_queue", [], |r| r.get::<_, i64>(0))? as u64)
+    Ok(
+        conn.query_row("SELECT COUNT(*) FROM upload_queue", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
 }
 
 /// Records placed shards that no row will reference (a sealed segment whose commit was superseded or cancelled)
 /// as garbage, so `collect_garbage` deletes them from their stores.
 pub fn add_garbage(conn: &Connection, shards: &[super::ShardRow]) -> Result<()> {
-    let mut st = conn.prepare_cached(
-        "INSERT INTO garbage (store_id, locator, since_ns) VALUES (?1, ?2, ?3)",
-    )?;
+    let mut st = conn
+        .prepare_cached("INSERT INTO garbage (store_id, locator, since_ns) VALUES (?1, ?2, ?3)")?;
     for s in shards {
         if let (Some(store), Some(loc)) = (s.store_id, &s.locator) {
             st.execute(params![store, loc, now_ns()])?;

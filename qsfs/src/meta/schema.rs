@@ -86,6 +86,58 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX upload_queue_by_ino ON upload_queue(ino, idx);
     "#,
+    // 2 -> 3: audits and self-healing. `repair_queue` holds every shard that must be rebuilt or moved; triggers
+    // queue a shard in the same transaction that records it missing or corrupt (a failed write, a read, an audit),
+    // so no path can forget to. Rows die with their segment. `audits`/`audit_stores` are the audit history,
+    // `audit_checkpoint` lets an interrupted full audit resume. `stores.down_since_ns` is when a store was first
+    // seen unreachable (NULL while reachable): the lost-store grace period counts from it.
+    r#"
+    ALTER TABLE stores ADD COLUMN down_since_ns INTEGER;
+    CREATE TABLE repair_queue (
+        segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        idx        INTEGER NOT NULL,
+        reason     INTEGER NOT NULL,
+        since_ns   INTEGER NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (segment_id, idx)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER shards_bad_on_insert AFTER INSERT ON shards WHEN NEW.state <> 0
+    BEGIN
+        INSERT OR IGNORE INTO repair_queue (segment_id, idx, reason, since_ns)
+        VALUES (NEW.segment_id, NEW.idx, NEW.state, CAST(unixepoch('subsec') * 1000000000 AS INTEGER));
+    END;
+    CREATE TRIGGER shards_bad_on_update AFTER UPDATE OF state ON shards WHEN NEW.state <> 0
+    BEGIN
+        INSERT OR IGNORE INTO repair_queue (segment_id, idx, reason, since_ns)
+        VALUES (NEW.segment_id, NEW.idx, NEW.state, CAST(unixepoch('subsec') * 1000000000 AS INTEGER));
+    END;
+    INSERT OR IGNORE INTO repair_queue (segment_id, idx, reason, since_ns)
+        SELECT segment_id, idx, state, CAST(unixepoch('subsec') * 1000000000 AS INTEGER) FROM shards WHERE state <> 0;
+    CREATE TABLE audits (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_ns  INTEGER NOT NULL,
+        finished_ns INTEGER NOT NULL,
+        mode        TEXT NOT NULL,
+        verdict     TEXT NOT NULL,
+        failures    INTEGER NOT NULL,
+        report      TEXT NOT NULL
+    );
+    CREATE TABLE audit_stores (
+        audit_id INTEGER NOT NULL REFERENCES audits(id) ON DELETE CASCADE,
+        store_id INTEGER NOT NULL,
+        checked  INTEGER NOT NULL,
+        passed   INTEGER NOT NULL,
+        PRIMARY KEY (audit_id, store_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_checkpoint (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        scope      TEXT NOT NULL,
+        started_ns INTEGER NOT NULL,
+        done_through INTEGER NOT NULL,
+        partial    TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

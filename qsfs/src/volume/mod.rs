@@ -13,6 +13,7 @@ mod status;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::audit::ForegroundActivity;
 use crate::codec::{CodecParams, SegmentCodec, SegmentKeys};
 use crate::config::{
     ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, KeySource, StoreConfig, VolumeConfig,
@@ -69,6 +70,8 @@ pub struct Volume {
     codec: Arc<SegmentCodec>,
     stores: Arc<StoreSet>,
     rt: IoRuntime,
+    /// File reads and writes in flight, so background audits and repairs can yield to them.
+    foreground: Arc<ForegroundActivity>,
     _lock: VolumeLock,
 }
 
@@ -172,6 +175,7 @@ impl Volume {
             write_quorum: opts.write_quorum.unwrap_or(total),
             key,
             stores,
+            audit: crate::config::AuditConfig::default(),
         };
         let config_path = root.join(CONFIG_FILE);
         config.validate().map_err(|reason| QsfsError::Config {
@@ -206,6 +210,15 @@ impl Volume {
     /// Opens an existing volume: lock, config, key check, metadata, stores. A wrong key fails before anything else
     /// is read or written.
     pub fn open(root: &Path) -> Result<Volume> {
+        Self::open_with_store_wrapper(root, &|_, store| store)
+    }
+
+    /// Like `open`, with every store passed through `wrap(store id, store)` before use: the hook fault-injection
+    /// tests use to put a `qsfs_backends::FaultyStore` in front of real stores.
+    pub fn open_with_store_wrapper(
+        root: &Path,
+        wrap: &(dyn Fn(u32, Arc<dyn qsfs_backends::ShardStore>) -> Arc<dyn qsfs_backends::ShardStore> + Sync),
+    ) -> Result<Volume> {
         let config_path = root.join(CONFIG_FILE);
         if !config_path.exists() {
             return Err(QsfsError::NoVolume {
@@ -247,7 +260,11 @@ impl Volume {
         }
         let meta = MetaStore::open(&meta_path, false)?;
         let rt = IoRuntime::new()?;
-        let stores = Arc::new(rt.block_on(StoreSet::open(&config.stores, &config.volume_id))?);
+        let stores = Arc::new(rt.block_on(StoreSet::open_wrapped(
+            &config.stores,
+            &config.volume_id,
+            wrap,
+        ))?);
         meta.write(|c| {
             for slot in stores.slots() {
                 meta::sync_store(c, slot.id, &slot.uri)?;
@@ -257,6 +274,8 @@ impl Volume {
                     crate::store_set::StoreState::Up => None,
                 };
                 meta::record_store_state(c, slot.id, err.is_none(), err)?;
+                // Starts (or ends) the lost-store grace period.
+                meta::note_store_reachability(c, slot.id, err.is_none())?;
             }
             Ok(())
         })?;
@@ -267,6 +286,7 @@ impl Volume {
             codec,
             stores,
             rt,
+            foreground: Arc::new(ForegroundActivity::default()),
             _lock: lock,
         })
     }
@@ -298,6 +318,11 @@ impl Volume {
     /// The store I/O runtime: the single crossing point from plain threads into async store I/O.
     pub fn io(&self) -> &IoRuntime {
         &self.rt
+    }
+
+    /// The gauge of foreground file I/O that background audits and repairs yield to.
+    pub fn foreground(&self) -> &Arc<ForegroundActivity> {
+        &self.foreground
     }
 
     pub fn cache_dir(&self) -> PathBuf {

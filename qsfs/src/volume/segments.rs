@@ -20,6 +20,7 @@ impl Volume {
     /// records the returned `SegmentRecord` in its own metadata transaction (invariant 1: metadata only ever points
     /// at shards that were durable when it committed).
     pub fn encode_and_place(&self, index: u64, data: &[u8]) -> Result<SegmentRecord> {
+        let _busy = self.foreground.enter();
         let id = meta::new_segment_id();
         let encoded = self.codec.encode(id, data)?;
         let info = encoded.info.clone();
@@ -38,8 +39,10 @@ impl Volume {
 
     /// Reads one segment back: data shards first, a parity shard for each one that is missing, unreachable or
     /// corrupt; every shard verified against its Merkle root before use. Bad shards are recorded in metadata so
-    /// status shows them and repair can find them. `name` names the file in errors.
+    /// status shows them and repair can find them (recording a shard bad queues it for repair, by trigger, in
+    /// the same transaction). `name` names the file in errors.
     pub fn read_segment(&self, rec: &SegmentRecord, name: &str) -> Result<Vec<u8>> {
+        let _busy = self.foreground.enter();
         let k = self.config.data_shards;
         let (shards, bad) = self
             .rt

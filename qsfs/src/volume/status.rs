@@ -1,5 +1,5 @@
-//! `qsfs status`: the volume's shape, each store's reachability and holdings, and how many segments are fully
-//! redundant, degraded or unreadable. The serialized form is the documented `status --json` schema.
+//! `qsfs status`: the volume's shape, each store's reachability, holdings and audit score, how many segments are
+//! fully redundant, degraded or unreadable, the last audit and the repair backlog. The serialized form is the documented `status --json` schema.
 
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -19,6 +19,8 @@ pub struct StoreStatus {
     pub shards: u64,
     pub bytes: u64,
     pub free_bytes: Option<u64>,
+    /// Fraction of this store's audit checks that passed over its last 10 audits; null before its first audit.
+    pub score: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +37,10 @@ pub struct VolumeStatus {
     pub garbage_shards: u64,
     pub segments: SegmentHealth,
     pub stores: Vec<StoreStatus>,
+    /// The most recent audit, null before the first.
+    pub last_audit: Option<meta::AuditSummary>,
+    /// Shards waiting to be rebuilt or moved.
+    pub repair_queue: u64,
 }
 
 impl Volume {
@@ -75,6 +81,13 @@ impl Volume {
             )?;
             Ok((f, d, l, usage, health, meta::garbage_count(c)?))
         })?;
+        let (scores, last_audit, repair_queue) = self.meta.read(|c| {
+            Ok((
+                meta::store_scores(c)?,
+                meta::last_audit(c)?,
+                meta::repair_queue_len(c)?,
+            ))
+        })?;
         let mut stores: Vec<StoreStatus> = self
             .stores
             .slots()
@@ -98,6 +111,7 @@ impl Volume {
                     shards,
                     bytes,
                     free_bytes,
+                    score: scores.get(&slot.id).map(|s| (s * 1000.0).round() / 1000.0),
                 }
             })
             .collect();
@@ -115,6 +129,8 @@ impl Volume {
             garbage_shards: garbage,
             segments: health,
             stores,
+            last_audit,
+            repair_queue,
         })
     }
 }

@@ -1,0 +1,153 @@
+//! `qsfs audit [--full] [--store URI] [--json]`: runs one audit now, prints what each store showed, the detection
+//! guarantee and the verdict, and fails (exit status 1) when anything failed verification, awaits repair or is
+//! lost.
+
+use anyhow::{Result, bail};
+use qsfs::Volume;
+use qsfs::audit::AuditOptions;
+use qsfs::repair::admin::find_store;
+use qsfs_por::{AuditMode, AuditReport, report::percent};
+
+use super::format::human_bytes;
+use super::repair::count_bar;
+
+pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<()> {
+    let mut opts = AuditOptions::new(&vol.config().audit);
+    opts.full = full;
+    opts.store = store.map(|s| find_store(vol.config(), s)).transpose()?;
+    let pb = count_bar("audit", "segments");
+    let report = vol.audit(&opts, &|done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })?;
+    pb.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if report.is_clean() {
+        return Ok(());
+    }
+    let t = &report.totals;
+    let mut msg = format!(
+        "audit {}: {} shards failed verification ({} missing, {} corrupt, {} unreachable, {} already known bad)",
+        report.verdict.label(),
+        report.failures(),
+        t.missing,
+        t.corrupt,
+        t.unreachable,
+        t.known_bad
+    );
+    if report.queued_for_repair > 0 {
+        msg.push_str(&format!(
+            "; {} queued for repair (run `qsfs repair`)",
+            report.queued_for_repair
+        ));
+    }
+    let lost: Vec<&str> = report
+        .lost
+        .iter()
+        .filter(|l| l.is_data_loss())
+        .flat_map(|l| l.files.iter().map(String::as_str))
+        .collect();
+    if !lost.is_empty() {
+        msg.push_str(&format!("; DATA LOST in: {}", lost.join(", ")));
+    }
+    bail!(msg)
+}
+
+fn print_report(r: &AuditReport) {
+    let mode = match r.mode {
+        AuditMode::Sampled => "sampled",
+        AuditMode::Full => "full (every shard, every byte)",
+    };
+    let resumed = if r.resumed {
+        ", resumed from its checkpoint"
+    } else {
+        ""
+    };
+    println!(
+        "audit      {mode}{resumed}; nonce {}…; {:.2} s",
+        &r.nonce[..16.min(r.nonce.len())],
+        r.duration_secs
+    );
+    let g = &r.guarantee;
+    println!(
+        "guarantee  δ = {}, P = {} → c = {} shards per store",
+        percent(g.delta),
+        percent(g.confidence),
+        g.samples_per_store
+    );
+    println!("           {}", g.statement);
+    println!(
+        "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>9}  store",
+        "id",
+        "shards",
+        "checked",
+        "passed",
+        "missing",
+        "corrupt",
+        "unreach",
+        "known-bad",
+        "read",
+        "median"
+    );
+    for s in &r.stores {
+        let median = s
+            .median_latency_ms
+            .map_or_else(|| "-".to_string(), |m| format!("{m:.2} ms"));
+        println!(
+            "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>9}  {}{}",
+            s.store_id,
+            s.shards,
+            s.sampled,
+            s.passed,
+            s.missing,
+            s.corrupt,
+            s.unreachable,
+            s.known_bad,
+            human_bytes(s.bytes_read),
+            median,
+            s.uri,
+            if s.escalated {
+                "  (damage found: every shard probed)"
+            } else {
+                ""
+            }
+        );
+        if let Some(e) = &s.error {
+            println!("{:>7}unreachable: {e}", "");
+        }
+        if r.mode == AuditMode::Sampled && s.sampled > s.unreachable {
+            println!(
+                "{:>7}detection probability for a {} loss: {}",
+                "",
+                percent(g.delta),
+                percent(s.detection_probability)
+            );
+        }
+    }
+    for l in &r.lost {
+        let what = if l.is_data_loss() {
+            "DATA LOST"
+        } else {
+            "unavailable"
+        };
+        println!(
+            "{what:<10} segment {} has {} of the {} shards it needs ({} more on unreachable stores): {}",
+            l.segment,
+            l.healthy_shards,
+            l.needed,
+            l.unreachable_shards,
+            l.files.join(", ")
+        );
+    }
+    if r.queued_for_repair > 0 {
+        println!(
+            "repair     {} shards queued (run `qsfs repair`)",
+            r.queued_for_repair
+        );
+    }
+    println!("result     {}", r.verdict.label().to_uppercase());
+}

@@ -1,0 +1,177 @@
+//! `qsfs mount` and `qsfs umount`.
+//!
+//! `qsfs mount DIR` backgrounds by default, like mount(8) helpers do: it re-runs itself as a detached child
+//! (`--foreground`, in its own session, log in `VOLUME/mount.log`) and returns once the child reports the mount
+//! is up, or prints the child's error. `--foreground` serves in the calling process (tests, systemd). No fork: the
+//! child is a fresh exec, so no thread or lock of the parent leaks into it.
+//!
+//! `qsfs umount DIR` unmounts (refusing if busy, like umount(8); `--lazy` detaches anyway) and waits for the
+//! serving process to finish draining, so when it returns everything closed is on the stores.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use qsfs::config::ByteSize;
+use qsfs::fuse::{self, MountOptions};
+use qsfs::volume::{CONFIG_FILE, KEY_FILE};
+use qsfs::{InitOptions, Volume};
+
+/// Set in the environment of the background child so it knows to detach and to report readiness on stdout.
+const CHILD_ENV: &str = "QSFS_MOUNT_CHILD";
+const READY: &str = "qsfs-mount-ready";
+pub const LOG_FILE: &str = "mount.log";
+
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub cache_size: ByteSize,
+    pub writeback: bool,
+    pub threads: usize,
+}
+
+pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
+    let child = std::env::var_os(CHILD_ENV).is_some();
+    if !child && !volume.join(CONFIG_FILE).exists() {
+        let root = Volume::init(volume, &InitOptions::default())
+            .with_context(|| format!("creating the default volume at {}", volume.display()))?;
+        println!(
+            "created volume {} (4 data + 2 parity shards on local dir stores)",
+            root.display()
+        );
+        println!(
+            "  key: {} — back it up somewhere safe: without it nothing in this volume can be read",
+            root.join(KEY_FILE).display()
+        );
+    }
+    if !args.foreground && !child {
+        return spawn_background(volume, &args);
+    }
+    if child {
+        // Leave the caller's session so its terminal's signals (Ctrl-C) do not reach the mount.
+        let _ = nix::unistd::setsid();
+    }
+    // Before the volume starts its runtime threads, so they all inherit the mask (see fuse::block_signals).
+    fuse::block_signals()?;
+    let vol = Volume::open(volume)?;
+    let opts = MountOptions {
+        allow_other: args.allow_other,
+        cache_size: args.cache_size.0,
+        writeback: args.writeback,
+        threads: args.threads,
+    };
+    let mp = args.mountpoint.clone();
+    fuse::mount(vol, &args.mountpoint, &opts, |report| {
+        if report.stale_cleaned {
+            eprintln!("qsfs: cleaned a stale mount at {}", mp.display());
+        }
+        if report.orphans_deleted > 0 {
+            eprintln!(
+                "qsfs: deleted {} files unlinked while open before a crash",
+                report.orphans_deleted
+            );
+        }
+        if report.uploads_resumed > 0 {
+            eprintln!("qsfs: resuming {} queued uploads", report.uploads_resumed);
+        }
+        if child {
+            println!("{READY}");
+        } else {
+            eprintln!(
+                "qsfs: mounted {} (Ctrl-C or `qsfs umount` to unmount)",
+                mp.display()
+            );
+        }
+    })?;
+    Ok(())
+}
+
+fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the qsfs executable")?;
+    let log_path = volume.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--volume")
+        .arg(volume)
+        .arg("mount")
+        .arg(&args.mountpoint)
+        .arg("--foreground")
+        .arg("--cache-size")
+        .arg(args.cache_size.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string());
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    if args.writeback {
+        cmd.arg("--writeback");
+    }
+    let mut child = cmd
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting the background mount")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    if line.trim() == READY {
+        println!(
+            "mounted {} at {} (pid {}, log {})",
+            volume.display(),
+            args.mountpoint.display(),
+            child.id(),
+            log_path.display()
+        );
+        return Ok(());
+    }
+    let status = child.wait().context("waiting for the background mount")?;
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail: Vec<&str> = log_text.lines().rev().take(5).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    bail!(
+        "the mount did not come up ({status}); from {}:\n{}",
+        log_path.display(),
+        tail.join("\n")
+    )
+}
+
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let entry = fuse::find_mount(mountpoint);
+    let Some(entry) = entry else {
+        bail!("{}: not mounted", mountpoint.display());
+    };
+    if !entry.is_qsfs() {
+        bail!(
+            "{}: not a qsfs mount ({} from {})",
+            mountpoint.display(),
+            entry.fstype,
+            entry.source
+        );
+    }
+    let pid = entry
+        .volume()
+        .and_then(|v| std::fs::read_to_string(v.join("lock")).ok())
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let stale = fuse::is_stale_mount(mountpoint);
+    fuse::unmount(mountpoint, lazy || stale)?;
+    if let Some(pid) = pid.filter(|_| !stale) {
+        let mut told = false;
+        fuse::wait_for_exit(pid, |waited| {
+            if !told && waited.as_secs() >= 2 {
+                eprintln!("qsfs: waiting for the mount (pid {pid}) to finish uploading...");
+                told = true;
+            }
+        });
+    }
+    println!("unmounted {}", mountpoint.display());
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Mounting and unmounting. `mount` cleans a stale mount left by a crashed process, recovers the volume (orphan
+//! inodes, the upload queue), mounts, and serves until the filesystem is unmounted (`qsfs umount`, `umount`,
+//! `fusermount3 -u`) or the process gets SIGINT/SIGTERM/SIGHUP, which drain pending uploads and then unmount.
+//! After the session ends, it drains again, so the process exits only when everything closed is on the stores
+//! (or, with `--writeback`, left queued for the next mount after a bounded wait).
+//!
+//! The mount's source is `qsfs:VOLUME`, so `qsfs umount` finds the volume, and through its lock file the pid of
+//! the process serving it, whose exit it waits for.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::QsfsFs;
+use super::engine::Engine;
+use crate::error::{QsfsError, Result};
+use crate::meta;
+use crate::pipeline::default_workers;
+use crate::volume::Volume;
+
+pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
+/// How long the final drain waits for queued (`--writeback`) uploads before leaving them for the next mount.
+const QUEUE_DRAIN: Duration = Duration::from_secs(120);
+/// Housekeeping period: idle seals, garbage collection.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let users other than the one mounting use the mount (`allow_other`; needs `user_allow_other` in
+    /// /etc/fuse.conf for non-root mounts).
+    pub allow_other: bool,
+    /// Bytes of decoded segments kept in memory.
+    pub cache_size: u64,
+    /// Close returns once data is durable locally; a persistent queue uploads it.
+    pub writeback: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            cache_size: DEFAULT_CACHE_SIZE,
+            writeback: false,
+            threads: 8,
+        }
+    }
+}
+
+/// What mounting found and did, for the caller to report.
+#[derive(Clone, Debug, Default)]
+pub struct MountReport {
+    pub stale_cleaned: bool,
+    pub orphans_deleted: usize,
+    pub uploads_resumed: usize,
+}
+
+/// The signals that end a mount. Call `block_signals` on the main thread before anything starts threads (the
+/// volume's runtime does), so every thread inherits the mask and only the waiter thread receives them.
+fn stop_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGHUP);
+    s
+}
+
+pub fn block_signals() -> Result<()> {
+    stop_signals()
+        .thread_block()
+        .map_err(|e| QsfsError::io("blocking signals", e.into()))
+}
+
+/// Mounts `vol` at `mountpoint` and serves it until unmounted. `ready` runs once the mount is up.
+pub fn mount(
+    vol: Volume,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(&MountReport),
+) -> Result<()> {
+    let mut report = MountReport {
+        stale_cleaned: clean_stale(mountpoint)?,
+        ..Default::default()
+    };
+    if !mountpoint.is_dir() {
+        return Err(QsfsError::NotADirectory(mountpoint.display().to_string()));
+    }
+    let root = vol.root().to_path_buf();
+    let vol = Arc::new(vol);
+    let eng = Engine::new(vol.clone(), opts.cache_size, opts.writeback)?;
+    eng.start_workers(default_workers());
+    let (orphans, resumed) = eng.recover()?;
+    report.orphans_deleted = orphans;
+    report.uploads_resumed = resumed;
+
+    let fs = QsfsFs {
+        eng: eng.clone(),
+        files: Default::default(),
+        dirs: Default::default(),
+        next_fh: std::sync::atomic::AtomicU64::new(1),
+        statfs_cache: Default::default(),
+    };
+    let mut config = Config::default();
+    let root_str = root.display().to_string();
+    let fsname = if root_str.contains([',', ' ', '\t', '\n', '\\']) {
+        "qsfs".to_string()
+    } else {
+        format!("qsfs:{root_str}")
+    };
+    config.mount_options = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype("qsfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RW,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(fs, mountpoint, &config)
+        .map_err(|e| QsfsError::io(format!("mounting {}", mountpoint.display()), e))?;
+    ready(&report);
+
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    let sig_eng = eng.clone();
+    let _ = std::thread::Builder::new()
+        .name("qsfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = stop_signals().wait() {
+                tracing::info!(signal = ?sig, "draining pending uploads, then unmounting");
+                let left = sig_eng.drain(QUEUE_DRAIN);
+                if left > 0 {
+                    tracing::warn!(left, "queued segments stay queued for the next mount");
+                }
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(error = %e, "unmount refused (busy?); detaching lazily");
+                    let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        });
+    let stop = Arc::new(AtomicBool::new(false));
+    let hk = {
+        let (eng, stop) = (eng.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("qsfs-housekeeping".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(HOUSEKEEPING);
+                    eng.housekeeping(false);
+                }
+            })
+            .map_err(|e| QsfsError::io("starting the housekeeping thread", e))?
+    };
+
+    let served = session.run();
+    stop.store(true, Ordering::Release);
+    let _ = hk.join();
+    finish(&eng);
+    served.map_err(|e| QsfsError::io("serving the mount", e))
+}
+
+/// After the session: everything still dirty is sealed or queued, uploads get a bounded wait, inodes unlinked
+/// while open (whose release the kernel may not have sent) are deleted, garbage is collected.
+fn finish(eng: &Arc<Engine>) {
+    let left = eng.drain(QUEUE_DRAIN);
+    eng.shutting_down.store(true, Ordering::Release);
+    eng.stop_workers();
+    eng.cache.stop_prefetch();
+    if left > 0 {
+        tracing::warn!(left, "queued segments stay queued for the next mount");
+    }
+    match eng.vol.meta().read(meta::orphan_inodes) {
+        Ok(orphans) => {
+            for ino in orphans {
+                if let Err(e) = eng
+                    .vol
+                    .meta()
+                    .write(|c| meta::delete_inode_if_unreferenced(c, ino))
+                {
+                    tracing::warn!(ino, error = %e, "orphan inode left for the next mount");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "orphan scan failed"),
+    }
+    if let Err(e) = eng.vol.meta().sync() {
+        tracing::error!(error = %e, "final metadata sync failed");
+    }
+    if let Err(e) = eng.vol.collect_garbage() {
+        tracing::warn!(error = %e, "garbage collection failed; `qsfs gc` or the next mount retries");
+    }
+}
+
+/// A mount table entry.
+#[derive(Clone, Debug)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+impl MountEntry {
+    pub fn is_qsfs(&self) -> bool {
+        self.fstype.starts_with("fuse") && self.source.starts_with("qsfs")
+    }
+
+    /// The volume directory named in the source, if it was recorded.
+    pub fn volume(&self) -> Option<PathBuf> {
+        self.source.strip_prefix("qsfs:").map(PathBuf::from)
+    }
+}
+
+fn unescape(field: &str) -> String {
+    // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(digits) = std::str::from_utf8(&b[i + 1..i + 4])
+            && let Ok(v) = u8::from_str_radix(digits, 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount table entry at `mountpoint` (the last one, if several are stacked).
+pub fn find_mount(mountpoint: &Path) -> Option<MountEntry> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = absolute(mountpoint);
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mp = unescape(left.split(' ').nth(4)?);
+            let mut r = right.split(' ');
+            let fstype = r.next()?.to_string();
+            let source = unescape(r.next()?);
+            Some(MountEntry {
+                mountpoint: PathBuf::from(mp),
+                fstype,
+                source,
+            })
+        })
+        .rfind(|m| m.mountpoint == want)
+}
+
+/// `path` made absolute without touching the last component (stat on a dead mount fails).
+fn absolute(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
+/// True if a FUSE filesystem is mounted at `mountpoint` but nothing serves it any more ("Transport endpoint is
+/// not connected").
+pub fn is_stale_mount(mountpoint: &Path) -> bool {
+    matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN))
+}
+
+/// Detaches a dead mount at `mountpoint` left by a crashed process. Refuses a live one.
+fn clean_stale(mountpoint: &Path) -> Result<bool> {
+    if is_stale_mount(mountpoint) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a stale mount left by a crashed qsfs");
+        unmount(mountpoint, true)?;
+        return Ok(true);
+    }
+    if let Some(m) = find_mount(mountpoint)
+        && m.is_qsfs()
+    {
+        return Err(QsfsError::Exists(format!(
+            "{}: a qsfs volume is already mounted here ({})",
+            mountpoint.display(),
+            m.source
+        )));
+    }
+    Ok(false)
+}
+
+/// Unmounts `mountpoint`: directly as root, through `fusermount3 -u` otherwise. `lazy` detaches even if busy.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let target = absolute(mountpoint);
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    match nix::mount::umount2(&target, flags) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => Err(QsfsError::io(
+            format!(
+                "{}: busy (files are open, or a process has its working directory inside)",
+                target.display()
+            ),
+            std::io::Error::from_raw_os_error(nix::libc::EBUSY),
+        )),
+        Err(nix::errno::Errno::EPERM) => {
+            let mut cmd = std::process::Command::new("fusermount3");
+            cmd.arg(if lazy { "-uz" } else { "-u" }).arg(&target);
+            let out = cmd
+                .output()
+                .map_err(|e| QsfsError::io("running fusermount3 -u", e))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(QsfsError::io(
+                    format!(
+                        "fusermount3 -u {}: {}",
+                        target.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                    std::io::Error::other("unmount refused"),
+                ))
+            }
+        }
+        Err(e) => Err(QsfsError::io(
+            format!("unmounting {}", target.display()),
+            e.into(),
+        )),
+    }
+}
+
+/// Waits until process `pid` has exited (or is a zombie): `qsfs umount` waits for the drain this way.
+pub fn wait_for_exit(pid: u32, mut tick: impl FnMut(Duration)) {
+    let start = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        let alive = match stat {
+            Ok(s) => s
+                .rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !alive {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        tick(start.elapsed());
+    }
+}

@@ -1,0 +1,366 @@
+//! Self-healing: this module owns draining the persistent repair queue (SQLite table `repair_queue`), deciding
+//! when an unreachable store counts as lost, and the admin operations that move shards between stores
+//! (`store add`, `store drain`, `store readmit`, in [`admin`]).
+//!
+//! Shards enter the queue when a write could not place them, a read or an audit found them missing or corrupt
+//! (schema triggers, in the transaction that records the finding), when their store has been unreachable for
+//! longer than the grace period (`audit.lost_store_grace`), or when their store is being drained. A repair round:
+//!
+//! 1. probes every store and notes which answer; stores down longer than the grace period are *lost* and all
+//!    their shards are queued;
+//! 2. orders the queued segments most endangered first (fewest healthy shards), then, on a few worker threads,
+//!    per segment ([`segment`]): re-checks queued shards that metadata still calls good (a store that came back),
+//!    fetches and verifies K good shards, rebuilds the bad ones with reed-solomon
+//!    ([`crate::codec::SegmentCodec::rebuild_shards`], which checks each rebuilt root against metadata), writes
+//!    each to its own store if that store is healthy, otherwise to a healthy store holding no shard of the
+//!    segment, and commits the new locations in one transaction per segment;
+//! 3. deletes the bad copies it replaced, where their stores answer (as garbage, after the commit).
+//!
+//! A segment with fewer than K verified shards cannot be rebuilt: it is reported as lost with its files' names,
+//! and its queue entries stay (with the error) for a later round, in case a store comes back.
+
+pub mod admin;
+mod segment;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qsfs_por::LostSegment;
+use serde::Serialize;
+
+use crate::audit::Throttle;
+use crate::config::AuditConfig;
+use crate::error::{QsfsError, Result};
+use crate::meta::{self, RepairItem, RepairReason, ShardState};
+use crate::store_set::StoreState;
+use crate::volume::Volume;
+
+/// How long a store may take to answer the probe at the start of a repair round.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a repair round runs.
+#[derive(Clone, Debug)]
+pub struct RepairOptions {
+    /// Stores unreachable for longer than this are lost: their shards are rebuilt elsewhere.
+    pub grace: Duration,
+    /// Move every shard off this store (retiring it).
+    pub drain: Option<u32>,
+    /// Segments repaired in parallel.
+    pub workers: usize,
+    pub throttle: Arc<Throttle>,
+}
+
+impl RepairOptions {
+    /// The volume's grace period, four workers, unthrottled.
+    pub fn new(cfg: &AuditConfig) -> RepairOptions {
+        RepairOptions {
+            grace: cfg.lost_store_grace.0,
+            drain: None,
+            workers: 4,
+            throttle: Arc::new(Throttle::unlimited()),
+        }
+    }
+}
+
+/// Progress of a repair round, for a progress bar.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RepairProgress {
+    /// Queued shards dealt with (repaired, found intact, or failed).
+    pub done: u64,
+    pub total: u64,
+    pub bytes_written: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RepairFailure {
+    pub segment: u64,
+    pub index: usize,
+    pub reason: String,
+}
+
+/// A store that is unreachable but still inside its grace period: its shards are left where they are for now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WaitingStore {
+    pub store_id: u32,
+    pub uri: String,
+    pub unreachable_secs: f64,
+    pub lost_after_secs: f64,
+}
+
+/// What a repair round did (the `qsfs repair --json` document).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RepairReport {
+    /// Shards in the queue when the round started (after lost or drained stores' shards were added).
+    pub queued: u64,
+    /// Shards reconstructed from K others.
+    pub rebuilt: u64,
+    /// Intact shards copied off a drained store.
+    pub copied: u64,
+    /// Of those, placed on a different store than before.
+    pub moved: u64,
+    /// Queued shards found intact on re-check and dropped from the queue.
+    pub verified_ok: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub duration_secs: f64,
+    /// MB (10^6 bytes) of rebuilt and copied shards written per second.
+    pub throughput_mb_s: f64,
+    /// Shards still queued at the end.
+    pub remaining: u64,
+    pub lost_stores: Vec<u32>,
+    pub waiting_stores: Vec<WaitingStore>,
+    pub failures: Vec<RepairFailure>,
+    pub lost: Vec<LostSegment>,
+}
+
+impl RepairReport {
+    /// Everything queued was dealt with and no data is lost.
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// Which stores a round may read from and write to.
+pub(crate) struct StoreView {
+    /// Answered the probe.
+    pub reachable: HashSet<u32>,
+    /// Unreachable past the grace period.
+    pub lost: HashSet<u32>,
+    pub draining: Option<u32>,
+    /// Good shards per store, kept current as shards are placed (new copies go where there are fewest).
+    pub usage: Mutex<HashMap<u32, u64>>,
+}
+
+impl StoreView {
+    /// Healthy enough to receive shards: reachable and not being drained.
+    pub fn fit(&self, id: u32) -> bool {
+        self.reachable.contains(&id) && self.draining != Some(id)
+    }
+}
+
+/// Counters the workers share.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub done: AtomicU64,
+    pub rebuilt: AtomicU64,
+    pub copied: AtomicU64,
+    pub moved: AtomicU64,
+    pub verified_ok: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+impl Volume {
+    /// Drains the repair queue once (see the module docs). An `Err` means the round could not run or was
+    /// stopped; what each segment's repair achieved is committed as it goes.
+    pub fn repair(
+        &self,
+        opts: &RepairOptions,
+        progress: &(dyn Fn(RepairProgress) + Sync),
+    ) -> Result<RepairReport> {
+        let clock = Instant::now();
+        let mut report = RepairReport::default();
+        let view = self.survey_stores(opts, &mut report)?;
+        let drain = opts.drain.filter(|id| view.reachable.contains(id));
+        self.meta().write(|c| {
+            for id in &view.lost {
+                meta::queue_store_shards(c, *id, RepairReason::StoreLost)?;
+            }
+            if let Some(id) = drain {
+                meta::queue_store_shards(c, id, RepairReason::Drain)?;
+            }
+            Ok(())
+        })?;
+        let items = self.meta().read(meta::repair_items)?;
+        report.queued = items.len() as u64;
+        let mut by_segment: BTreeMap<u64, Vec<RepairItem>> = BTreeMap::new();
+        for item in items {
+            by_segment.entry(item.segment_id).or_default().push(item);
+        }
+        let queue = self.endangered_first(by_segment, &view)?;
+        let total = report.queued;
+        let counters = Counters::default();
+        let results: Mutex<Vec<segment::SegmentOutcome>> = Mutex::new(Vec::new());
+        let work = Mutex::new(queue);
+        let first_error: Mutex<Option<QsfsError>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..opts.workers.max(1) {
+                scope.spawn(|| {
+                    loop {
+                        if opts.throttle.stopped()
+                            || first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .is_some()
+                        {
+                            return;
+                        }
+                        let next = work.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                        let Some((ino, rec, items)) = next else {
+                            return;
+                        };
+                        let n = items.len() as u64;
+                        match segment::repair_segment(
+                            self,
+                            &view,
+                            ino,
+                            rec,
+                            &items,
+                            &opts.throttle,
+                            &counters,
+                        ) {
+                            Ok(outcome) => results
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(outcome),
+                            Err(e) => {
+                                first_error
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                                return;
+                            }
+                        }
+                        let done = counters.done.fetch_add(n, Ordering::Relaxed) + n;
+                        progress(RepairProgress {
+                            done,
+                            total,
+                            bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+                        });
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        opts.throttle.check("repair")?;
+        for outcome in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            report.failures.extend(outcome.failures);
+            report.lost.extend(outcome.lost);
+        }
+        report.failures.sort_by_key(|f| (f.segment, f.index));
+        report.lost.sort_by_key(|l| l.segment);
+        // The replaced bad copies: deleted now where their stores answer, later by `gc` otherwise.
+        if let Err(e) = self.collect_garbage() {
+            tracing::warn!(error = %e, "repair: replaced shards not deleted yet");
+        }
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        report.rebuilt = l(&counters.rebuilt);
+        report.copied = l(&counters.copied);
+        report.moved = l(&counters.moved);
+        report.verified_ok = l(&counters.verified_ok);
+        report.bytes_read = l(&counters.bytes_read);
+        report.bytes_written = l(&counters.bytes_written);
+        report.remaining = self.meta().read(meta::repair_queue_len)?;
+        report.duration_secs = clock.elapsed().as_secs_f64();
+        report.throughput_mb_s = if report.duration_secs > 0.0 {
+            report.bytes_written as f64 / 1e6 / report.duration_secs
+        } else {
+            0.0
+        };
+        Ok(report)
+    }
+
+    /// Probes the stores, records who answered, and works out which are lost (down past the grace period).
+    fn survey_stores(&self, opts: &RepairOptions, report: &mut RepairReport) -> Result<StoreView> {
+        let probes: Vec<(u32, bool)> = self.io().block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for slot in self.stores().slots() {
+                let slot = slot.clone();
+                set.spawn(async move {
+                    let up = match slot.state() {
+                        StoreState::Down(_) => false,
+                        StoreState::Up => matches!(
+                            tokio::time::timeout(PROBE_TIMEOUT, slot.store.probe()).await,
+                            Ok(Ok(_))
+                        ),
+                    };
+                    (slot.id, up)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(Ok(r)) = set.join_next().await {
+                out.push(r);
+            }
+            out
+        });
+        let down_since = self.meta().write(|c| {
+            for (id, up) in &probes {
+                meta::note_store_reachability(c, *id, *up)?;
+            }
+            meta::stores_down_since(c)
+        })?;
+        let reachable: HashSet<u32> = probes
+            .iter()
+            .filter(|(_, up)| *up)
+            .map(|(id, _)| *id)
+            .collect();
+        let now = meta::now_ns();
+        let mut lost = HashSet::new();
+        for (id, up) in &probes {
+            if *up {
+                continue;
+            }
+            let since = down_since.get(id).copied().unwrap_or(now);
+            let down_for = Duration::from_nanos((now - since).max(0) as u64);
+            // A store being drained while unreachable is retired now: its shards are rebuilt without waiting.
+            if down_for >= opts.grace || opts.drain == Some(*id) {
+                lost.insert(*id);
+            } else {
+                report.waiting_stores.push(WaitingStore {
+                    store_id: *id,
+                    uri: self
+                        .stores()
+                        .slot(*id)
+                        .map_or_else(String::new, |s| s.uri.clone()),
+                    unreachable_secs: down_for.as_secs_f64(),
+                    lost_after_secs: opts.grace.as_secs_f64(),
+                });
+            }
+        }
+        report.lost_stores = lost.iter().copied().collect();
+        report.lost_stores.sort_unstable();
+        report.waiting_stores.sort_by_key(|w| w.store_id);
+        let usage = self.meta().read(meta::good_shards_per_store)?;
+        Ok(StoreView {
+            reachable,
+            lost,
+            draining: opts.drain,
+            usage: Mutex::new(usage),
+        })
+    }
+
+    /// Loads the queued segments and orders them by healthy shards, fewest first (then by id, for a stable
+    /// order). Queue entries of segments that no longer exist are dropped.
+    fn endangered_first(
+        &self,
+        by_segment: BTreeMap<u64, Vec<RepairItem>>,
+        view: &StoreView,
+    ) -> Result<VecDeque<(u64, meta::SegmentRecord, Vec<RepairItem>)>> {
+        let mut ranked = Vec::with_capacity(by_segment.len());
+        for (id, items) in by_segment {
+            let Some((ino, rec)) = self.meta().read(|c| meta::segment_by_id(c, id))? else {
+                continue;
+            };
+            let queued: HashSet<usize> = items.iter().map(|i| i.index).collect();
+            let healthy = rec
+                .shards
+                .iter()
+                .filter(|s| {
+                    s.state == ShardState::Ok
+                        && !queued.contains(&s.index)
+                        && s.store_id.is_some_and(|st| view.fit(st))
+                })
+                .count();
+            ranked.push((healthy, id, ino, rec, items));
+        }
+        ranked.sort_by_key(|(healthy, id, ..)| (*healthy, *id));
+        Ok(ranked
+            .into_iter()
+            .map(|(_, _, ino, rec, items)| (ino, rec, items))
+            .collect())
+    }
+}
