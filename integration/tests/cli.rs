@@ -3,6 +3,7 @@
 //!
 //! Build the binary first (`cargo build -p qsfs`); `bash integration/run-tests.sh` does everything.
 
+mod audit;
 mod fuse;
 mod helpers;
 

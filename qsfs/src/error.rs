@@ -18,7 +18,9 @@ pub enum QsfsError {
     VolumeExists { path: PathBuf },
     #[error("no volume at {path} (run `qsfs init` first)")]
     NoVolume { path: PathBuf },
-    #[error("volume {path} is in use by another qsfs process (pid {pid})")]
+    #[error(
+        "volume {path} is in use by another qsfs process (pid {pid}); if it is mounted, `qsfs umount` it first"
+    )]
     VolumeLocked { path: PathBuf, pid: String },
     #[error("metadata database: {0}")]
     Metadata(#[from] rusqlite::Error),

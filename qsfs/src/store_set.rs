@@ -24,6 +24,9 @@ const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(1000),
 ];
 
+/// Wraps each store as it is opened (store id, store) -> store: the fault-injection hook of tests.
+pub type StoreWrapper = dyn Fn(u32, Arc<dyn ShardStore>) -> Arc<dyn ShardStore> + Sync;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreState {
     Up,
@@ -74,7 +77,7 @@ impl StoreSet {
     pub async fn open_wrapped(
         configs: &[StoreConfig],
         volume_id: &str,
-        wrap: &(dyn Fn(u32, Arc<dyn ShardStore>) -> Arc<dyn ShardStore> + Sync),
+        wrap: &StoreWrapper,
     ) -> Result<StoreSet> {
         let mut slots = Vec::new();
         for c in configs {

@@ -4,6 +4,7 @@
 //! returns 0 then would be a promise the stores cannot keep. Whatever was acknowledged reads back exactly, with
 //! the servers down, after they restart, after a remount and through `qsfs get`.
 
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use super::fuse_available;
@@ -94,6 +95,18 @@ fn redis_store_killed_mid_write_never_loses_acknowledged_data() {
     assert!(
         ok2.is_empty(),
         "with 4 of 6 stores up and write quorum 5, these durability calls returned success: {ok2:#?}"
+    );
+
+    // close is a durability point too: below the quorum it must fail rather than return 0.
+    let below = dir.join("close-below-quorum");
+    let f = std::fs::File::create(&below).expect("create (metadata only) works below the quorum");
+    f.write_all_at(b"written below the write quorum\n", 0)
+        .expect("a write into the local staging works below the quorum");
+    let closed = nix::unistd::close(f);
+    eprintln!("close of a new file with two redis-servers down: {closed:?}");
+    assert!(
+        closed.is_err(),
+        "close returned 0 with 4 of 6 stores up and write quorum 5"
     );
 
     // Everything acknowledged reads back: now (K = 4 stores left), after the servers restart, after a remount.

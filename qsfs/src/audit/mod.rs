@@ -229,7 +229,11 @@ fn sampled(
     let mut findings = Vec::new();
     let mut escalate = Vec::new();
     for (id, tally, mut found) in results {
-        if opts.escalate && !found.is_empty() && tally.down.is_none() {
+        // Escalate only where the sample did not already cover the whole store.
+        let unsampled = rest
+            .get(&id)
+            .is_some_and(|(population, picks, _)| population.len() > picks.len());
+        if opts.escalate && !found.is_empty() && tally.down.is_none() && unsampled {
             escalate.push(id);
         }
         findings.append(&mut found);
@@ -350,6 +354,9 @@ fn finish(
     })?;
 
     let audited: HashSet<u32> = tallies.keys().copied().collect();
+    // An audit of some stores answers for the queue entries of those stores only.
+    let scoped = slots.len() < vol.stores().slots().len();
+    let scope = scoped.then_some(&audited);
     let usable: HashSet<u32> = vol
         .stores()
         .slots()
@@ -372,7 +379,11 @@ fn finish(
                 needed: k as u64,
             });
         }
-        Ok((margin, lost, meta::repair_queue_len(c)?))
+        let queued = match scope {
+            Some(ids) => meta::repair_queue_len_on(c, ids)?,
+            None => meta::repair_queue_len(c)?,
+        };
+        Ok((margin, lost, queued))
     })?;
 
     let stores: Vec<StoreAudit> = tallies

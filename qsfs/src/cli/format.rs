@@ -120,7 +120,10 @@ pub fn print_status(st: &VolumeStatus) {
         None => println!("audit     never audited (run `qsfs audit`)"),
     }
     if st.repair_queue > 0 {
-        println!("repair    {} shards queued (run `qsfs repair`)", st.repair_queue);
+        println!(
+            "repair    {} shards queued (run `qsfs repair`)",
+            st.repair_queue
+        );
     }
     println!("stores");
     for store in &st.stores {

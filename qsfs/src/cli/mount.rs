@@ -156,8 +156,9 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             entry.source
         );
     }
-    let pid = entry
-        .volume()
+    let volume = entry.volume();
+    let pid = volume
+        .as_ref()
         .and_then(|v| std::fs::read_to_string(v.join("lock")).ok())
         .and_then(|p| p.trim().parse::<u32>().ok())
         .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
@@ -171,7 +172,25 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
                 told = true;
             }
         });
+        // The process's last threads may still hold the volume lock for a moment after it shows as exited:
+        // return only when the volume is free, so the next command on it does not find it locked.
+        if let Some(v) = &volume {
+            wait_until_unlocked(&v.join("lock"));
+        }
     }
     println!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+fn wait_until_unlocked(lock: &Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    for _ in 0..200 {
+        let Ok(file) = std::fs::File::open(lock) else {
+            return;
+        };
+        if Flock::lock(file, FlockArg::LockSharedNonblock).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
 }

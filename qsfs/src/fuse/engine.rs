@@ -558,10 +558,11 @@ impl Engine {
         }
         let (size, mtime, ctime, boundary_older) = {
             let st = cell.lock();
+            // A boundary cut from the committed segment is older than any snapshot still in flight, which will
+            // replace it; only a cut of the newest bytes (the dirty ones) supersedes queued rows.
             let older = match &boundary {
                 Some((_, Some(j))) => st.older_rows(keep, j.version),
-                Some((_, None)) => st.older_rows(keep, u64::MAX),
-                None => Vec::new(),
+                _ => Vec::new(),
             };
             (st.size, st.mtime_ns, st.ctime_ns, older)
         };

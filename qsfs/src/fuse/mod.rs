@@ -7,6 +7,11 @@
 //! - `engine.rs` / `seal.rs`: the data path (staging, sealing, the upload queue, durability).
 //! - `session.rs`: mounting, signals, stale mounts, the drain at unmount, and `umount`.
 //!
+//! Who can mount. Root mounts directly with mount(2), no libfuse needed. A non-root user on a distribution whose
+//! /dev/fuse is usable by everyone (Debian, Ubuntu, Fedora: mode 0666) mounts through the setuid `fusermount3`
+//! helper (package `fuse3`), which fuser runs by itself when mount(2) is refused; `--allow-other` then also needs
+//! `user_allow_other` in /etc/fuse.conf, and `qsfs umount` falls back to `fusermount3 -u` the same way.
+//!
 //! FUSE callbacks run on fuser's worker threads, which are plain threads: they reach the stores only through the
 //! volume's `IoRuntime::block_on`, the crate's one async boundary.
 

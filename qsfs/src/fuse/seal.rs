@@ -283,10 +283,17 @@ impl Engine {
             let dirty = std::mem::take(&mut st.dirty);
             for (idx, staged) in dirty {
                 match self.staging.enqueue(&staged) {
-                    Ok(name) => batch.push((self.new_job(idx, staged, None), name)),
+                    Ok(name) => {
+                        // Visible as the newest snapshot at once, so reads and writes during the commit below
+                        // see these bytes; submitted only once their rows are committed.
+                        let job = self.new_job(idx, staged, None);
+                        st.jobs.push(job.clone());
+                        batch.push((job, name));
+                    }
                     Err(e) => {
                         st.dirty.insert(idx, staged);
-                        for (j, _) in batch {
+                        for (j, _) in &batch {
+                            st.jobs.retain(|x| !Arc::ptr_eq(x, j));
                             st.dirty.insert(j.idx, j.data.clone());
                         }
                         return Err(e);
@@ -299,7 +306,10 @@ impl Engine {
         let restore = |batch: &[(Arc<Job>, String)]| {
             let mut st = cell.lock();
             for (j, _) in batch {
-                st.dirty.entry(j.idx).or_insert_with(|| j.data.clone());
+                st.jobs.retain(|x| !Arc::ptr_eq(x, j));
+                if !j.is_cancelled() {
+                    st.dirty.entry(j.idx).or_insert_with(|| j.data.clone());
+                }
             }
         };
         if !batch.is_empty()
@@ -337,7 +347,6 @@ impl Engine {
         }
         for ((job, _), id) in batch.into_iter().zip(ids) {
             *job.queue_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-            st.jobs.push(job.clone());
             self.submit(cell.clone(), job);
         }
         Ok(())

@@ -161,7 +161,11 @@ pub fn mount(
             .map_err(|e| QsfsError::io("starting the housekeeping thread", e))?
     };
 
+    // Proof-of-retrievability audits and self-healing while the mount is served (`[audit]` in qsfs.toml); the
+    // handle stops the thread when dropped, keeping an interrupted full audit's checkpoint for next time.
+    let auditor = crate::audit::BackgroundAuditor::start(vol.clone(), vol.config().audit.clone());
     let served = session.run();
+    drop(auditor);
     stop.store(true, Ordering::Release);
     let _ = hk.join();
     finish(&eng);

@@ -1,6 +1,6 @@
 //! The volume's metadata in SQLite: the namespace (inodes, directory entries, xattrs), the data map (segments and
 //! their shards, the stores, garbage awaiting deletion) and, in later schema versions, operation queues (the
-//! mount's upload queue; the repair queue, audit history and audit checkpoint in `ops`).
+//! mount's upload queue; the repair queue in `ops`; audit history and checkpoint in `audit_log`).
 //!
 //! WAL mode, foreign keys on, a `schema_version` table and numbered migrations applied in one transaction each.
 //! One writer connection behind a mutex: every change to the volume goes through `MetaStore::write`, which runs a
@@ -15,6 +15,7 @@
 //! `sync`, and the WAL is one sequential file: fsyncing it makes every earlier frame durable too, so a FULL commit
 //! also hardens all the NORMAL commits before it. Nothing a caller was promised rests on a NORMAL commit alone.
 
+mod audit_log;
 mod data;
 mod fsops;
 mod namespace;
@@ -29,6 +30,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::{QsfsError, Result};
 
+pub use audit_log::*;
 pub use data::*;
 pub use fsops::*;
 pub use namespace::*;

@@ -144,13 +144,17 @@ pub(super) fn repair_segment(
         }
     }
 
-    // Sources for a rebuild: good shards not themselves being repaired, data shards first, until K verify.
-    let need_rebuild: Vec<usize> = wanted
-        .iter()
-        .copied()
-        .filter(|i| !blobs.contains_key(i))
-        .collect();
-    if !need_rebuild.is_empty() {
+    // Sources for a rebuild: good shards not themselves being repaired, data shards first, until K verify. When
+    // those run out, shards recorded bad are tried too: a mark can be stale (a store that lied on one read, a
+    // shard restored behind our back), and what counts is that K shards verify now.
+    let mut restored: Vec<usize> = Vec::new();
+    let need_rebuild = wanted.iter().any(|i| !blobs.contains_key(i));
+    if need_rebuild {
+        let tried: HashSet<usize> = queued
+            .iter()
+            .copied()
+            .filter(|i| verified[*i].is_some())
+            .collect();
         let mut candidates: Vec<usize> = rec
             .shards
             .iter()
@@ -163,10 +167,27 @@ pub(super) fn repair_segment(
             .map(|r| r.index)
             .collect();
         candidates.reverse();
+        let mut fallback: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|i| {
+                !blobs.contains_key(i)
+                    && !tried.contains(i)
+                    && !newly_bad.iter().any(|(b, _)| b == i)
+                    && reachable(&rec.shards[*i])
+            })
+            .rev()
+            .collect();
         loop {
             let have = verified.iter().filter(|v| v.is_some()).count();
-            if have >= k || candidates.is_empty() {
+            if have >= k {
                 break;
+            }
+            if candidates.is_empty() {
+                if fallback.is_empty() {
+                    break;
+                }
+                candidates = std::mem::take(&mut fallback);
             }
             let take = (k - have).min(candidates.len());
             let batch: Vec<usize> = (0..take).filter_map(|_| candidates.pop()).collect();
@@ -177,6 +198,15 @@ pub(super) fn repair_segment(
                             .bytes_read
                             .fetch_add(blob.len() as u64, Ordering::Relaxed);
                         verified[i] = Some(data);
+                        if wanted.contains(&i) {
+                            // A shard recorded bad that verifies now.
+                            if rec.shards[i].store_id.is_some_and(|s| view.fit(s)) {
+                                wanted.remove(&i);
+                                restored.push(i);
+                            } else {
+                                blobs.insert(i, blob);
+                            }
+                        }
                     }
                     Fetched::Bad(state, reason) => {
                         tracing::warn!(segment = rec.id, shard = i, %reason, "repair: source shard is bad");
@@ -189,26 +219,29 @@ pub(super) fn repair_segment(
         }
     }
 
-    let mut ready: Vec<Ready> = Vec::new();
-    for (&i, blob) in &blobs {
-        ready.push(Ready {
-            index: i,
-            key: vol.codec().shard_key(rec.id, i, &rec.info.roots[i]),
-            blob: blob.clone(),
-            rebuilt: false,
-        });
-    }
     let rebuild: Vec<usize> = wanted
         .iter()
         .copied()
         .filter(|i| !blobs.contains_key(i))
         .collect();
+    let mut ready: Vec<Ready> = blobs
+        .into_iter()
+        .map(|(i, blob)| Ready {
+            index: i,
+            key: vol.codec().shard_key(rec.id, i, &rec.info.roots[i]),
+            blob,
+            rebuilt: false,
+        })
+        .collect();
     if !rebuild.is_empty() {
         let have = verified.iter().filter(|v| v.is_some()).count();
         if have >= k {
-            let shards =
-                vol.codec()
-                    .rebuild_shards(rec.id, &rec.info, verified.clone(), &rebuild)?;
+            let shards = vol.codec().rebuild_shards(
+                rec.id,
+                &rec.info,
+                std::mem::take(&mut verified),
+                &rebuild,
+            )?;
             ready.extend(shards.into_iter().map(|s| Ready {
                 index: s.index,
                 key: s.key,
@@ -247,19 +280,19 @@ pub(super) fn repair_segment(
     }
 
     let placed = place(vol, view, &rec, ready, throttle, counters, &mut out)?;
-    commit(
-        vol,
-        &rec,
-        &placed,
-        &newly_bad,
-        &confirmed_ok,
-        &out.failures,
-        &waiting,
-    )?;
-    counters
-        .verified_ok
-        .fetch_add(confirmed_ok.len() as u64, Ordering::Relaxed);
-    for (i, reason) in waiting {
+    let done = Checked {
+        placed,
+        newly_bad,
+        confirmed_ok,
+        restored,
+        waiting,
+    };
+    commit(vol, &rec, &done, &out.failures)?;
+    counters.verified_ok.fetch_add(
+        (done.confirmed_ok.len() + done.restored.len()) as u64,
+        Ordering::Relaxed,
+    );
+    for (i, reason) in done.waiting {
         out.failures.push(RepairFailure {
             segment: rec.id,
             index: i,
@@ -352,25 +385,35 @@ fn place(
     Ok(placed)
 }
 
+/// What a segment's repair established, to be committed.
+struct Checked {
+    placed: Vec<Placed>,
+    /// Shards found bad (missing or corrupt) while fetching.
+    newly_bad: Vec<(usize, ShardState)>,
+    /// Queued shards recorded good that verified: off the queue.
+    confirmed_ok: Vec<usize>,
+    /// Shards recorded bad that verified in place: good again, off the queue.
+    restored: Vec<usize>,
+    /// Queued shards left for later, with why.
+    waiting: Vec<(usize, String)>,
+}
+
 /// One transaction: new bad findings, the new locations (old copies to garbage), re-checked shards off the
 /// queue, and failures noted on their queue entries.
 fn commit(
     vol: &Volume,
     rec: &SegmentRecord,
-    placed: &[Placed],
-    newly_bad: &[(usize, ShardState)],
-    confirmed_ok: &[usize],
+    done: &Checked,
     failures: &[RepairFailure],
-    waiting: &[(usize, String)],
 ) -> Result<()> {
     vol.meta().write(|c| {
-        for &(i, state) in newly_bad {
+        for &(i, state) in &done.newly_bad {
             let row = &rec.shards[i];
             if let (Some(s), Some(loc)) = (row.store_id, &row.locator) {
                 meta::mark_shard_at(c, rec.id, i, s, loc, state)?;
             }
         }
-        for p in placed {
+        for p in &done.placed {
             let row = &rec.shards[p.index];
             let old = (row.store_id, row.locator.as_deref());
             // The new copy must not be deleted by an older garbage row naming the same place.
@@ -388,13 +431,21 @@ fn commit(
                 meta::add_garbage_at(c, p.store, &p.locator)?;
             }
         }
-        for &i in confirmed_ok {
+        for &i in &done.restored {
+            let row = &rec.shards[i];
+            if let (Some(s), Some(loc)) = (row.store_id, row.locator.as_deref())
+                && meta::replace_shard(c, rec.id, i, &row.root, (Some(s), Some(loc)), s, loc)?
+            {
+                meta::repair_done(c, rec.id, i)?;
+            }
+        }
+        for &i in &done.confirmed_ok {
             meta::repair_done(c, rec.id, i)?;
         }
         for f in failures {
             meta::repair_attempt_failed(c, rec.id, f.index, &f.reason)?;
         }
-        for (i, reason) in waiting {
+        for (i, reason) in &done.waiting {
             meta::repair_attempt_failed(c, rec.id, *i, reason)?;
         }
         Ok(())
