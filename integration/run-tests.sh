@@ -64,8 +64,11 @@ PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
 FSX_OPS=${FSX_OPS:-100000}
 FSX_SEED=${FSX_SEED:-20261121}
-# Small segments, so fsx's overwrites, truncates and holes cross many segment boundaries (the minimum is 4KiB).
-FSX_SEGMENT_SIZE=${FSX_SEGMENT_SIZE:-16KiB}
+# The smallest segments qsfs allows, so fsx's overwrites, truncates, holes and mmap pages cross segment boundaries
+# all the time: a 256 KiB file is 64 segments, and an operation spans up to 32 KiB (up to 9 segments).
+FSX_SEGMENT_SIZE=${FSX_SEGMENT_SIZE:-4KiB}
+FSX_FILE_SIZE=${FSX_FILE_SIZE:-262144}
+FSX_MAX_OP=${FSX_MAX_OP:-32768}
 # The pjdfstest configuration (features, users and groups to switch to) is shared by the project; this script
 # replaces its expected_failures with the list below.
 PJDFSTEST_CONFIG=${PJDFSTEST_CONFIG:-$repo_root/../shared/pjdfstest.toml}
@@ -95,6 +98,16 @@ cleanup_fuse() {
         kill -9 "$pid" 2>/dev/null || true
     done
     if [[ -n ${fuse_work:-} ]]; then rm -rf "$fuse_work" 2>/dev/null || true; fi
+}
+
+# keep_for_inspection DIR: copies a failed suite's logs, configuration and artifacts out of the work directory
+# (which the exit trap removes).
+keep_for_inspection() {
+    local keep
+    keep=$(mktemp -d "${TMPDIR:-/tmp}/qsfs-fuse-failure.XXXXXX")
+    find "$1" -maxdepth 2 -path "$1/mnt" -prune -o -path "$1/vol" -prune -o -type f -print0 |
+        xargs -0 -r cp -t "$keep" 2>/dev/null || true
+    echo "logs and artifacts kept in $keep"
 }
 
 # init_volume DIR SEGMENT_SIZE: a fresh volume DIR/vol with default (dir) stores.
@@ -185,6 +198,7 @@ run_pjdfstest() {
         sed 's/\x1b\[[0-9;]*m//g' "$dir/pjdfstest.log" | grep -a -A 6 -E ' (FAILED|PASSED UNEXPECTEDLY)$' || true
         echo "${summary:-no summary line; last lines of the output:}"
         [[ -n $summary ]] || tail -n 40 "$dir/pjdfstest.log"
+        keep_for_inspection "$dir"
         return 1
     fi
     stop_mount "$dir"
@@ -208,12 +222,14 @@ run_fsx() {
         punch=1
     fi
     rm -f "$dir/mnt/.probe"
-    # The file grows to 1 MiB, operations span up to 128 KiB: with 16 KiB segments nearly every operation crosses
-    # segment boundaries. mmap reads and writes go through the kernel's page cache; truncates are frequent.
+    # mmap reads and writes go through the kernel's page cache (and msync after a mapwrite is a durability point,
+    # like fsync, fdatasync and close); truncates are frequent.
     cat >"$dir/fsx.toml" <<TOML
-flen = 1048576
+flen = $FSX_FILE_SIZE
 [opsize]
-max = 131072
+# At least 1 byte: fsx-rs treats posix_fallocate's EINVAL for a zero length as "not supported" and stops.
+min = 1
+max = $FSX_MAX_OP
 [weights]
 close_open = 2
 read = 10
@@ -233,8 +249,11 @@ TOML
     (cd "$dir" && fsx -f "$dir/fsx.toml" -N "$FSX_OPS" -S "$FSX_SEED" -P "$dir/artifacts" "$dir/mnt/fsx.file") \
         >"$dir/fsx.log" 2>&1 || rc=$?
     if ((rc != 0)) || ! grep -q 'All operations completed A-OK' "$dir/fsx.log"; then
-        echo "fsx failed (exit $rc) on $dir/mnt (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE); last output:"
-        tail -n 60 "$dir/fsx.log"
+        echo "fsx failed (exit $rc) on $dir/mnt (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE). Its messages:"
+        grep -av '^\[ERROR fsx\] *[0-9]' "$dir/fsx.log" | head -n 40
+        echo "the last operations:"
+        tail -n 30 "$dir/fsx.log"
+        keep_for_inspection "$dir"
         return 1
     fi
     # The final file survives unmount and remount.
@@ -247,8 +266,8 @@ TOML
         return 1
     fi
     stop_mount "$dir"
-    echo "fsx: $FSX_OPS operations, 0 mismatches (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE," \
-        "hole punching $( ((punch)) && echo on || echo 'off: not supported by the mount'))"
+    echo "fsx: $FSX_OPS operations, 0 mismatches (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE, file up to" \
+        "$FSX_FILE_SIZE bytes, operations up to $FSX_MAX_OP bytes, hole punching $( ((punch)) && echo on || echo 'off: not supported by the mount'))"
 }
 
 if [[ $(id -u) -ne 0 || ! -e /dev/fuse ]]; then

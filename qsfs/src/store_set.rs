@@ -25,7 +25,7 @@ const RETRY_DELAYS: [Duration; 3] = [
 ];
 
 /// Wraps each store as it is opened (store id, store) -> store: the fault-injection hook of tests.
-pub type StoreWrapper = dyn Fn(u32, Arc<dyn ShardStore>) -> Arc<dyn ShardStore> + Sync;
+pub type StoreWrapper<'a> = dyn Fn(u32, Arc<dyn ShardStore>) -> Arc<dyn ShardStore> + Sync + 'a;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreState {
@@ -77,7 +77,7 @@ impl StoreSet {
     pub async fn open_wrapped(
         configs: &[StoreConfig],
         volume_id: &str,
-        wrap: &StoreWrapper,
+        wrap: &StoreWrapper<'_>,
     ) -> Result<StoreSet> {
         let mut slots = Vec::new();
         for c in configs {

@@ -101,11 +101,15 @@ pub fn print_report(r: &RepairReport) {
         );
     }
     for w in &r.waiting_stores {
-        println!(
-            "waiting    store {} ({}) unreachable for {:.0} s; its shards are rebuilt elsewhere after {:.0} s \
-             (audit.lost_store_grace, or `qsfs repair --grace`)",
-            w.store_id, w.uri, w.unreachable_secs, w.lost_after_secs
-        );
+        if w.unreachable_secs > 0.0 || w.reason.starts_with("unreachable") {
+            println!(
+                "waiting    store {} ({}) unreachable for {:.0} s; its shards are rebuilt elsewhere after {:.0} s \
+                 (audit.lost_store_grace, or `qsfs repair --grace`)",
+                w.store_id, w.uri, w.unreachable_secs, w.lost_after_secs
+            );
+        } else {
+            println!("waiting    store {} ({}): {}", w.store_id, w.uri, w.reason);
+        }
     }
     for l in &r.lost {
         let what = if l.is_data_loss() {

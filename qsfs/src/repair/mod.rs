@@ -80,13 +80,25 @@ pub struct RepairFailure {
     pub reason: String,
 }
 
-/// A store that is unreachable but still inside its grace period: its shards are left where they are for now.
+/// A store whose shards are left where they are for now: unreachable but inside its grace period, or answering
+/// again after this session stopped using it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WaitingStore {
     pub store_id: u32,
     pub uri: String,
     pub unreachable_secs: f64,
     pub lost_after_secs: f64,
+    pub reason: String,
+}
+
+/// What the survey at the start of a round learned about one store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// In use and answering.
+    Up,
+    /// Marked down earlier in this session, but answers again as itself.
+    BackButMarkedDown,
+    Down,
 }
 
 /// What a repair round did (the `qsfs repair --json` document).
@@ -265,20 +277,39 @@ impl Volume {
     }
 
     /// Probes the stores, records who answered, and works out which are lost (down past the grace period).
+    ///
+    /// A slot this process marked down earlier (the store set never brings one back within a session) is checked
+    /// again, identity marker included: if it answers as itself it is not lost — its shards stay where they are
+    /// and the next session (a new `qsfs` command, a remount) uses it again — rather than rebuilt elsewhere
+    /// because of a blip.
     fn survey_stores(&self, opts: &RepairOptions, report: &mut RepairReport) -> Result<StoreView> {
-        let probes: Vec<(u32, bool)> = self.io().block_on(async {
+        let volume_id = self.config().volume_id.clone();
+        let probes: Vec<(u32, Probe)> = self.io().block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for slot in self.stores().slots() {
                 let slot = slot.clone();
+                let expected = qsfs_backends::StoreIdentity {
+                    volume_id: volume_id.clone(),
+                    store_id: slot.id,
+                };
                 set.spawn(async move {
-                    let up = match slot.state() {
-                        StoreState::Down(_) => false,
-                        StoreState::Up => matches!(
-                            tokio::time::timeout(PROBE_TIMEOUT, slot.store.probe()).await,
-                            Ok(Ok(_))
-                        ),
+                    let probe = match slot.state() {
+                        StoreState::Up => {
+                            match tokio::time::timeout(PROBE_TIMEOUT, slot.store.probe()).await {
+                                Ok(Ok(_)) => Probe::Up,
+                                _ => Probe::Down,
+                            }
+                        }
+                        StoreState::Down(_) => {
+                            let check =
+                                qsfs_backends::verify_identity(slot.store.as_ref(), &expected);
+                            match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+                                Ok(Ok(())) => Probe::BackButMarkedDown,
+                                _ => Probe::Down,
+                            }
+                        }
                     };
-                    (slot.id, up)
+                    (slot.id, probe)
                 });
             }
             let mut out = Vec::new();
@@ -288,37 +319,50 @@ impl Volume {
             out
         });
         let down_since = self.meta().write(|c| {
-            for (id, up) in &probes {
-                meta::note_store_reachability(c, *id, *up)?;
+            for (id, probe) in &probes {
+                meta::note_store_reachability(c, *id, *probe != Probe::Down)?;
             }
             meta::stores_down_since(c)
         })?;
         let reachable: HashSet<u32> = probes
             .iter()
-            .filter(|(_, up)| *up)
+            .filter(|(_, p)| *p == Probe::Up)
             .map(|(id, _)| *id)
             .collect();
         let now = meta::now_ns();
         let mut lost = HashSet::new();
-        for (id, up) in &probes {
-            if *up {
-                continue;
-            }
-            let since = down_since.get(id).copied().unwrap_or(now);
-            let down_for = Duration::from_nanos((now - since).max(0) as u64);
-            // A store being drained while unreachable is retired now: its shards are rebuilt without waiting.
-            if down_for >= opts.grace || opts.drain == Some(*id) {
-                lost.insert(*id);
-            } else {
-                report.waiting_stores.push(WaitingStore {
+        for (id, probe) in &probes {
+            let uri = self
+                .stores()
+                .slot(*id)
+                .map_or_else(String::new, |s| s.uri.clone());
+            match probe {
+                Probe::Up => {}
+                Probe::BackButMarkedDown => report.waiting_stores.push(WaitingStore {
                     store_id: *id,
-                    uri: self
-                        .stores()
-                        .slot(*id)
-                        .map_or_else(String::new, |s| s.uri.clone()),
-                    unreachable_secs: down_for.as_secs_f64(),
+                    uri,
+                    unreachable_secs: 0.0,
                     lost_after_secs: opts.grace.as_secs_f64(),
-                });
+                    reason: "answers again, but this session stopped using it after a failure; the next session \
+                             uses it again"
+                        .into(),
+                }),
+                Probe::Down => {
+                    let since = down_since.get(id).copied().unwrap_or(now);
+                    let down_for = Duration::from_nanos((now - since).max(0) as u64);
+                    // A store being drained while unreachable is retired now: its shards are rebuilt at once.
+                    if down_for >= opts.grace || opts.drain == Some(*id) {
+                        lost.insert(*id);
+                    } else {
+                        report.waiting_stores.push(WaitingStore {
+                            store_id: *id,
+                            uri,
+                            unreachable_secs: down_for.as_secs_f64(),
+                            lost_after_secs: opts.grace.as_secs_f64(),
+                            reason: "unreachable; its shards are rebuilt elsewhere once the grace period ends".into(),
+                        });
+                    }
+                }
             }
         }
         report.lost_stores = lost.iter().copied().collect();

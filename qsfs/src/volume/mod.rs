@@ -217,7 +217,7 @@ impl Volume {
     /// tests use to put a `qsfs_backends::FaultyStore` in front of real stores.
     pub fn open_with_store_wrapper(
         root: &Path,
-        wrap: &crate::store_set::StoreWrapper,
+        wrap: &crate::store_set::StoreWrapper<'_>,
     ) -> Result<Volume> {
         let config_path = root.join(CONFIG_FILE);
         if !config_path.exists() {

@@ -50,7 +50,12 @@ impl Volume {
         if !bad.is_empty() {
             self.meta.write(|c| {
                 for (index, state) in &bad {
-                    meta::mark_shard(c, rec.id, *index, *state)?;
+                    // Guarded by the location read from: a repair may have moved the shard since `rec` was
+                    // loaded, and the new copy must not be blamed for the old one.
+                    let row = rec.shards.iter().find(|r| r.index == *index);
+                    if let Some((Some(store), Some(loc))) = row.map(|r| (r.store_id, &r.locator)) {
+                        meta::mark_shard_at(c, rec.id, *index, store, loc, *state)?;
+                    }
                 }
                 Ok(())
             })?;
