@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qsfs_backends::{
     Locator, ShardStore, StoreError, StoreIdentity, StoreUri, open_store, verify_identity,
@@ -17,6 +17,10 @@ use crate::meta::{ShardRow, ShardState};
 
 /// How long an identity check may take before a store counts as unreachable for this session.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a store marked down is checked again, so a restarted server rejoins a long-running mount.
+pub const REVIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A revival check is on the write/read path: it must give up quickly on a store that does not answer.
+const REVIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backoff between attempts of a retryable store operation.
 const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(50),
@@ -39,6 +43,9 @@ pub struct StoreSlot {
     pub uri: String,
     pub store: Arc<dyn ShardStore>,
     state: Mutex<StoreState>,
+    /// When the state was last set or checked: revival checks are rate-limited by it.
+    checked: Mutex<Instant>,
+    identity: StoreIdentity,
 }
 
 impl StoreSlot {
@@ -58,11 +65,41 @@ impl StoreSlot {
     /// Marks the store down quietly: at open, `status` reports it and writes check their quorum up front.
     fn set_down(&self, reason: String) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = StoreState::Down(reason);
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// For a down store whose last check is older than `REVIVE_INTERVAL`: checks its identity again and brings it
+    /// back up if it answers as itself. A store that came back empty (no marker) stays down.
+    async fn revive_if_due(&self, interval: Duration) {
+        if self.is_up() {
+            return;
+        }
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.elapsed() < interval {
+                return;
+            }
+            *checked = Instant::now();
+        }
+        match tokio::time::timeout(
+            REVIVE_TIMEOUT,
+            verify_identity(self.store.as_ref(), &self.identity),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                tracing::info!(store = %self.uri, "store is back up");
+                *self.state.lock().unwrap_or_else(|p| p.into_inner()) = StoreState::Up;
+            }
+            Ok(Err(e)) => self.set_down(e.to_string()),
+            Err(_) => self.set_down(format!("{}: no answer within {REVIVE_TIMEOUT:?}", self.uri)),
+        }
     }
 }
 
 pub struct StoreSet {
     slots: Vec<Arc<StoreSlot>>,
+    revive_interval: Duration,
 }
 
 impl StoreSet {
@@ -88,19 +125,20 @@ impl StoreSet {
                 uri: uri.to_string(),
                 store,
                 state: Mutex::new(StoreState::Up),
+                checked: Mutex::new(Instant::now()),
+                identity: StoreIdentity {
+                    volume_id: volume_id.to_string(),
+                    store_id: c.id,
+                },
             }));
         }
         let mut checks = JoinSet::new();
         for slot in &slots {
             let slot = slot.clone();
-            let expected = StoreIdentity {
-                volume_id: volume_id.to_string(),
-                store_id: slot.id,
-            };
             checks.spawn(async move {
                 let res = tokio::time::timeout(
                     PROBE_TIMEOUT,
-                    verify_identity(slot.store.as_ref(), &expected),
+                    verify_identity(slot.store.as_ref(), &slot.identity),
                 )
                 .await;
                 match res {
@@ -113,7 +151,10 @@ impl StoreSet {
             });
         }
         while checks.join_next().await.is_some() {}
-        Ok(StoreSet { slots })
+        Ok(StoreSet {
+            slots,
+            revive_interval: REVIVE_INTERVAL,
+        })
     }
 
     /// Creates (dir) or connects to each store of a new volume and writes its identity marker. Every store is
@@ -163,6 +204,21 @@ impl StoreSet {
         Ok(())
     }
 
+    /// Re-checks the stores that are down and due for a check (see `REVIVE_INTERVAL`), concurrently.
+    pub async fn revive_due(&self) {
+        let mut checks = JoinSet::new();
+        for slot in self.slots.iter().filter(|s| !s.is_up()) {
+            let (slot, interval) = (slot.clone(), self.revive_interval);
+            checks.spawn(async move { slot.revive_if_due(interval).await });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+
+    /// Changes how often down stores are re-checked (tests use a short interval).
+    pub fn set_revive_interval(&mut self, interval: Duration) {
+        self.revive_interval = interval;
+    }
+
     pub fn slots(&self) -> &[Arc<StoreSlot>] {
         &self.slots
     }
@@ -205,6 +261,7 @@ impl StoreSet {
         shards: Vec<EncodedShard>,
         quorum: usize,
     ) -> Result<Vec<ShardRow>> {
+        self.revive_due().await;
         let mut up: Vec<Arc<StoreSlot>> =
             self.slots.iter().filter(|s| s.is_up()).cloned().collect();
         if up.len() < quorum {
@@ -333,5 +390,54 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsfs_backends::{FaultPlan, FaultyStore};
+
+    /// A store that fails and then answers again rejoins the set; one that lost its marker does not.
+    #[test]
+    fn down_stores_rejoin_once_they_answer_as_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let configs: Vec<StoreConfig> = (0..2)
+            .map(|i| StoreConfig {
+                id: i,
+                uri: format!("dir:{}", dir.path().join(i.to_string()).display()),
+            })
+            .collect();
+        rt.block_on(StoreSet::initialise(&configs, "vol")).unwrap();
+        let faulty: Mutex<Vec<Arc<FaultyStore>>> = Mutex::new(Vec::new());
+        let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
+            let f = Arc::new(FaultyStore::wrap(store));
+            faulty.lock().unwrap().push(f.clone());
+            f
+        };
+        let mut set = rt
+            .block_on(StoreSet::open_wrapped(&configs, "vol", &wrap))
+            .unwrap();
+        set.set_revive_interval(Duration::from_millis(10));
+        let faults = faulty.lock().unwrap().clone();
+        faults[0].set_plan(FaultPlan::down());
+        faults[1].set_plan(FaultPlan::down());
+        set.slots()[0].mark_down("test".into());
+        set.slots()[1].mark_down("test".into());
+        std::thread::sleep(Duration::from_millis(20));
+        rt.block_on(set.revive_due());
+        assert!(set.up_ids().is_empty(), "still failing: stays down");
+
+        faults[0].set_plan(FaultPlan::none());
+        faults[1].set_plan(FaultPlan::none());
+        std::fs::remove_file(dir.path().join("1").join("qsfs-store.id")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        rt.block_on(set.revive_due());
+        assert_eq!(
+            set.up_ids(),
+            HashSet::from([0]),
+            "store 0 is back; store 1 lost its marker"
+        );
     }
 }

@@ -115,6 +115,7 @@ async fn fetch_verified(
     rec: &SegmentRecord,
     k: usize,
 ) -> (Vec<Option<Vec<u8>>>, Vec<(usize, ShardState)>) {
+    stores.revive_due().await;
     let total = rec.shards.len();
     let mut candidates: Vec<&ShardRow> = rec
         .shards
