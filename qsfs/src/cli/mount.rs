@@ -34,6 +34,14 @@ pub struct MountArgs {
 
 pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     let child = std::env::var_os(CHILD_ENV).is_some();
+    // A missing mountpoint is created, like the volume: `qsfs mount ~/qsfs` works on a fresh machine. Only
+    // NotFound counts — a stale FUSE mountpoint fails stat with ENOTCONN and is cleaned by the mount itself.
+    if let Err(e) = std::fs::symlink_metadata(&args.mountpoint)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        std::fs::create_dir_all(&args.mountpoint)
+            .with_context(|| format!("creating mountpoint {}", args.mountpoint.display()))?;
+    }
     if !child && !volume.join(CONFIG_FILE).exists() {
         let root = Volume::init(volume, &InitOptions::default())
             .with_context(|| format!("creating the default volume at {}", volume.display()))?;
