@@ -65,17 +65,23 @@ FSX_VERSION=0.3.2
 FSX_OPS=${FSX_OPS:-100000}
 FSX_SEED=${FSX_SEED:-20261121}
 # The smallest segments qsfs allows, so fsx's overwrites, truncates, holes and mmap pages cross segment boundaries
-# all the time: a 256 KiB file is 64 segments, and an operation spans up to 32 KiB (up to 9 segments).
+# all the time: the file grows to 64 KiB (16 segments) and an operation spans up to 8 KiB (up to 3 segments).
+# Every segment sealed costs a dozen fsyncs on the stores, so bigger files and operations mostly cost time: about
+# 3 ms of the mount's CPU per operation in a debug build here, 5 to 8 minutes for 100,000 operations.
 FSX_SEGMENT_SIZE=${FSX_SEGMENT_SIZE:-4KiB}
-FSX_FILE_SIZE=${FSX_FILE_SIZE:-262144}
-FSX_MAX_OP=${FSX_MAX_OP:-32768}
+FSX_FILE_SIZE=${FSX_FILE_SIZE:-65536}
+FSX_MAX_OP=${FSX_MAX_OP:-8192}
 # The pjdfstest configuration (features, users and groups to switch to) is shared by the project; this script
 # replaces its expected_failures with the list below.
 PJDFSTEST_CONFIG=${PJDFSTEST_CONFIG:-$repo_root/../shared/pjdfstest.toml}
 
 # pjdfstest cases that cannot pass on this mount, each with the FUSE limitation that stops it. pjdfstest fails the
 # run on any other failure and on any of these passing ("PASSED UNEXPECTEDLY"), so the list stays exact.
+# Currently none: all 382 cases that run pass. The 16 skipped ones need what the configuration does not give: a
+# remount read-only (allow_remount = false: the 13 *::erofs_* cases), a second filesystem (link::exdev_target,
+# rename::exdev_target), or LINK_MAX from pathconf (link::link_count_max: glibc knows no link limit for FUSE).
 pjdfstest_expected_failures=(
+    # "syscall::case"  # the FUSE limitation that makes it fail
 )
 
 # is_mounted MP: MP is a FUSE mount in /proc/self/mounts.
@@ -288,10 +294,10 @@ else
     fuse_work=$(realpath "$fuse_work")
     # pjdfstest switches to other users (nobody, daemon), who must be able to reach the mountpoint.
     chmod 755 "$fuse_work"
+    qsfs="$fuse_work/qsfs"
     trap cleanup_fuse EXIT
     # A private copy of the binary: a rebuild during the run cannot swap it under a mount.
-    cp "${QSFS_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/debug/qsfs}" "$fuse_work/qsfs"
-    qsfs="$fuse_work/qsfs"
+    cp "${QSFS_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/debug/qsfs}" "$qsfs"
 
     step "pjdfstest on a qsfs mount"
     run_pjdfstest
@@ -301,7 +307,7 @@ else
 fi
 
 # --- deployment files ------------------------------------------------------------------------------------------
-# LATER ISSUE (deployment): validate the compose file offline once it exists.
+# The compose file, validated offline.
 if [[ -f docker-compose.yml ]]; then
     step "docker-compose -f docker-compose.yml config -q"
     docker-compose -f docker-compose.yml config -q

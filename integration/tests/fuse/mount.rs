@@ -260,6 +260,11 @@ impl Mount {
             .unwrap_or_else(|e| format!("(no log at {}: {e})", self.log.display()))
     }
 
+    /// The file the mount process's output goes to (it outlives the mount).
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// `root/rel` inside the mount.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mp.join(rel)

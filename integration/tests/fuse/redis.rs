@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::fuse_available;
 use super::mount::{Mount, wait_for};
-use super::writer::{OnError, Writer, assert_acks};
+use super::writer::{OnError, Writer, assert_acks, check_acks};
 use crate::helpers::{Redis, Vol, s, strs};
 
 /// Polls `cond` until it holds, panicking with `what` after `timeout`.
@@ -124,10 +124,37 @@ fn redis_store_killed_mid_write_never_loses_acknowledged_data() {
                 .is_ok()
     });
     eprintln!("a write after the restart succeeded within 120 s: {recovered}");
+    let first_log = m.log_path();
     m.umount();
 
     let m = Mount::start(&v, &mp, &[]);
-    assert_acks(&m.path("w"), &log.acks, "after a remount");
+    let problems = check_acks(&m.path("w"), &log.acks);
+    if !problems.is_empty() {
+        // What the metadata says about the files' segments, for the report.
+        let segments = super::sh(
+            "sqlite3",
+            &[
+                "-readonly",
+                s(&v.path.join("meta.db")),
+                "SELECT d.name, i.size, group_concat(sg.idx || ':' || sg.plain_len, ' ') FROM dirents d \
+                 JOIN inodes i ON i.ino = d.ino LEFT JOIN segments sg ON sg.ino = d.ino \
+                 GROUP BY d.ino ORDER BY d.name;",
+            ],
+        );
+        eprintln!(
+            "segments in meta.db after the remount:\n{}",
+            segments.describe()
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "after a remount, acknowledged records are lost or wrong:\n  {}\nthe writer's attempts (kills at {t1:?} and \
+         {t2:?}):\n{:#?}\nfirst mount's output:\n{}\nsecond mount's output:\n{}",
+        problems.join("\n  "),
+        log.attempts,
+        std::fs::read_to_string(&first_log).unwrap_or_default(),
+        m.log_text()
+    );
     m.umount();
     let out = v.fresh_path("out");
     v.ok(&["get", "/w", s(&out)]);

@@ -301,13 +301,16 @@ pub fn check_acks(dir: &Path, acks: &[Ack]) -> Vec<String> {
         let want = record_bytes(a.seed, a.len);
         if buf != want {
             let at = buf.iter().zip(&want).position(|(x, y)| x != y).unwrap_or(0);
+            let differing = buf.iter().zip(&want).filter(|(x, y)| x != y).count();
+            let zeros = buf.iter().filter(|b| **b == 0).count();
             problems.push(format!(
-                "{}: the record at {}+{} (acked by {}) differs at byte {} of it",
+                "{}: the record at {}+{} (acked by {}) differs at byte {at} of it ({differing} bytes differ, {zeros} \
+                 of the {} read are zero; file size {size})",
                 p.display(),
                 a.offset,
                 a.len,
                 a.how,
-                at
+                a.len
             ));
         }
     }
