@@ -62,8 +62,9 @@ target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/qsfs-mount-bench.XXXXXX")"
 work=$(realpath "$work")
 # A private copy: a rebuild during the run cannot swap the binary under the mount.
-cp "$target_dir/release/qsfs" "$work/qsfs"
-qsfs="$work/qsfs"
+mkdir "$work/bin"
+cp "$target_dir/release/qsfs" "$work/bin/qsfs"
+qsfs="$work/bin/qsfs"
 
 log() { printf '%s\n' "$*" >&2; }
 now_ns() { date +%s%N; }
