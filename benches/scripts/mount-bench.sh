@@ -266,7 +266,7 @@ echo "## qsfs mount vs gocryptfs vs a plain directory"
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), ${mem_gib} GiB memory, kernel $(uname -r)"
-echo "- disk: $dev ($fstype; $(echo "$disk" | awk '{ printf "%s, %s", $2, ($3 == "1" ? "rotational" : "non-rotational") }')), all three on it under $(dirname "$work")"
+echo "- disk: $dev ($fstype; $(echo "$disk" | awk '{ printf "%s, rota=%s", $2, $3 }')), all three on it under $(dirname "$work")"
 echo "- qsfs $(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo '?') release build, 4+2 over 6 dir stores, 4 MiB segments, mount options: ${QSFS_MOUNT_OPTS:-(none)}; $(gocryptfs -version | head -n 1 | cut -d';' -f1); $(fio --version)"
 echo "- sizes: SIZE_MIB=$size_mib FILES=$files FIO_SIZE_MIB=$fio_size_mib FIO_RUNTIME=$fio_runtime"
 echo

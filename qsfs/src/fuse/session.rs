@@ -84,7 +84,7 @@ pub fn mount(
     ready: impl FnOnce(&MountReport),
 ) -> Result<()> {
     let mut report = MountReport {
-        stale_cleaned: clean_stale(mountpoint)?,
+        stale_cleaned: clean_stale(mountpoint, vol.root())?,
         ..Default::default()
     };
     if !mountpoint.is_dir() {
@@ -287,7 +287,12 @@ pub fn is_stale_mount(mountpoint: &Path) -> bool {
 }
 
 /// Detaches a dead mount at `mountpoint` left by a crashed process. Refuses a live one.
-fn clean_stale(mountpoint: &Path) -> Result<bool> {
+///
+/// `stat` alone cannot tell: for a moment after the daemon dies the kernel still answers it from cached
+/// attributes. So a qsfs mount found there is judged by its volume's lock, which a live mount process holds for its
+/// whole life: our own volume's lock is held by us (we opened it), so nobody else serves it; another volume whose
+/// lock can be taken has no live server either.
+fn clean_stale(mountpoint: &Path, own_volume: &Path) -> Result<bool> {
     if is_stale_mount(mountpoint) {
         tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a stale mount left by a crashed qsfs");
         unmount(mountpoint, true)?;
@@ -296,6 +301,17 @@ fn clean_stale(mountpoint: &Path) -> Result<bool> {
     if let Some(m) = find_mount(mountpoint)
         && m.is_qsfs()
     {
+        let served_volume = m.source.strip_prefix("qsfs:").map(PathBuf::from);
+        let dead = match &served_volume {
+            Some(v) if v.as_path() == own_volume => true,
+            Some(v) => crate::volume::VolumeLock::acquire(v).is_ok(),
+            None => false,
+        };
+        if dead {
+            tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a stale mount left by a crashed qsfs");
+            unmount(mountpoint, true)?;
+            return Ok(true);
+        }
         return Err(QsfsError::Exists(format!(
             "{}: a qsfs volume is already mounted here ({})",
             mountpoint.display(),
