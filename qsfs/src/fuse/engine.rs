@@ -37,6 +37,8 @@ pub(crate) struct Job {
     pub plain_len: u64,
     pub cancelled: AtomicBool,
     pub queue_id: Mutex<Option<i64>>,
+    /// The errno this job failed with: every flush that waited on it reports it, whoever else saw it first.
+    pub failed: Mutex<Option<i32>>,
 }
 
 impl Job {
@@ -473,6 +475,7 @@ impl Engine {
             data: staged,
             cancelled: AtomicBool::new(false),
             queue_id: Mutex::new(queue_id),
+            failed: Mutex::new(None),
         })
     }
 

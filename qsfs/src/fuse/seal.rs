@@ -153,6 +153,7 @@ impl Engine {
         }
         if let Some(e) = errno {
             st.error = Some(e);
+            *job.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
         drop(st);
         cell.changed.notify_all();
@@ -210,8 +211,20 @@ impl Engine {
     /// close(2) and the idle sealer: makes everything written so far durable (or, with `--writeback`, durable
     /// locally and queued). fsync adds a WAL sync even when nothing was written (`sync_namespace`).
     pub fn flush(&self, cell: &Arc<Cell>, sync_namespace: bool) -> Result<()> {
+        self.flush_reporting(cell, sync_namespace, true)
+    }
+
+    /// A flush on behalf of no caller (the idle sealer, the last release): it fails only for its own jobs and
+    /// leaves the file's pending error for the next fsync/close, which must see it.
+    pub fn flush_quietly(&self, cell: &Arc<Cell>) -> Result<()> {
+        self.flush_reporting(cell, false, false)
+    }
+
+    /// `report`: this flush answers an fsync/close, so it takes (and returns) the error a background seal of this
+    /// file left; otherwise that error stays for the next one that does.
+    fn flush_reporting(&self, cell: &Arc<Cell>, sync_namespace: bool, report: bool) -> Result<()> {
         if self.writeback {
-            return self.queue_dirty(cell, sync_namespace);
+            return self.queue_dirty(cell, sync_namespace, report);
         }
         let waits: Vec<Arc<Job>> = {
             let mut st = cell.lock();
@@ -233,7 +246,11 @@ impl Engine {
         {
             st = cell.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        if let Some(e) = st.error.take() {
+        let own = waits
+            .iter()
+            .find_map(|j| *j.failed.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending = if report { st.error.take() } else { None };
+        if let Some(e) = own.or(pending) {
             return Err(errno_err(e));
         }
         drop(st);
@@ -272,12 +289,12 @@ impl Engine {
 
     /// `--writeback` flush: fsync each dirty snapshot into the queue directory, then one FULL commit records the
     /// queue rows and the size; the uploads run later.
-    fn queue_dirty(&self, cell: &Arc<Cell>, always_sync: bool) -> Result<()> {
+    fn queue_dirty(&self, cell: &Arc<Cell>, always_sync: bool, report: bool) -> Result<()> {
         let _commit = cell.lock_commit();
         let mut batch = Vec::new();
         let (size, mtime, ctime, changed) = {
             let mut st = cell.lock();
-            if let Some(e) = st.error.take() {
+            if report && let Some(e) = st.error.take() {
                 return Err(errno_err(e));
             }
             let dirty = std::mem::take(&mut st.dirty);
@@ -387,7 +404,7 @@ impl Engine {
             return Ok(());
         }
         let dirty = !cell.lock().dirty.is_empty();
-        if dirty && let Err(e) = self.flush(cell, false) {
+        if dirty && let Err(e) = self.flush_quietly(cell) {
             tracing::error!(ino = cell.ino, error = %e, "data written after close is not yet on the stores");
         }
         let unlinked = cell.lock().unlinked;
@@ -449,7 +466,7 @@ impl Engine {
                 !st.dirty.is_empty()
                     && (force || st.last_write.is_none_or(|t| t.elapsed() >= IDLE_SEAL))
             };
-            if due && let Err(e) = self.flush(&cell, false) {
+            if due && let Err(e) = self.flush_quietly(&cell) {
                 tracing::warn!(ino = cell.ino, error = %e, "idle seal failed; will retry");
             }
             self.maybe_evict(cell.ino);
