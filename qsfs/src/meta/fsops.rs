@@ -351,7 +351,7 @@ pub fn dir_page(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT d.name, {cols} FROM dirents d JOIN inodes i ON i.ino = d.ino
+        "SELECT {cols}, d.name FROM dirents d JOIN inodes i ON i.ino = d.ino
          WHERE d.parent = ?1 AND d.name > ?2 ORDER BY d.name LIMIT ?3"
     );
     let mut st = conn.prepare_cached(&sql)?;
@@ -360,22 +360,8 @@ pub fn dir_page(
     let mut rows = st.query(params![dir as i64, after, limit as i64])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let name: Vec<u8> = r.get(0)?;
-        // The inode columns start at index 1; read them through a shifted view.
-        let inode = Inode {
-            ino: r.get::<_, i64>(1)? as u64,
-            kind: inode_kind(r.get(2)?)?,
-            mode: r.get(3)?,
-            uid: r.get(4)?,
-            gid: r.get(5)?,
-            size: r.get::<_, i64>(6)? as u64,
-            nlink: r.get(7)?,
-            rdev: r.get(8)?,
-            atime_ns: r.get(9)?,
-            mtime_ns: r.get(10)?,
-            ctime_ns: r.get(11)?,
-            crtime_ns: r.get(12)?,
-        };
+        let inode = inode_from_row(r)?;
+        let name: Vec<u8> = r.get(12)?;
         out.push((
             DirEntry {
                 name,
@@ -386,19 +372,6 @@ pub fn dir_page(
         ));
     }
     Ok(out)
-}
-
-fn inode_kind(v: i64) -> Result<FileKind> {
-    Ok(match v {
-        1 => FileKind::File,
-        2 => FileKind::Dir,
-        3 => FileKind::Symlink,
-        4 => FileKind::Fifo,
-        5 => FileKind::CharDevice,
-        6 => FileKind::BlockDevice,
-        7 => FileKind::Socket,
-        _ => return Err(QsfsError::Invalid(format!("unknown inode kind {v}"))),
-    })
 }
 
 /// Inodes with no names left: unlinked while open, or stranded by a crash. The mount deletes them at start.

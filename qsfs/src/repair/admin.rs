@@ -20,7 +20,7 @@ use crate::config::{StoreConfig, VolumeConfig};
 use crate::durable;
 use crate::error::{QsfsError, Result};
 use crate::meta;
-use crate::volume::{CONFIG_FILE, Volume};
+use crate::volume::{CONFIG_FILE, Volume, absolutize};
 
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,17 +46,6 @@ pub fn find_store(config: &VolumeConfig, spec: &str) -> Result<u32> {
                 "{spec}: not one of this volume's stores (see `qsfs status`)"
             ))
         })
-}
-
-/// A relative `dir:` path is taken from the current directory, as `init` does.
-fn absolutize(uri: &str) -> String {
-    match uri.strip_prefix("dir:") {
-        Some(p) if !p.starts_with('/') => match std::env::current_dir() {
-            Ok(cwd) => format!("dir:{}", cwd.join(p).display()),
-            Err(_) => uri.to_string(),
-        },
-        _ => uri.to_string(),
-    }
 }
 
 fn write_config(vol: &Volume, config: &VolumeConfig) -> Result<()> {

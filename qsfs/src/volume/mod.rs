@@ -386,7 +386,7 @@ fn read_passphrase(var: &str) -> Result<String> {
 }
 
 /// Makes a `dir:` URI's path absolute relative to the current directory, so the volume works from anywhere.
-fn absolutize(uri: &str) -> String {
+pub(crate) fn absolutize(uri: &str) -> String {
     match uri.strip_prefix("dir:") {
         Some(p) if !p.starts_with('/') => match std::env::current_dir() {
             Ok(cwd) => format!("dir:{}", cwd.join(p).display()),
