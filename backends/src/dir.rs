@@ -8,7 +8,8 @@
 //!
 //! Durability: a put writes a temp file in the shard's final directory, fsyncs it, renames it into place and
 //! fsyncs the directory (and the parents of any fan-out directory it created), so a put that returned survives a
-//! crash and a put that did not leaves at most a temp file. Files are never modified in place; a second put of
+//! crash and a put that did not leaves at most a temp file. Large shards are written with O_DIRECT where the
+//! filesystem allows (`shard_file`). Files are never modified in place; a second put of
 //! the same key atomically replaces the file with identical (or healed) content.
 //!
 //! Unmounted disks: `shards/` is created only when the store is created (`open(create = true)`); puts never
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::error::{Result, StoreError};
+use crate::shard_file::{self, DirectSupport, ShardBytes};
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 
 const MARKER: &str = "qsfs-store.id";
@@ -45,6 +47,7 @@ pub struct DirStore {
 struct Inner {
     root: PathBuf,
     uri: String,
+    direct: DirectSupport,
 }
 
 impl DirStore {
@@ -53,7 +56,11 @@ impl DirStore {
     pub async fn open(root: impl AsRef<Path>, create: bool) -> Result<DirStore> {
         let root = root.as_ref().to_path_buf();
         let uri = format!("dir:{}", root.display());
-        let inner = Arc::new(Inner { root, uri });
+        let inner = Arc::new(Inner {
+            root,
+            uri,
+            direct: DirectSupport::new(),
+        });
         let i = inner.clone();
         blocking(&inner.uri, move || i.open(create)).await?;
         Ok(DirStore { inner })
@@ -214,7 +221,7 @@ impl Inner {
         }
     }
 
-    fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator> {
+    fn put(&self, key: &ShardKey, data: &ShardBytes) -> Result<Locator> {
         let loc = Locator::from_key(key);
         let path = self.shard_path(&loc).expect("32-byte locator");
         let dir = path.parent().expect("shard path has a parent");
@@ -226,10 +233,7 @@ impl Inner {
             rand::random::<u64>()
         ));
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
+            shard_file::write_new(&tmp, data, &self.direct)?;
             fs::rename(&tmp, &path)?;
             sync_dir(dir)
         })();
@@ -440,8 +444,8 @@ impl ShardStore for DirStore {
 
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator> {
         let key = *key;
-        // The blocking pool needs owned data; one copy per put is cheap next to the fsync.
-        let data = data.to_vec();
+        // The blocking pool needs owned data: this copy (aligned for O_DIRECT when large) is the only one.
+        let data = ShardBytes::new(data, &self.inner.direct);
         self.run(move |i| i.put(&key, &data)).await
     }
 
@@ -492,6 +496,7 @@ mod tests {
         let inner = Inner {
             root: "/x".into(),
             uri: "dir:/x".into(),
+            direct: DirectSupport::new(),
         };
         for code in [nix::libc::ENOSPC, nix::libc::EDQUOT] {
             let e = inner.io(io::Error::from_raw_os_error(code));

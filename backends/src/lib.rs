@@ -13,6 +13,7 @@ pub mod dir;
 pub mod error;
 pub mod faulty;
 pub mod redis;
+mod shard_file;
 pub mod store;
 pub mod uri;
 pub mod zdb;

@@ -70,6 +70,7 @@ impl StagingArea {
         let staged = Staged {
             path: Mutex::new(path),
             file,
+            cursor: Mutex::new(()),
             len: AtomicU64::new(0),
             keep: AtomicBool::new(false),
         };
@@ -90,6 +91,7 @@ impl StagingArea {
         Ok(Staged {
             path: Mutex::new(path),
             file: f,
+            cursor: Mutex::new(()),
             len: AtomicU64::new(len),
             keep: AtomicBool::new(true),
         })
@@ -148,6 +150,7 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub struct Staged {
     path: Mutex<PathBuf>,
     file: File,
+    cursor: Mutex<()>,
     len: AtomicU64,
     keep: AtomicBool,
 }
@@ -201,8 +204,21 @@ impl Staged {
 
     /// The first `len` bytes.
     pub fn read_prefix(&self, len: u64) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len.min(self.len()) as usize];
-        self.read_at(0, &mut buf)?;
+        use std::io::{Read, Seek, SeekFrom};
+        let want = len.min(self.len()) as usize;
+        let mut buf = Vec::with_capacity(want);
+        {
+            // read_to_end fills the spare capacity without zero-filling it first (a segment is megabytes). The
+            // file cursor is used here only (everything else reads and writes at explicit offsets); the lock
+            // keeps two callers from moving it under each other.
+            let _cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+            let mut file = &self.file;
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.take(want as u64).read_to_end(&mut buf))
+                .map_err(|e| self.io_err("reading", e))?;
+        }
+        // A trailing hole never written reads as zeros.
+        buf.resize(want, 0);
         Ok(buf)
     }
 

@@ -22,13 +22,15 @@ pub(super) fn supports(k: usize, m: usize) -> bool {
     ReedSolomonEncoder::supports(k, m)
 }
 
-/// The `m` parity shards of the `k` data shards (each `shard_len` bytes).
-pub(super) fn parity(
+/// Computes the `m` parity shards of the `k` data shards (each `shard_len` bytes) and hands each to `each` with
+/// its parity index (0-based), straight from the encoder's buffers.
+pub(super) fn for_each_parity(
     k: usize,
     m: usize,
     shard_len: usize,
     data_shards: &[&[u8]],
-) -> Result<Vec<Vec<u8>>> {
+    mut each: impl FnMut(usize, &[u8]),
+) -> Result<()> {
     debug_assert_eq!(data_shards.len(), k);
     let params_error =
         |e: reed_solomon_simd::Error| QsfsError::CodecParams(format!("erasure coding: {e}"));
@@ -37,7 +39,22 @@ pub(super) fn parity(
         encoder.add_original_shard(shard).map_err(params_error)?;
     }
     let result = encoder.encode().map_err(params_error)?;
-    Ok(result.recovery_iter().map(<[u8]>::to_vec).collect())
+    for (index, shard) in result.recovery_iter().enumerate() {
+        each(index, shard);
+    }
+    Ok(())
+}
+
+/// The `m` parity shards of the `k` data shards, owned (for rebuilds, which need only some of them).
+pub(super) fn parity(
+    k: usize,
+    m: usize,
+    shard_len: usize,
+    data_shards: &[&[u8]],
+) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(m);
+    for_each_parity(k, m, shard_len, data_shards, |_, p| out.push(p.to_vec()))?;
+    Ok(out)
 }
 
 /// Fills in every missing data shard (indexes `0..k`) of `shards` (`k + m` entries, present ones already verified

@@ -24,6 +24,7 @@ mod seal;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chacha20poly1305::XChaCha20Poly1305;
@@ -229,10 +230,17 @@ impl SegmentCodec {
         let body_len = body.len();
         let stored_len = body_len + TAG_LEN;
         let shard_len = shard_len_for(stored_len as u64, k) as usize;
-        // Sealed bytes and zero padding in one buffer, so the data shards are plain sub-slices of it.
-        let mut data = vec![0u8; k * shard_len];
-        data[..body_len].copy_from_slice(&body);
-        drop(body);
+        // Sealed bytes and zero padding in one buffer, so the data shards are plain sub-slices of it. Built without
+        // zero-filling the part the body overwrites, and reusing the compressor's buffer when there is one.
+        let mut data = match body {
+            Cow::Owned(compressed) => compressed,
+            Cow::Borrowed(plain) => {
+                let mut data = Vec::with_capacity(k * shard_len);
+                data.extend_from_slice(plain);
+                data
+            }
+        };
+        data.resize(k * shard_len, 0);
         let mut nonce = [0u8; 24];
         // ThreadRng is a CSPRNG seeded from the OS; 192-bit random nonces make reuse negligible.
         rand::rng().fill_bytes(&mut nonce);
@@ -240,13 +248,13 @@ impl SegmentCodec {
         seal::seal_in_place(&self.cipher, &nonce, &context, &mut data, body_len)?;
 
         let data_shards: Vec<&[u8]> = data.chunks_exact(shard_len).collect();
-        let parity = erasure::parity(k, m, shard_len, &data_shards)?;
-        let shards: Vec<EncodedShard> = data_shards
-            .into_iter()
-            .chain(parity.iter().map(Vec::as_slice))
-            .enumerate()
-            .map(|(index, shard)| self.encode_shard(segment_id, index, shard))
-            .collect();
+        let mut shards: Vec<EncodedShard> = Vec::with_capacity(k + m);
+        for (index, shard) in data_shards.iter().enumerate() {
+            shards.push(self.encode_shard(segment_id, index, shard));
+        }
+        erasure::for_each_parity(k, m, shard_len, &data_shards, |index, shard| {
+            shards.push(self.encode_shard(segment_id, k + index, shard))
+        })?;
         let info = SegmentInfo {
             plain_len: plaintext.len() as u64,
             stored_len: stored_len as u64,

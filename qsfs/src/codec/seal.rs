@@ -43,12 +43,34 @@ impl SealContext {
 /// Compresses `plaintext` at `level`; `None` when compression does not shrink it (the segment is then stored raw,
 /// which also covers the empty segment and already-compressed or encrypted data).
 pub(super) fn compress(plaintext: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
-    if plaintext.is_empty() {
+    if plaintext.is_empty() || looks_incompressible(plaintext, level)? {
         return Ok(None);
     }
     let compressed =
         zstd::bulk::compress(plaintext, level).map_err(|e| QsfsError::io("zstd compression", e))?;
     Ok((compressed.len() < plaintext.len()).then_some(compressed))
+}
+
+/// Segments at least this large are probed before they are compressed whole.
+const PROBE_FROM: usize = 512 * 1024;
+const PROBE_SAMPLES: usize = 8;
+const PROBE_SAMPLE_LEN: usize = 16 * 1024;
+
+/// Compresses a few samples spread over a large segment and says whether they shrank by less than 2 %: random,
+/// encrypted or already-compressed data, which zstd would only copy at full cost (btrfs decides the same way).
+/// A wrong guess costs some compression, never data.
+fn looks_incompressible(plaintext: &[u8], level: i32) -> Result<bool> {
+    if plaintext.len() < PROBE_FROM {
+        return Ok(false);
+    }
+    let step = plaintext.len() / PROBE_SAMPLES;
+    let mut sample = Vec::with_capacity(PROBE_SAMPLES * PROBE_SAMPLE_LEN);
+    for i in 0..PROBE_SAMPLES {
+        sample.extend_from_slice(&plaintext[i * step..i * step + PROBE_SAMPLE_LEN]);
+    }
+    let compressed =
+        zstd::bulk::compress(&sample, level).map_err(|e| QsfsError::io("zstd compression", e))?;
+    Ok(compressed.len() * 100 >= sample.len() * 98)
 }
 
 /// Decompresses a segment body that must expand to exactly `plain_len` bytes. zstd is given exactly that much

@@ -120,6 +120,23 @@ fn round_trips_edge_sizes_and_data_kinds() {
 }
 
 #[test]
+fn large_segments_are_probed_before_compressing() {
+    // Large enough to be probed (see `seal::looks_incompressible`).
+    let len = 4 << 20;
+    let codec = codec(4, 2);
+    let random = random_bytes(len, 7);
+    assert!(!round_trip(&codec, &random).info.is_compressed());
+    let text = text_bytes(len);
+    assert!(round_trip(&codec, &text).info.is_compressed());
+    // Half random, half text: the spread samples see the text, so the segment is compressed.
+    let mut mixed = random[..len / 2].to_vec();
+    mixed.extend_from_slice(&text[..len / 2]);
+    let encoded = round_trip(&codec, &mixed);
+    assert!(encoded.info.is_compressed());
+    assert!(encoded.info.stored_len < (len * 3 / 4) as u64);
+}
+
+#[test]
 fn max_shard_blob_len_bounds_real_blobs() {
     for (k, m) in [(4, 2), (3, 1)] {
         let codec = codec(k, m);
