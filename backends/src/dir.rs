@@ -19,7 +19,7 @@
 //! Blocking file I/O runs on tokio's blocking pool (`spawn_blocking`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -247,8 +247,20 @@ impl Inner {
     fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
         let f = self.open_shard(loc)?;
         let len = f.metadata().map_err(|e| self.io(e))?.len();
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, 0).map_err(|e| self.io(e))?;
+        // read_to_end fills the spare capacity without zero-filling it first.
+        let mut buf = Vec::with_capacity(len as usize);
+        (&f).take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io(e))?;
+        if buf.len() as u64 != len {
+            return Err(self.io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "shard file shrank from {len} to {} bytes while read",
+                    buf.len()
+                ),
+            )));
+        }
         Ok(buf)
     }
 

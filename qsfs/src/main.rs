@@ -22,8 +22,19 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("qsfs: {}", msg.join(": "));
+            // One line, each cause once: errors that already print their source (`context: source`) are not
+            // followed by that source again.
+            let mut line = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if !line.ends_with(&text) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&text);
+                }
+            }
+            eprintln!("qsfs: {line}");
             ExitCode::from(1)
         }
     }

@@ -74,6 +74,9 @@ pub(crate) struct FileState {
     pub unsynced: bool,
     /// Where the last read ended: a read starting there is sequential and triggers readahead.
     pub read_end: u64,
+    /// Readahead has queued every segment below this index for the current sequential run; later requests of
+    /// the run (the kernel reads 128 KiB at a time, dozens per segment) queue only what lies beyond.
+    pub prefetched: u64,
     /// The file lost its last name while open: the last release deletes it.
     pub unlinked: bool,
 }
@@ -211,6 +214,7 @@ impl Engine {
                 last_write: None,
                 unsynced: false,
                 read_end: 0,
+                prefetched: 0,
                 unlinked: false,
             }),
             changed: Condvar::new(),
@@ -310,20 +314,26 @@ impl Engine {
             }
             let sequential = offset == st.read_end && offset > 0;
             st.read_end = end;
+            if !sequential {
+                st.prefetched = 0;
+            }
             (end, plan, sequential)
         };
         if offset >= end {
             return Ok(Vec::new());
         }
-        let mut out = vec![0u8; (end - offset) as usize];
+        // Filled piece by piece in file order; only holes and the local pieces' room are zero-filled.
+        let mut out = Vec::with_capacity((end - offset) as usize);
         let mut last_db = None;
         for (idx, src) in plan {
             let seg_start = idx * seg;
             let from = offset.max(seg_start);
             let to = end.min(seg_start + seg);
-            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let piece_end = out.len() + (to - from) as usize;
             match src {
                 Src::Local(staged, valid) => {
+                    out.resize(piece_end, 0);
+                    let dst = &mut out[piece_end - (to - from) as usize..];
                     staged.read_at(from - seg_start, dst)?;
                     // Bytes past the snapshot's length are zeros even if the file behind it grew later.
                     let valid_end = seg_start + valid;
@@ -344,9 +354,11 @@ impl Engine {
                         let lo = (from - seg_start) as usize;
                         let hi = ((to - seg_start) as usize).min(data.len());
                         if hi > lo {
-                            dst[..hi - lo].copy_from_slice(&data[lo..hi]);
+                            out.extend_from_slice(&data[lo..hi]);
                         }
                     }
+                    // Past the segment's bytes (or no segment at all): a hole.
+                    out.resize(piece_end, 0);
                     last_db = Some(idx);
                 }
             }
@@ -358,8 +370,14 @@ impl Engine {
     }
 
     fn readahead(&self, cell: &Cell, idx: u64, size: u64) {
-        let last = (idx + READAHEAD_SEGMENTS).min(cell.lock().size.max(size).div_ceil(self.seg));
-        for i in idx + 1..last {
+        let (first, last) = {
+            let mut st = cell.lock();
+            let last = (idx + READAHEAD_SEGMENTS).min(st.size.max(size).div_ceil(self.seg));
+            let first = (idx + 1).max(st.prefetched);
+            st.prefetched = st.prefetched.max(last);
+            (first, last)
+        };
+        for i in first..last {
             if let Ok(Some(rec)) = self.vol.meta().read(|c| meta::segment_at(c, cell.ino, i)) {
                 self.cache.prefetch(rec);
             }

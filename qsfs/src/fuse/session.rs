@@ -125,8 +125,15 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(fs, mountpoint, &config)
-        .map_err(|e| QsfsError::io(format!("mounting {}", mountpoint.display()), e))?;
+    let mut session = fuser::Session::new(fs, mountpoint, &config).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() {
+            " (as a non-root user, qsfs needs /dev/fuse usable by everyone, mode 0666 as standard distributions \
+             set it, and fusermount3 from the fuse3 package; or mount as root)"
+        } else {
+            ""
+        };
+        QsfsError::io(format!("mounting {}{hint}", mountpoint.display()), e)
+    })?;
     ready(&report);
 
     let mut unmounter = session.unmount_callable();
