@@ -55,33 +55,41 @@ impl fmt::Display for ByteSize {
     }
 }
 
-impl std::str::FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        ByteSize::parse(s)
-    }
+/// `FromStr`, and serde as text (`"4MiB"`, `"30s"`) or a bare integer in the type's base unit (bytes, seconds),
+/// for a type with `parse(&str) -> Result<Self, String>` and `Display`.
+macro_rules! text_or_integer {
+    ($ty:ident, $from_int:expr) => {
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                $ty::parse(s)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    Int(u64),
+                    Text(String),
+                }
+                match Raw::deserialize(d)? {
+                    Raw::Int(n) => Ok($from_int(n)),
+                    Raw::Text(t) => $ty::parse(&t).map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
 }
 
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
+text_or_integer!(ByteSize, ByteSize);
 
 /// How the master key is obtained.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -198,33 +206,9 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-impl std::str::FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        HumanDuration::parse(s)
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(HumanDuration(std::time::Duration::from_secs(n))),
-            Raw::Text(t) => HumanDuration::parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
+text_or_integer!(HumanDuration, |n| HumanDuration(
+    std::time::Duration::from_secs(n)
+));
 
 /// The `[audit]` section: how often the mount audits in the background, how hard it may push the stores, the
 /// detection target (δ, P) and when an unreachable store counts as lost.

@@ -241,10 +241,7 @@ impl QsfsFs {
             }
             Ok(())
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fuser::Errno::from_i32(e.errno())),
-        }
+        super::ops::respond(reply, "readdir", res, |r, ()| r.ok());
     }
 
     pub(super) fn read_dir_plus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
@@ -276,10 +273,7 @@ impl QsfsFs {
             }
             Ok(())
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fuser::Errno::from_i32(e.errno())),
-        }
+        super::ops::respond(reply, "readdirplus", res, |r, ()| r.ok());
     }
 }
 

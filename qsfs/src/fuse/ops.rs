@@ -29,24 +29,59 @@ fn log_err(op: &str, e: &QsfsError) {
     }
 }
 
-fn entry(reply: ReplyEntry, res: Result<Inode, QsfsError>, op: &str) {
+/// fuser's reply types each have an `error` method but share no trait for it.
+pub(super) trait Refuse {
+    fn refuse(self, errno: Errno);
+}
+
+macro_rules! refuse_with_error {
+    ($($reply:ty),* $(,)?) => {
+        $(impl Refuse for $reply {
+            fn refuse(self, errno: Errno) {
+                self.error(errno)
+            }
+        })*
+    };
+}
+
+refuse_with_error!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyXattr,
+);
+
+/// Answers one request: `ok` gets the reply and the value; an error is logged under `op` and answered with its
+/// errno (through `QsfsError::errno`, the one mapping).
+pub(super) fn respond<R: Refuse, T>(
+    reply: R,
+    op: &str,
+    res: Result<T, QsfsError>,
+    ok: impl FnOnce(R, T),
+) {
     match res {
-        Ok(i) => reply.entry(&TTL, &attr::to_attr(&i), Generation(0)),
+        Ok(v) => ok(reply, v),
         Err(e) => {
             log_err(op, &e);
-            reply.error(errno(&e))
+            reply.refuse(errno(&e))
         }
     }
 }
 
+fn entry(reply: ReplyEntry, res: Result<Inode, QsfsError>, op: &str) {
+    respond(reply, op, res, |r, i| {
+        r.entry(&TTL, &attr::to_attr(&i), Generation(0))
+    });
+}
+
 fn empty(reply: ReplyEmpty, res: Result<(), QsfsError>, op: &str) {
-    match res {
-        Ok(()) => reply.ok(),
-        Err(e) => {
-            log_err(op, &e);
-            reply.error(errno(&e))
-        }
-    }
+    respond(reply, op, res, |r, ()| r.ok());
 }
 
 fn time_ns(t: Option<TimeOrNow>) -> Option<i64> {
@@ -82,13 +117,9 @@ impl Filesystem for QsfsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino.0) {
-            Ok(i) => reply.attr(&TTL, &attr::to_attr(&i)),
-            Err(e) => {
-                log_err("getattr", &e);
-                reply.error(errno(&e))
-            }
-        }
+        respond(reply, "getattr", self.inode(ino.0), |r, i| {
+            r.attr(&TTL, &attr::to_attr(&i))
+        });
     }
 
     fn setattr(
@@ -117,20 +148,14 @@ impl Filesystem for QsfsFs {
             mtime_ns: time_ns(mtime),
             ctime_ns: ctime.map(attr::ns),
         };
-        match self.set_attr(ino.0, &changes, size, fh.map(|f| f.0)) {
-            Ok(i) => reply.attr(&TTL, &attr::to_attr(&i)),
-            Err(e) => {
-                log_err("setattr", &e);
-                reply.error(errno(&e))
-            }
-        }
+        let res = self.set_attr(ino.0, &changes, size, fh.map(|f| f.0));
+        respond(reply, "setattr", res, |r, i| {
+            r.attr(&TTL, &attr::to_attr(&i))
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.read_link(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
+        respond(reply, "readlink", self.read_link(ino.0), |r, t| r.data(&t));
     }
 
     fn mknod(
@@ -247,13 +272,9 @@ impl Filesystem for QsfsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => {
-                log_err("open", &e);
-                reply.error(errno(&e))
-            }
-        }
+        respond(reply, "open", self.open_file(ino.0, flags.0), |r, fh| {
+            r.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+        });
     }
 
     fn read(
@@ -267,13 +288,12 @@ impl Filesystem for QsfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.read_file(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => {
-                log_err("read", &e);
-                reply.error(errno(&e))
-            }
-        }
+        respond(
+            reply,
+            "read",
+            self.read_file(fh.0, offset, size),
+            |r, data| r.data(&data),
+        );
     }
 
     fn write(
@@ -288,13 +308,12 @@ impl Filesystem for QsfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.write_file(fh.0, offset, data) {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => {
-                log_err("write", &e);
-                reply.error(errno(&e))
-            }
-        }
+        respond(
+            reply,
+            "write",
+            self.write_file(fh.0, offset, data),
+            |r, ()| r.written(data.len() as u32),
+        );
     }
 
     fn flush(
@@ -333,10 +352,9 @@ impl Filesystem for QsfsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_dir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        }
+        respond(reply, "opendir", self.open_dir(ino.0), |r, fh| {
+            r.opened(FileHandle(fh), FopenFlags::empty())
+        });
     }
 
     fn readdir(
@@ -417,17 +435,18 @@ impl Filesystem for QsfsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.get_xattr(ino.0, name.as_bytes()) {
-            Ok(v) => xattr_reply(reply, &v, size),
-            Err(e) => reply.error(errno(&e)),
-        }
+        respond(
+            reply,
+            "getxattr",
+            self.get_xattr(ino.0, name.as_bytes()),
+            |r, v| xattr_reply(r, &v, size),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.list_xattr(ino.0) {
-            Ok(v) => xattr_reply(reply, &v, size),
-            Err(e) => reply.error(errno(&e)),
-        }
+        respond(reply, "listxattr", self.list_xattr(ino.0), |r, v| {
+            xattr_reply(r, &v, size)
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -448,19 +467,16 @@ impl Filesystem for QsfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.create_file(req, parent.0, name.as_bytes(), mode, flags) {
-            Ok((i, fh)) => reply.created(
+        let res = self.create_file(req, parent.0, name.as_bytes(), mode, flags);
+        respond(reply, "create", res, |r, (i, fh)| {
+            r.created(
                 &TTL,
                 &attr::to_attr(&i),
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => {
-                log_err("create", &e);
-                reply.error(errno(&e))
-            }
-        }
+            )
+        });
     }
 
     fn ioctl(
