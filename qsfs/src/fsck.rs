@@ -428,7 +428,7 @@ fn check_local(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> {
     let mut named = HashSet::new();
     for q in &queued {
         named.insert(q.file.clone());
-        if !area.queue_dir().join(&q.file).exists() {
+        if !q.inline && !area.queue_dir().join(&q.file).exists() {
             if repair {
                 vol.meta().write(|c| meta::dequeue(c, q.id).map(|_| ()))?;
             }

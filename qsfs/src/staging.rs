@@ -3,8 +3,9 @@
 //!
 //! - `staging/`: one sparse file per dirty segment, written in place by FUSE writes. Never promised to survive a
 //!   crash (the durability promise is made by fsync/close, after sealing), so the mount empties it at start.
-//! - `queue/`: segments of `--writeback` mounts that close has made durable locally. Each file is fsynced and named
-//!   by a row of the SQLite upload queue before close returns; the uploader deletes it after the segment commits.
+//! - `queue/`: segments of `--writeback` mounts that close has made durable locally (small ones are kept in their
+//!   SQLite queue rows instead). Each file is fsynced and named by a row of the SQLite upload queue before close
+//!   returns; the uploader deletes it after the segment commits.
 //!
 //! One file per segment keeps a segment's snapshot immutable once it is handed to the sealer (later writes go to
 //! a fresh file), and lets a queued segment be renamed into `queue/` instead of copied.

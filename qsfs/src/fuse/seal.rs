@@ -4,9 +4,10 @@
 //! Durability. `flush` (close) and `fsync` return only after every snapshot of the file taken so far is placed
 //! on at least `write_quorum` stores and committed, and after one FULL SQLite commit (or WAL fsync) that hardens
 //! those commits; a failed upload makes them fail with its errno (EIO) and puts the bytes back as dirty, so a
-//! later flush retries them. With `--writeback` they instead fsync the snapshots into `cache/queue/`, record
-//! them in the upload queue with the new size in one FULL commit, and return; workers upload in the background
-//! (retrying until they succeed), and the rows survive a crash to be resumed by the next mount.
+//! later flush retries them. With `--writeback` they instead make the snapshots durable locally — small ones
+//! inside their queue rows, larger ones fsynced into `cache/queue/` — record them in the upload queue with the
+//! new size in one FULL commit, and return; workers upload in the background (retrying until they succeed), and
+//! the rows survive a crash to be resumed by the next mount.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -18,8 +19,19 @@ use crate::meta::{self, SegmentRecord};
 
 /// Snapshots in flight over all files before a writer waits: bounds staging disk use and store load.
 const MAX_INFLIGHT: usize = 32;
+/// `--writeback` segments up to this size are queued with their bytes in the SQLite row: one commit makes them
+/// durable, where a queue file costs a file fsync, a rename and a directory fsync first.
+const INLINE_QUEUE_MAX: u64 = 64 * 1024;
 /// Dirty data untouched this long is sealed by the housekeeping thread.
 pub const IDLE_SEAL: Duration = Duration::from_secs(2);
+
+/// Where a `--writeback` snapshot is kept until it is uploaded.
+enum Queued {
+    /// A file in the queue directory.
+    File(String),
+    /// The bytes, to go into the queue row.
+    Inline(Vec<u8>),
+}
 
 fn errno_err(errno: i32) -> QsfsError {
     QsfsError::io(
@@ -299,13 +311,18 @@ impl Engine {
             }
             let dirty = std::mem::take(&mut st.dirty);
             for (idx, staged) in dirty {
-                match self.staging.enqueue(&staged) {
-                    Ok(name) => {
+                let queued = if staged.len() <= INLINE_QUEUE_MAX {
+                    staged.read_prefix(staged.len()).map(Queued::Inline)
+                } else {
+                    self.staging.enqueue(&staged).map(Queued::File)
+                };
+                match queued {
+                    Ok(queued) => {
                         // Visible as the newest snapshot at once, so reads and writes during the commit below
                         // see these bytes; submitted only once their rows are committed.
                         let job = self.new_job(idx, staged, None);
                         st.jobs.push(job.clone());
-                        batch.push((job, name));
+                        batch.push((job, queued));
                     }
                     Err(e) => {
                         st.dirty.insert(idx, staged);
@@ -320,7 +337,7 @@ impl Engine {
             let changed = st.times_dirty || st.size != st.db_size || !batch.is_empty();
             (st.size, st.mtime_ns, st.ctime_ns, changed)
         };
-        let restore = |batch: &[(Arc<Job>, String)]| {
+        let restore = |batch: &[(Arc<Job>, Queued)]| {
             let mut st = cell.lock();
             for (j, _) in batch {
                 st.jobs.retain(|x| !Arc::ptr_eq(x, j));
@@ -329,7 +346,7 @@ impl Engine {
                 }
             }
         };
-        if !batch.is_empty()
+        if batch.iter().any(|(_, q)| matches!(q, Queued::File(_)))
             && let Err(e) = self.staging.sync_queue_dir()
         {
             restore(&batch);
@@ -338,8 +355,11 @@ impl Engine {
         let committed = if changed {
             self.vol.meta().write(|c| {
                 let mut ids = Vec::with_capacity(batch.len());
-                for (j, name) in &batch {
-                    ids.push(meta::enqueue(c, cell.ino, j.idx, j.plain_len, name)?);
+                for (j, queued) in &batch {
+                    ids.push(match queued {
+                        Queued::File(name) => meta::enqueue(c, cell.ino, j.idx, j.plain_len, name)?,
+                        Queued::Inline(bytes) => meta::enqueue_inline(c, cell.ino, j.idx, bytes)?,
+                    });
                 }
                 meta::set_size_times(c, cell.ino, size, mtime, ctime)?;
                 Ok(ids)
@@ -435,7 +455,22 @@ impl Engine {
         }
         let mut resumed = 0;
         for q in &queued {
-            let staged = match self.staging.open_queued(&q.file, q.plain_len) {
+            let staged = if q.inline {
+                // Back into a staging file (this mount's, removed once uploaded): the sealer and reads work on
+                // files.
+                self.vol
+                    .meta()
+                    .read(|c| meta::queued_data(c, q.id))
+                    .and_then(|bytes| {
+                        bytes.ok_or_else(|| {
+                            QsfsError::Invalid("inline queued segment without bytes".into())
+                        })
+                    })
+                    .and_then(|bytes| self.staging.create(&bytes))
+            } else {
+                self.staging.open_queued(&q.file, q.plain_len)
+            };
+            let staged = match staged {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
                     tracing::error!(ino = q.ino, segment = q.index, error = %e,
