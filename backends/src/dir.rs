@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::error::{Result, StoreError};
+use crate::fanout::{FanoutDir, KnownDirs};
 use crate::shard_file::{self, DirectSupport, ShardBytes};
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 
@@ -48,6 +49,7 @@ struct Inner {
     root: PathBuf,
     uri: String,
     direct: DirectSupport,
+    known_dirs: KnownDirs,
 }
 
 impl DirStore {
@@ -60,6 +62,7 @@ impl DirStore {
             root,
             uri,
             direct: DirectSupport::new(),
+            known_dirs: KnownDirs::new(),
         });
         let i = inner.clone();
         blocking(&inner.uri, move || i.open(create)).await?;
@@ -225,18 +228,42 @@ impl Inner {
         let loc = Locator::from_key(key);
         let path = self.shard_path(&loc).expect("32-byte locator");
         let dir = path.parent().expect("shard path has a parent");
-        self.ensure_dir(dir.parent().expect("fan-out has two levels"))?;
-        self.ensure_dir(dir)?;
+        let fanout = [
+            (
+                dir.parent().expect("fan-out has two levels"),
+                FanoutDir::Top(loc.0[0]),
+            ),
+            (dir, FanoutDir::Leaf(loc.0[0], loc.0[1])),
+        ];
+        for (d, bit) in fanout {
+            if !self.known_dirs.contains(bit) {
+                self.ensure_dir(d)?;
+                self.known_dirs.insert(bit);
+            }
+        }
         let tmp = dir.join(format!(
             "{TMP_PREFIX}{}-{:016x}",
             key.to_hex(),
             rand::random::<u64>()
         ));
-        let result = (|| -> io::Result<()> {
+        let write = || -> io::Result<()> {
             shard_file::write_new(&tmp, data, &self.direct)?;
             fs::rename(&tmp, &path)?;
             sync_dir(dir)
-        })();
+        };
+        let mut result = write();
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        {
+            // A fan-out directory believed to exist was removed behind our back: create it again, once.
+            for (d, bit) in fanout {
+                self.known_dirs.remove(bit);
+                self.ensure_dir(d)?;
+                self.known_dirs.insert(bit);
+            }
+            result = write();
+        }
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(self.io(e));
@@ -509,6 +536,7 @@ mod tests {
             root: "/x".into(),
             uri: "dir:/x".into(),
             direct: DirectSupport::new(),
+            known_dirs: KnownDirs::new(),
         };
         for code in [nix::libc::ENOSPC, nix::libc::EDQUOT] {
             let e = inner.io(io::Error::from_raw_os_error(code));

@@ -11,6 +11,7 @@
 
 pub mod dir;
 pub mod error;
+mod fanout;
 pub mod faulty;
 pub mod redis;
 mod shard_file;

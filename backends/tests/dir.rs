@@ -87,6 +87,35 @@ async fn vanished_disk_is_unavailable_not_writes_on_root() {
 }
 
 #[tokio::test]
+async fn puts_recreate_a_removed_fanout_dir_but_never_a_vanished_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("disk");
+    let store = DirStore::open(&root, true).await.unwrap();
+    let first = ShardKey([7; 32]);
+    store.put(&first, b"one").await.unwrap();
+    // The store now believes shards/07/07/ exists; someone removes it.
+    let fanout = store.shard_path(&Locator::from_key(&first)).unwrap();
+    let top = fanout.parent().unwrap().parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&top).unwrap();
+    let mut second = [7; 32];
+    second[31] = 8;
+    let second = ShardKey(second);
+    store.put(&second, b"two").await.unwrap();
+    assert_eq!(
+        store.get(&Locator::from_key(&second)).await.unwrap(),
+        b"two"
+    );
+    // Same fan-out directory, but the whole disk is gone: unavailable, nothing written on the bare mount point.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let mut third = [7; 32];
+    third[31] = 9;
+    let err = store.put(&ShardKey(third), b"three").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+#[tokio::test]
 async fn identity_mismatch_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let store = DirStore::open(tmp.path(), true).await.unwrap();
