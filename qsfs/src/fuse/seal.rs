@@ -210,6 +210,11 @@ impl Engine {
                 st.mark_committed(job.idx, job.version);
                 st.db_size = st.db_size.max(db_size);
                 st.unsynced = true;
+                // The row now holds these times: unless a write changed them since, the flush that waits for
+                // this job needs only a WAL sync, not another transaction.
+                if st.mtime_ns == mtime && st.ctime_ns == ctime {
+                    st.times_dirty = false;
+                }
             }
         }
         if queue_id.is_some() {
