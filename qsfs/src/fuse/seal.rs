@@ -159,6 +159,9 @@ impl Engine {
                 .jobs
                 .iter()
                 .any(|j| j.idx == job.idx && j.version > job.version);
+            // A newer job or dirty snapshot of this segment already holds these bytes: `staged_for_write` starts
+            // a new snapshot from the newest one (or from nothing only when the write covers every byte), so
+            // putting the older bytes back would overwrite newer data.
             if !newer && !st.dirty.contains_key(&job.idx) {
                 st.dirty.insert(job.idx, job.data.clone());
             }

@@ -1,6 +1,7 @@
 //! The data engine against a model: random writes, truncates, flushes and reads on 4 KiB segments, compared byte
 //! for byte with a `Vec<u8>`; truncate-down-then-up reads zeros; what flush made durable survives an engine that
-//! stops without draining (a crash), with and without `--writeback`.
+//! stops without draining (a crash), with and without `--writeback`; a failed upload never puts its older bytes
+//! back over a newer write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,4 +182,67 @@ fn flushed_data_survives_a_crash() {
             );
         }
     }
+}
+
+#[test]
+fn a_failed_seal_never_puts_older_bytes_over_newer_ones() {
+    use qsfs_backends::{Fault, FaultPlan, FaultyStore, Op, ShardStore, Trigger};
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = InitOptions {
+        segment_size: ByteSize(SEG),
+        ..InitOptions::default()
+    };
+    Volume::init(dir.path(), &opts).unwrap();
+    let faulty = std::sync::Mutex::new(Vec::new());
+    let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
+        let f = Arc::new(FaultyStore::wrap(store));
+        faulty.lock().unwrap().push(f.clone());
+        f
+    };
+    let vol = Volume::open_with_store_wrapper(dir.path(), &wrap).unwrap();
+    let ino = new_file(&vol, "f");
+    // Every upload hangs a moment, then fails: the first snapshot is still in flight when the second write lands.
+    for f in faulty.lock().unwrap().iter() {
+        f.set_plan(
+            FaultPlan::none()
+                .with(
+                    &[Op::Put],
+                    Fault::Delay(Duration::from_millis(300)),
+                    Trigger::Always,
+                )
+                .with(&[Op::Put], Fault::Unavailable, Trigger::Always),
+        );
+    }
+    let eng = engine(vol, false);
+    let cell = eng.open(ino).unwrap();
+    eng.write(&cell, 0, &[1u8; 100], false).unwrap();
+    let flusher = {
+        let (eng, cell) = (eng.clone(), cell.clone());
+        std::thread::spawn(move || eng.flush(&cell, false))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cell.lock().jobs.is_empty() || !cell.lock().dirty.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never started sealing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A newer snapshot of the same segment, built from the one in flight.
+    eng.write(&cell, 50, &[2u8; 100], false).unwrap();
+    assert!(
+        flusher.join().unwrap().is_err(),
+        "the failed upload must fail the flush"
+    );
+    let got = eng.read(&cell, 0, 200).unwrap();
+    assert_eq!(got.len(), 150);
+    assert!(
+        got[..50].iter().all(|b| *b == 1),
+        "bytes only the failed snapshot had are kept"
+    );
+    assert!(
+        got[50..].iter().all(|b| *b == 2),
+        "the newer write survives the older snapshot's failure"
+    );
 }
