@@ -162,6 +162,14 @@ impl LostSegment {
     pub fn is_data_loss(&self) -> bool {
         self.healthy_shards + self.unreachable_shards < self.needed
     }
+
+    /// The files of the segments in `lost` whose data is gone for good, for messages.
+    pub fn files_with_data_loss(lost: &[LostSegment]) -> Vec<&str> {
+        lost.iter()
+            .filter(|l| l.is_data_loss())
+            .flat_map(|l| l.files.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// Totals over all stores.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use qsfs_por::Nonce;
 
 use super::check::{Method, Tally};
-use super::{FULL_CONCURRENCY, Progress, StoreWork, run_stores};
+use super::{FULL_CONCURRENCY, Progress, StoreWork, record_findings, run_stores};
 use crate::audit::AuditOptions;
 use crate::error::{QsfsError, Result};
 use crate::meta::{self, Checkpoint, ShardState};
@@ -97,17 +97,7 @@ pub(super) fn run(
         })
         .map_err(|e| QsfsError::Invalid(format!("audit checkpoint: {e}")))?;
         vol.meta().write(|c| {
-            for f in &findings {
-                let t = &f.target;
-                if meta::mark_shard_at(c, t.segment_id, t.index, t.store_id, &t.locator, f.state)? {
-                    meta::note_repair_reason(
-                        c,
-                        t.segment_id,
-                        t.index,
-                        &format!("audit: {}", f.reason),
-                    )?;
-                }
-            }
+            record_findings(c, &findings)?;
             meta::save_checkpoint(
                 c,
                 &Checkpoint {

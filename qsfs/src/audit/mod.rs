@@ -336,17 +336,7 @@ fn finish(
         }
     }
     vol.meta().write(|c| {
-        for f in &findings {
-            let t = &f.target;
-            if meta::mark_shard_at(c, t.segment_id, t.index, t.store_id, &t.locator, f.state)? {
-                meta::note_repair_reason(
-                    c,
-                    t.segment_id,
-                    t.index,
-                    &format!("audit: {}", f.reason),
-                )?;
-            }
-        }
+        record_findings(c, &findings)?;
         for (id, tally) in &tallies {
             meta::note_store_reachability(c, *id, tally.down.is_none())?;
         }
@@ -442,4 +432,16 @@ fn finish(
         Ok(())
     })?;
     Ok(report)
+}
+
+/// Records what an audit found in one transaction: each bad shard is marked (only where it still lives — a
+/// repair may have moved it since) and queued for repair with the reason.
+fn record_findings(c: &rusqlite::Connection, findings: &[Finding]) -> Result<()> {
+    for f in findings {
+        let t = &f.target;
+        if meta::mark_shard_at(c, t.segment_id, t.index, t.store_id, &t.locator, f.state)? {
+            meta::note_repair_reason(c, t.segment_id, t.index, &format!("audit: {}", f.reason))?;
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use qsfs::Volume;
 use qsfs::audit::AuditOptions;
 use qsfs::repair::admin::find_store;
-use qsfs_por::{AuditMode, AuditReport, report::percent};
+use qsfs_por::{AuditMode, AuditReport, LostSegment, report::percent};
 
 use super::format::human_bytes;
 use super::repair::count_bar;
@@ -45,12 +45,7 @@ pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<
             report.queued_for_repair
         ));
     }
-    let lost: Vec<&str> = report
-        .lost
-        .iter()
-        .filter(|l| l.is_data_loss())
-        .flat_map(|l| l.files.iter().map(String::as_str))
-        .collect();
+    let lost = LostSegment::files_with_data_loss(&report.lost);
     if !lost.is_empty() {
         msg.push_str(&format!("; DATA LOST in: {}", lost.join(", ")));
     }

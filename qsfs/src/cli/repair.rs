@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qsfs::Volume;
 use qsfs::config::HumanDuration;
 use qsfs::repair::{RepairOptions, RepairProgress, RepairReport};
+use qsfs_por::LostSegment;
 
 use super::format::human_bytes;
 
@@ -60,12 +61,7 @@ pub fn fail_unless_complete(r: &RepairReport) -> Result<()> {
     if r.is_complete() {
         return Ok(());
     }
-    let lost: Vec<&str> = r
-        .lost
-        .iter()
-        .filter(|l| l.is_data_loss())
-        .flat_map(|l| l.files.iter().map(String::as_str))
-        .collect();
+    let lost = LostSegment::files_with_data_loss(&r.lost);
     if !lost.is_empty() {
         bail!(
             "repair: DATA LOST: {} segments have fewer good shards than they need, in: {}",
