@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::engine::Engine;
 use crate::config::ByteSize;
-use crate::meta::{self, FileKind, NewInode, ROOT_INO};
+use crate::meta::{self, NewInode, ROOT_INO};
 use crate::volume::{InitOptions, Volume};
 
 const SEG: u64 = 4096;
@@ -26,17 +26,7 @@ fn volume(dir: &std::path::Path) -> Volume {
 
 fn new_file(vol: &Volume, name: &str) -> u64 {
     vol.meta()
-        .write(|c| {
-            let new = NewInode {
-                kind: FileKind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                target: None,
-            };
-            Ok(meta::create_node(c, ROOT_INO, name.as_bytes(), &new)?.ino)
-        })
+        .write(|c| Ok(meta::create_node(c, ROOT_INO, name.as_bytes(), &NewInode::test_file())?.ino))
         .unwrap()
 }
 

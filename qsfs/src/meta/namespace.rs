@@ -62,6 +62,21 @@ pub struct NewInode {
     pub target: Option<Vec<u8>>,
 }
 
+#[cfg(test)]
+impl NewInode {
+    /// A root-owned regular file, mode 0644: what most tests create.
+    pub fn test_file() -> NewInode {
+        NewInode {
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: Vec<u8>,

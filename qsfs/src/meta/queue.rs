@@ -113,24 +113,16 @@ pub fn add_garbage(conn: &Connection, shards: &[super::ShardRow]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{FileKind, MetaStore, NewInode, ROOT_INO, create_node, ensure_root};
+    use crate::meta::{MetaStore, NewInode, ROOT_INO, create_node, ensure_root};
 
     #[test]
     fn inline_and_file_rows_round_trip_and_die_with_their_inode() {
         let dir = tempfile::tempdir().unwrap();
         let m = MetaStore::open(&dir.path().join("meta.db"), true).unwrap();
-        let new = NewInode {
-            kind: FileKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
         let (ino, file_id, inline_id) = m
             .write(|c| {
                 ensure_root(c, 0, 0)?;
-                let ino = create_node(c, ROOT_INO, b"f", &new)?.ino;
+                let ino = create_node(c, ROOT_INO, b"f", &NewInode::test_file())?.ino;
                 let file_id = enqueue(c, ino, 0, 70_000, "q-1")?;
                 let inline_id = enqueue_inline(c, ino, 1, b"small bytes")?;
                 Ok((ino, file_id, inline_id))
