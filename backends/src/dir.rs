@@ -9,8 +9,8 @@
 //! Durability: a put writes a temp file in the shard's final directory, fsyncs it, renames it into place and
 //! fsyncs the directory (and the parents of any fan-out directory it created), so a put that returned survives a
 //! crash and a put that did not leaves at most a temp file. Large shards are written with O_DIRECT where the
-//! filesystem allows (`shard_file`). Files are never modified in place; a second put of
-//! the same key atomically replaces the file with identical (or healed) content.
+//! filesystem allows (`shard_file`). Files are never modified in place; a second put of the same key atomically
+//! replaces the file with identical (or healed) content.
 //!
 //! Unmounted disks: `shards/` is created only when the store is created (`open(create = true)`); puts never
 //! create it. So if the disk behind the root vanishes, the root is an empty mount point and every operation
