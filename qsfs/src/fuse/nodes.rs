@@ -181,6 +181,10 @@ impl QsfsFs {
             || ch.mtime_ns.is_some()
             || ch.ctime_ns.is_some();
         if any {
+            // With the file's commit lock held (if it is open): a seal or flush commits the cell's size and times,
+            // and must not read the cell before this commit and write after it, putting older times back.
+            let cell = self.eng.existing(ino);
+            let _commit = cell.as_deref().map(|c| c.lock_commit());
             let i = self
                 .eng
                 .vol

@@ -213,11 +213,9 @@ impl Engine {
                 st.mark_committed(job.idx, job.version);
                 st.db_size = st.db_size.max(db_size);
                 st.unsynced = true;
-                // The row now holds these times: unless a write changed them since, the flush that waits for
-                // this job needs only a WAL sync, not another transaction.
-                if st.mtime_ns == mtime && st.ctime_ns == ctime {
-                    st.times_dirty = false;
-                }
+                // `times_dirty` stays set even when the row got the cell's current times: a setattr may have
+                // committed newer times between this job's read of the cell and its commit, and only the flush's
+                // own commit of the cell's times puts them back.
             }
         }
         if queue_id.is_some() {
