@@ -1,6 +1,6 @@
 //! Trees through the mount: `cp -a` in and `diff -r` against the source (then again after a remount, and out
 //! through `qsfs get`); `tar x` of an archive with symlinks and hard links (link targets, link counts, shared
-//! inode numbers, modes and times kept, also after a remount).
+//! inode numbers, modes and times kept, also after a remount); times set right after writing stick.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -294,4 +294,45 @@ fn tar_x_with_symlinks_and_hard_links() {
     assert_same_stats(&src, &m.path("x"), false);
     m.umount();
     v.ok(&["fsck"]);
+}
+
+/// What `cp -a` and `tar x` do to every file: write it (here sealing dozens of full segments in the background),
+/// set its times through the open handle at once, close. The times set must stick — also after a remount —
+/// even while the background seals of the file's segments are still committing.
+#[test]
+fn times_set_right_after_writing_survive_background_seals() {
+    if !fuse_available("times_set_right_after_writing_survive_background_seals") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let mp = v.scratch("mnt");
+    let m = Mount::start(&v, &mp, &[]);
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 24)
+        .map(|i: u32| (i % 251) as u8)
+        .collect();
+    let when =
+        |i: u64| std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000 + i, 123_456_789);
+    let files = 12;
+    for i in 0..files {
+        let mut f = fs::File::create(m.path(&format!("f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        f.set_modified(when(i)).unwrap();
+    }
+    let check = |root: &Path, round: &str| {
+        for i in 0..files {
+            let md = fs::metadata(root.join(format!("f{i}"))).unwrap();
+            assert_eq!(md.len(), data.len() as u64, "{round}: f{i} size");
+            assert_eq!(
+                md.modified().unwrap(),
+                when(i),
+                "{round}: f{i} lost the mtime set on it"
+            );
+        }
+    };
+    check(&m.path(""), "mounted");
+    m.umount();
+    let m = Mount::start(&v, &mp, &[]);
+    check(&m.path(""), "after a remount");
+    m.umount();
 }
