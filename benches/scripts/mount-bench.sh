@@ -45,16 +45,9 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 [[ -e /dev/fuse ]] || { echo "/dev/fuse is missing" >&2; exit 2; }
 
-declare -A wanted=([fio]=fio [gocryptfs]=gocryptfs [fusermount3]=fuse3 [perl]=perl-base)
-missing=()
-for bin in "${!wanted[@]}"; do
-    command -v "$bin" >/dev/null 2>&1 || missing+=("${wanted[$bin]}")
-done
-if ((${#missing[@]} > 0)); then
-    echo "+ apt-get update && apt-get install -y ${missing[*]}" >&2
-    apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
-fi
+# shellcheck source=benches/scripts/lib.sh
+source "$repo_root/benches/scripts/lib.sh"
+ensure_commands fio=fio gocryptfs=gocryptfs fusermount3=fuse3 perl=perl-base
 
 echo "building: cargo build --release -p qsfs" >&2
 cargo build --release -p qsfs >&2

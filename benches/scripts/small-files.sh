@@ -16,14 +16,9 @@ cd "$repo_root"
 files=${FILES:-1500}
 [[ $files =~ ^[1-9][0-9]*$ ]] || { echo "FILES must be a positive whole number, not '$files'" >&2; exit 2; }
 [[ $(id -u) -eq 0 ]] || { echo "run as root: the benchmark mounts FUSE filesystems" >&2; exit 2; }
-missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v perl >/dev/null 2>&1 || missing+=(perl-base)
-if ((${#missing[@]} > 0)); then
-    echo "+ apt-get update && apt-get install -y ${missing[*]}" >&2
-    apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
-fi
+# shellcheck source=benches/scripts/lib.sh
+source "$repo_root/benches/scripts/lib.sh"
+ensure_commands redis-server=redis-server redis-cli=redis-tools perl=perl-base python3=python3 fusermount3=fuse3
 
 echo "building: cargo build --release -p qsfs" >&2
 cargo build --release -p qsfs >&2
