@@ -571,6 +571,11 @@ fn operation_errors_exit_1_with_one_line() {
     let line = v.run(&["put", s(&local), "/x"]).failed();
     assert!(line.contains("no-such-local-file"), "{line}");
     assert!(v.ls("/").is_empty());
+    // Each cause once: an error that already shows its OS cause is not followed by that cause again.
+    let under_a_file = v.fresh_path("plain-file");
+    std::fs::write(&under_a_file, b"x").unwrap();
+    let line = run_qsfs(&["--volume", s(&under_a_file.join("v")), "init"], &[]).failed();
+    assert_eq!(line.matches("os error 20").count(), 1, "{line}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
