@@ -5,6 +5,7 @@
 //! - [`RedisStore`] (`redis://`): shards as Redis strings.
 //! - [`ZdbStore`] (`zdb://`): shards in a 0-db namespace, user or sequential mode.
 //! - [`FaultyStore`]: wraps any store and injects failures on a plan.
+//! - [`LazyStore`]: a store that could not be opened yet (a disk not mounted), retried on use.
 //! - [`StoreUri`] / [`open_store`]: from a config string to an `Arc<dyn ShardStore>`.
 //! - `testing` (feature `testing`): a real redis-server launcher, a protocol-level 0-db server and the
 //!   conformance suite every store passes.
@@ -13,6 +14,7 @@ pub mod dir;
 pub mod error;
 mod fanout;
 pub mod faulty;
+pub mod lazy;
 pub mod redis;
 mod shard_file;
 pub mod store;
@@ -25,6 +27,7 @@ pub mod testing;
 pub use dir::DirStore;
 pub use error::{Result, StoreError};
 pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
+pub use lazy::{LazyStore, open_store_or_lazy};
 pub use redis::RedisStore;
 pub use store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity, verify_identity};
 pub use uri::{StoreUri, open_store};

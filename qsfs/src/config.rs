@@ -153,6 +153,13 @@ pub struct VolumeConfig {
     pub audit: AuditConfig,
 }
 
+/// The write quorum a new volume gets: all shards but one (at least K+1), so writes go on with any one store down
+/// while an acknowledged segment still survives the loss of M-1 more stores. With M = 1 that is K+1 = K+M: such a
+/// volume cannot write with a store down, since a quorum of K would leave an acknowledged write with no redundancy.
+pub fn default_write_quorum(data_shards: usize, parity_shards: usize) -> usize {
+    (data_shards + parity_shards - 1).max(data_shards + 1)
+}
+
 fn default_zstd_level() -> i32 {
     1
 }

@@ -2,11 +2,13 @@
 //! distinct stores with retries and spares, and reads with retry. Knows shards only as opaque blobs.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qsfs_backends::{
-    Locator, ShardStore, StoreError, StoreIdentity, StoreUri, open_store, verify_identity,
+    Locator, ShardStore, StoreError, StoreIdentity, StoreUri, open_store, open_store_or_lazy,
+    verify_identity,
 };
 use tokio::task::JoinSet;
 
@@ -70,14 +72,15 @@ impl StoreSlot {
 
     /// For a down store whose last check is older than `REVIVE_INTERVAL`: checks its identity again and brings it
     /// back up if it answers as itself. A store that came back empty (no marker) stays down.
-    async fn revive_if_due(&self, interval: Duration) {
+    /// Returns whether it came back.
+    async fn revive_if_due(&self, interval: Duration) -> bool {
         if self.is_up() {
-            return;
+            return false;
         }
         {
             let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
             if checked.elapsed() < interval {
-                return;
+                return false;
             }
             *checked = Instant::now();
         }
@@ -90,21 +93,27 @@ impl StoreSlot {
             Ok(Ok(())) => {
                 tracing::info!(store = %self.uri, "store is back up");
                 *self.state.lock().unwrap_or_else(|p| p.into_inner()) = StoreState::Up;
+                return true;
             }
             Ok(Err(e)) => self.set_down(e.to_string()),
             Err(_) => self.set_down(format!("{}: no answer within {REVIVE_TIMEOUT:?}", self.uri)),
         }
+        false
     }
 }
 
 pub struct StoreSet {
     slots: Vec<Arc<StoreSlot>>,
     revive_interval: Duration,
+    /// How many times a down store has come back: the background worker compares it to know when shards queued
+    /// for a store that was away can be placed.
+    revivals: AtomicU64,
 }
 
 impl StoreSet {
-    /// Opens every configured store and checks its identity marker; a store that cannot be reached or proves to
-    /// belong elsewhere is kept, marked down, with the reason (reads and writes then avoid it).
+    /// Opens every configured store and checks its identity marker; a store that cannot be opened (a directory
+    /// that is gone), reached, or proves to belong elsewhere is kept, marked down, with the reason (reads and writes
+    /// then avoid it, and revival checks bring it back once it answers as itself). Only a malformed URI fails.
     pub async fn open(configs: &[StoreConfig], volume_id: &str) -> Result<StoreSet> {
         Self::open_wrapped(configs, volume_id, &|_, store| store).await
     }
@@ -119,7 +128,7 @@ impl StoreSet {
         let mut slots = Vec::new();
         for c in configs {
             let uri = StoreUri::parse(&c.uri)?;
-            let store = wrap(c.id, open_store(&uri, false).await?);
+            let store = wrap(c.id, open_store_or_lazy(&uri).await?);
             slots.push(Arc::new(StoreSlot {
                 id: c.id,
                 uri: uri.to_string(),
@@ -154,6 +163,7 @@ impl StoreSet {
         Ok(StoreSet {
             slots,
             revive_interval: REVIVE_INTERVAL,
+            revivals: AtomicU64::new(0),
         })
     }
 
@@ -211,7 +221,16 @@ impl StoreSet {
             let (slot, interval) = (slot.clone(), self.revive_interval);
             checks.spawn(async move { slot.revive_if_due(interval).await });
         }
-        while checks.join_next().await.is_some() {}
+        while let Some(back) = checks.join_next().await {
+            if back.unwrap_or(false) {
+                self.revivals.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How many times a down store has come back up so far.
+    pub fn revivals(&self) -> u64 {
+        self.revivals.load(Ordering::Relaxed)
     }
 
     /// Changes how often down stores are re-checked (tests use a short interval).

@@ -104,21 +104,29 @@ impl Drop for BackgroundAuditor {
     }
 }
 
-/// Sleeps `delay` or until kicked or stopped; false when stopped.
-fn wait(shared: &Shared, delay: Duration) -> bool {
+/// How a wait ended.
+#[derive(PartialEq, Eq)]
+enum Woken {
+    Stopped,
+    Kicked,
+    TimedOut,
+}
+
+/// Sleeps `delay` or until kicked or stopped.
+fn wait(shared: &Shared, delay: Duration) -> Woken {
     let deadline = std::time::Instant::now() + delay;
     let mut kicked = shared.kick.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         if shared.stop.load(Ordering::Relaxed) {
-            return false;
+            return Woken::Stopped;
         }
         if *kicked {
             *kicked = false;
-            return true;
+            return Woken::Kicked;
         }
         let now = std::time::Instant::now();
         if now >= deadline {
-            return true;
+            return Woken::TimedOut;
         }
         kicked = shared
             .wake
@@ -128,23 +136,102 @@ fn wait(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
+/// How often the background thread checks whether a down store has come back.
+const REVIVAL_POLL: Duration = Duration::from_secs(5);
+
 fn jitter(interval: Duration, low: f64, high: f64) -> Duration {
     interval.mul_f64(rand::random_range(low..high))
+}
+
+/// Waits until the next cycle is due (or kicked); false when stopped. Meanwhile, every `REVIVAL_POLL`, checks the
+/// stores that are down and, when one has come back and shards wait in the repair queue, runs a repair round at
+/// once: shards a write could not place on a store that was away go there as soon as it answers, not hours later.
+fn wait_for_cycle(vol: &Volume, cfg: &AuditConfig, shared: &Shared, delay: Duration) -> bool {
+    let deadline = std::time::Instant::now() + delay;
+    let mut revivals = vol.stores().revivals();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match wait(shared, left.min(REVIVAL_POLL)) {
+            Woken::Stopped => return false,
+            Woken::Kicked => return true,
+            Woken::TimedOut if left <= REVIVAL_POLL => return true,
+            Woken::TimedOut => {}
+        }
+        vol.io().block_on(vol.stores().revive_due());
+        let now = vol.stores().revivals();
+        if now == revivals {
+            continue;
+        }
+        revivals = now;
+        let queued = vol.meta().read(crate::meta::repair_queue_len).unwrap_or(0);
+        if queued > 0 {
+            let throttle = background_throttle(vol, cfg, shared);
+            let round = repair_round(vol, cfg, throttle);
+            // Not a cycle (no audit ran): only the repair's outcome is updated.
+            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            match round {
+                RepairRound::Done(report) => state.last_repair = Some(report),
+                RepairRound::Failed(e) => state.last_error = Some(e),
+                RepairRound::Interrupted => return false,
+            }
+        }
+    }
+}
+
+fn background_throttle(vol: &Volume, cfg: &AuditConfig, shared: &Shared) -> Arc<Throttle> {
+    Arc::new(Throttle::background(
+        cfg.bandwidth.0,
+        vol.foreground().clone(),
+        shared.stop.clone(),
+    ))
+}
+
+fn record_cycle(shared: &Shared, mut state: BackgroundState) {
+    let mut shared_state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.cycles = shared_state.cycles + 1;
+    *shared_state = state;
+}
+
+/// How a background repair round ended.
+enum RepairRound {
+    Done(RepairReport),
+    Failed(String),
+    /// The worker is stopping.
+    Interrupted,
+}
+
+fn repair_round(vol: &Volume, cfg: &AuditConfig, throttle: Arc<Throttle>) -> RepairRound {
+    let mut ropts = RepairOptions::new(cfg);
+    ropts.workers = 2;
+    ropts.throttle = throttle;
+    match vol.repair(&ropts, &|_| {}) {
+        Ok(report) => {
+            if !report.is_complete() {
+                tracing::warn!(
+                    failures = report.failures.len(),
+                    lost = report.lost.len(),
+                    "background repair incomplete"
+                );
+            }
+            RepairRound::Done(report)
+        }
+        Err(QsfsError::Interrupted(_)) => RepairRound::Interrupted,
+        Err(e) => {
+            tracing::warn!(error = %e, "background repair failed");
+            RepairRound::Failed(e.to_string())
+        }
+    }
 }
 
 fn run(vol: Arc<Volume>, cfg: AuditConfig, shared: Arc<Shared>) {
     let mut scrub: VecDeque<u32> = VecDeque::new();
     let mut delay = jitter(cfg.interval.0, 0.1, 1.0);
     loop {
-        if !wait(&shared, delay) {
+        if !wait_for_cycle(&vol, &cfg, &shared, delay) {
             return;
         }
         delay = jitter(cfg.interval.0, 0.5, 1.5);
-        let throttle = Arc::new(Throttle::background(
-            cfg.bandwidth.0,
-            vol.foreground().clone(),
-            shared.stop.clone(),
-        ));
+        let throttle = background_throttle(&vol, &cfg, &shared);
         let mut opts = AuditOptions::new(&cfg);
         opts.throttle = throttle.clone();
         match pending_full_audit(&vol) {
@@ -186,28 +273,11 @@ fn run(vol: Arc<Volume>, cfg: AuditConfig, shared: Arc<Shared>) {
                 state.last_error = Some(e.to_string());
             }
         }
-        let mut ropts = RepairOptions::new(&cfg);
-        ropts.workers = 2;
-        ropts.throttle = throttle;
-        match vol.repair(&ropts, &|_| {}) {
-            Ok(report) => {
-                if !report.is_complete() {
-                    tracing::warn!(
-                        failures = report.failures.len(),
-                        lost = report.lost.len(),
-                        "background repair incomplete"
-                    );
-                }
-                state.last_repair = Some(report);
-            }
-            Err(QsfsError::Interrupted(_)) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "background repair failed");
-                state.last_error = Some(e.to_string());
-            }
+        match repair_round(&vol, &cfg, throttle) {
+            RepairRound::Done(report) => state.last_repair = Some(report),
+            RepairRound::Failed(e) => state.last_error = Some(e),
+            RepairRound::Interrupted => return,
         }
-        let mut shared_state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.cycles = shared_state.cycles + 1;
-        *shared_state = state;
+        record_cycle(&shared, state);
     }
 }

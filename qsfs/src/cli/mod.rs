@@ -46,7 +46,8 @@ enum Command {
         /// zstd level for segments (-7 ..= 22).
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         zstd_level: i32,
-        /// Shards that must be durable before a write commits (default K+M, at least K+1).
+        /// Shards that must be durable before a write commits (default K+M-1, so writes go on with one store down;
+        /// at least K+1).
         #[arg(long, value_name = "N")]
         write_quorum: Option<usize>,
         /// A store: dir:/path, redis://[:password@]host:port/db, zdb://host:port/ns[?password-file=F&mode=seq].

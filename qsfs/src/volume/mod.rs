@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::audit::ForegroundActivity;
 use crate::codec::{CodecParams, SegmentCodec, SegmentKeys};
 use crate::config::{
-    ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, KeySource, StoreConfig, VolumeConfig,
+    ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, default_write_quorum, KeySource, StoreConfig, VolumeConfig,
 };
 use crate::durable;
 use crate::error::{QsfsError, Result};
@@ -41,7 +41,7 @@ pub struct InitOptions {
     pub parity_shards: usize,
     pub segment_size: ByteSize,
     pub zstd_level: i32,
-    /// Defaults to K+M.
+    /// Defaults to `config::default_write_quorum` (K+M-1, at least K+1).
     pub write_quorum: Option<usize>,
     /// Store URIs; empty means K+M `dir:` stores inside the volume.
     pub stores: Vec<String>,
@@ -172,7 +172,9 @@ impl Volume {
             parity_shards: opts.parity_shards,
             segment_size: opts.segment_size,
             zstd_level: opts.zstd_level,
-            write_quorum: opts.write_quorum.unwrap_or(total),
+            write_quorum: opts
+                .write_quorum
+                .unwrap_or_else(|| default_write_quorum(opts.data_shards, opts.parity_shards)),
             key,
             stores,
             audit: crate::config::AuditConfig::default(),
