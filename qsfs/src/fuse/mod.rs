@@ -44,6 +44,8 @@ struct FileHandle {
     ino: u64,
     cell: Arc<Cell>,
     append: bool,
+    /// Opened for reading only: its close has nothing of its own to make durable (see `flush_file`).
+    read_only: bool,
     /// relatime: the access time is considered once per handle, on its first read.
     atime_checked: AtomicBool,
 }

@@ -538,6 +538,26 @@ impl Engine {
                 .0;
         }
         drop(n);
+        self.park_unsealed();
         self.vol.meta().read(meta::queue_len).unwrap_or(0) as usize
+    }
+
+    /// Data whose upload failed (too few stores answer) is still dirty in memory: before the mount goes away it
+    /// goes into the durable upload queue, like `--writeback` data, so the next mount uploads it instead of the
+    /// bytes being lost with this process.
+    fn park_unsealed(&self) {
+        for cell in self.all_cells() {
+            if cell.lock().dirty.is_empty() {
+                continue;
+            }
+            match self.queue_dirty(&cell, false, false) {
+                Ok(()) => tracing::warn!(
+                    ino = cell.ino,
+                    "data not yet on the stores is queued locally for the next mount"
+                ),
+                Err(e) => tracing::error!(ino = cell.ino, error = %e,
+                    "data not yet on the stores could not be queued locally and is lost"),
+            }
+        }
     }
 }
