@@ -334,6 +334,10 @@ impl ShardStore for FaultyStore {
         self.inner.max_value_size()
     }
 
+    fn locate(&self, key: &ShardKey) -> Option<Locator> {
+        self.inner.locate(key)
+    }
+
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator> {
         match self.enter(Op::Put).await? {
             Some(Fault::DropPut) => {

@@ -121,6 +121,14 @@ impl ShardStore for LazyStore {
         }
     }
 
+    fn locate(&self, key: &ShardKey) -> Option<Locator> {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            Lazy::Open(store) => store.locate(key),
+            // Only dir stores fail to open eagerly, and they are key-addressed.
+            Lazy::Failed { .. } => Some(Locator::from_key(key)),
+        }
+    }
+
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator> {
         self.inner().await?.put(key, data).await
     }

@@ -108,6 +108,13 @@ pub trait ShardStore: Send + Sync + fmt::Debug {
     /// The largest value the store accepts, if it has a limit (0-db: 8 MiB).
     fn max_value_size(&self) -> Option<u64>;
 
+    /// Where a blob put under `key` can be read back, known without asking the store: `Some(key's bytes)` for
+    /// key-addressed stores (the default), `None` where the store assigns locators (0-db seq mode). Lets a client
+    /// with nothing but the key find well-known objects (the metadata log) on a store.
+    fn locate(&self, key: &ShardKey) -> Option<Locator> {
+        Some(Locator::from_key(key))
+    }
+
     /// Stores `data` under `key` durably and says where to find it again. Writing the same key twice with the same
     /// bytes is not an error.
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator>;

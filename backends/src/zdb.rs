@@ -221,6 +221,13 @@ impl ShardStore for ZdbStore {
         Some(ZDB_MAX_VALUE)
     }
 
+    fn locate(&self, key: &ShardKey) -> Option<Locator> {
+        match self.mode {
+            ZdbMode::User => Some(Locator::from_key(key)),
+            ZdbMode::Seq => None,
+        }
+    }
+
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator> {
         self.check_size(data)?;
         match self.mode {

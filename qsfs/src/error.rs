@@ -55,6 +55,8 @@ pub enum QsfsError {
         available: usize,
         needed: usize,
     },
+    #[error("metadata log: {0}")]
+    MetaLog(String),
     #[error("invalid codec parameters: {0}")]
     CodecParams(String),
     #[error("{0}: no such file or directory")]
@@ -155,6 +157,7 @@ impl QsfsError {
             | QsfsError::NoVolume { .. }
             | QsfsError::VolumeLocked { .. }
             | QsfsError::SchemaTooNew { .. }
+            | QsfsError::MetaLog(_)
             | QsfsError::CodecParams(_) => libc::EIO,
         }
     }

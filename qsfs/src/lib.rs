@@ -1,6 +1,7 @@
 //! qsfs: a quantum-safe storage filesystem. Files are cut into segments; each segment is compressed, encrypted on
 //! the client, erasure-coded into K data + M parity shards and spread over append-only shard stores. Metadata lives
-//! in a local SQLite database. A `Volume` is the one object the CLI and the FUSE layer both drive.
+//! in a local SQLite database, replicated to the stores as an encrypted, chained log (`replica`), so the key and one
+//! store's URI restore it. A `Volume` is the one object the CLI and the FUSE layer both drive.
 
 pub mod audit;
 pub mod codec;
@@ -14,6 +15,7 @@ pub mod meta;
 pub mod pipeline;
 pub mod read_cache;
 pub mod repair;
+pub mod replica;
 pub mod runtime;
 pub mod staging;
 pub mod store_set;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qsfs_backends::{
-    Locator, ShardStore, StoreError, StoreIdentity, StoreUri, open_store, open_store_or_lazy,
-    verify_identity,
+    Locator, ShardKey, ShardStore, StoreError, StoreIdentity, StoreUri, open_store,
+    open_store_or_lazy, verify_identity,
 };
 use tokio::task::JoinSet;
 
@@ -348,6 +348,81 @@ impl StoreSet {
             });
         }
         Ok(rows)
+    }
+
+    /// Writes one well-known object (a metadata log record, the head, the descriptor) to every up store that can
+    /// find it again by name (see `ShardStore::locate`), concurrently, overwriting an older copy. Succeeds when at
+    /// least `quorum` stores hold it; stores that fail are marked down. Returns how many hold it.
+    pub async fn replicate(&self, key: &ShardKey, blob: &[u8], quorum: usize) -> Result<usize> {
+        self.revive_due().await;
+        let blob: Arc<[u8]> = blob.into();
+        let mut tasks = JoinSet::new();
+        for slot in self.named_slots().into_iter().filter(|s| s.is_up()) {
+            let (key, blob) = (*key, blob.clone());
+            tasks.spawn(async move {
+                let res = with_retry(|| slot.store.put(&key, &blob)).await;
+                (slot, res)
+            });
+        }
+        let mut held = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((slot, res)) = joined else { continue };
+            match res {
+                Ok(_) => held += 1,
+                Err(e) => slot.mark_down(e.to_string()),
+            }
+        }
+        if held < quorum {
+            return Err(QsfsError::NotEnoughStores {
+                needed: quorum,
+                available: held,
+                detail: self.down_summary(),
+            });
+        }
+        Ok(held)
+    }
+
+    /// The stores that can hold well-known objects: those where a name alone finds a blob (not 0-db seq mode).
+    pub fn named_slots(&self) -> Vec<Arc<StoreSlot>> {
+        let probe = ShardKey([0; 32]);
+        self.slots
+            .iter()
+            .filter(|s| s.store.locate(&probe).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Reads a well-known object from one store: `None` when the store does not hold it.
+    pub async fn read_named(
+        &self,
+        slot: &StoreSlot,
+        key: &ShardKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(loc) = slot.store.locate(key) else {
+            return Ok(None);
+        };
+        match with_retry(|| slot.store.get(&loc)).await {
+            Ok(blob) => Ok(Some(blob)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a well-known object from every up store that holds it (best effort: a store that is down keeps an
+    /// object no one will ask for again, which costs only its space).
+    pub async fn delete_named(&self, key: &ShardKey) {
+        let mut tasks = JoinSet::new();
+        for slot in self.named_slots().into_iter().filter(|s| s.is_up()) {
+            let key = *key;
+            tasks.spawn(async move {
+                if let Some(loc) = slot.store.locate(&key)
+                    && let Err(e) = with_retry(|| slot.store.delete(&loc)).await
+                {
+                    tracing::debug!(store = %slot.uri, error = %e, "old metadata object not deleted");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
     }
 
     /// The slot of a store that is configured and currently up.

@@ -7,6 +7,7 @@ mod fsck;
 mod mount;
 mod progress;
 mod repair;
+mod restore;
 mod store;
 mod transfer;
 
@@ -137,6 +138,21 @@ enum Command {
         #[arg(long)]
         lazy: bool,
     },
+    /// Rebuild the volume directory on this machine from its stores: needs one store's URI and the key (a copy of
+    /// the key file, or the passphrase). Writes --volume (or the default volume), which must not hold a volume.
+    Restore {
+        /// A store of the volume (repeat to give several, e.g. with passwords the volume's descriptor omits).
+        #[arg(long = "store", value_name = "URI", required = true)]
+        stores: Vec<String>,
+        /// A copy of the volume's key file.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// For a passphrase volume: the environment variable that holds the passphrase.
+        #[arg(long, value_name = "VAR")]
+        passphrase_env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check metadata consistency and that every referenced shard is on its store.
     Fsck {
         /// Fix what can be fixed.
@@ -198,22 +214,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 .to_str()
                 .context("DEST must be a UTF-8 volume path like /a/b")?
                 .to_string();
-            let vol = Volume::open(&dir)?;
-            transfer::put(&vol, &paths, &dest)
+            let vol = open_volume(&dir)?;
+            let result = transfer::put(&vol, &paths, &dest);
+            finish(&vol, result)
         }
         Command::Get { src, dest } => {
-            let vol = Volume::open(&dir)?;
-            transfer::get(&vol, &src, &dest)
+            let vol = open_volume(&dir)?;
+            let result = transfer::get(&vol, &src, &dest);
+            finish(&vol, result)
         }
         Command::Ls { long, path } => {
-            let vol = Volume::open(&dir)?;
+            let vol = open_volume(&dir)?;
             list(&vol, &path, long)
         }
         Command::Rm { recursive, path } => {
-            let vol = Volume::open(&dir)?;
+            let vol = open_volume(&dir)?;
             vol.remove(&path, recursive)?;
-            vol.collect_garbage()?;
-            Ok(())
+            // Durable on the stores before any shard it dropped is deleted.
+            vol.replicate_metadata()?;
+            let result = vol.collect_garbage().map(|_| ()).map_err(Into::into);
+            finish(&vol, result)
         }
         Command::Mount {
             mountpoint,
@@ -234,24 +254,34 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Restore {
+            stores,
+            key_file,
+            passphrase_env,
+            json,
+        } => restore::run(dir, stores, key_file, passphrase_env, json),
         Command::Fsck { repair, json } => {
-            let vol = Volume::open(&dir)?;
-            fsck::fsck(&vol, repair, json)
+            let vol = open_volume(&dir)?;
+            let result = fsck::fsck(&vol, repair, json);
+            finish(&vol, result)
         }
         Command::Audit { full, store, json } => {
-            let vol = Volume::open(&dir)?;
-            audit::run(&vol, full, store.as_deref(), json)
+            let vol = open_volume(&dir)?;
+            let result = audit::run(&vol, full, store.as_deref(), json);
+            finish(&vol, result)
         }
         Command::Repair { json, grace } => {
-            let vol = Volume::open(&dir)?;
-            repair::run(&vol, json, grace)
+            let vol = open_volume(&dir)?;
+            let result = repair::run(&vol, json, grace);
+            finish(&vol, result)
         }
         Command::Store { command } => {
-            let vol = Volume::open(&dir)?;
-            store::run(&vol, command)
+            let vol = open_volume(&dir)?;
+            let result = store::run(&vol, command);
+            finish(&vol, result)
         }
         Command::Status { json } => {
-            let vol = Volume::open(&dir)?;
+            let vol = open_volume(&dir)?;
             let st = vol.status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -261,6 +291,20 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the volume for a command. Every command ends with `Volume::replicate_metadata`, so what it changed
+/// (a put, a repair's new shard locations, shards a read found bad) is on the stores' metadata log when it exits.
+fn open_volume(dir: &std::path::Path) -> Result<Volume> {
+    Ok(Volume::open_replicated(dir)?)
+}
+
+/// Ends a command: ships its metadata changes to the stores even when the command failed part-way (what it did
+/// commit must reach the stores too); the command's own error comes first.
+fn finish(vol: &Volume, result: Result<()>) -> Result<()> {
+    let shipped = vol.replicate_metadata();
+    result?;
+    Ok(shipped?)
 }
 
 fn list(vol: &Volume, path: &str, long: bool) -> Result<()> {

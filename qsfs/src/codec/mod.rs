@@ -105,7 +105,7 @@ impl fmt::Debug for SegmentKeys {
 }
 
 /// What metadata must record about a segment to read it back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentInfo {
     /// Bytes of plaintext.
     pub plain_len: u64,

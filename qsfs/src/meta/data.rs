@@ -10,7 +10,7 @@ use crate::codec::SegmentInfo;
 use crate::error::Result;
 
 /// A shard's condition as far as metadata knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ShardState {
     /// Durable on its store when last written or checked.
     Ok = 0,
@@ -30,7 +30,7 @@ impl ShardState {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ShardRow {
     pub index: usize,
     pub store_id: Option<u32>,
@@ -41,7 +41,7 @@ pub struct ShardRow {
 }
 
 /// One segment as recorded: what the codec needs to decode it and where each shard is.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SegmentRecord {
     pub id: u64,
     pub index: u64,

@@ -18,6 +18,7 @@
 mod audit_log;
 mod data;
 mod fsops;
+pub mod journal;
 mod namespace;
 mod ops;
 mod queue;
@@ -87,10 +88,32 @@ impl MetaStore {
     pub fn write_fast<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.set_full(&conn, false)?;
+        Self::commit_logged(&mut conn, f)
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction, records the changeset of what it changed in the metadata log's
+    /// pending table (`journal`) and commits both together; an error rolls everything back. Every change to the
+    /// volume's metadata passes through here.
+    fn commit_logged<T>(
+        conn: &mut Connection,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let session = journal::watch(&tx)?;
         let out = f(&tx)?;
+        journal::record(&tx, session)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Copies a consistent image of the database to `dest` (`VACUUM INTO`) under the writer lock, so no commit
+    /// lands half-way; returns the newest pending log entry's id at that moment (the image contains every change
+    /// up to it, and none after).
+    pub fn snapshot_into(&self, dest: &Path) -> Result<i64> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = journal::last_pending(&conn)?;
+        conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])?;
+        Ok(pending)
     }
 
     /// Switches the writer's `synchronous` level (called with the writer lock held); a no-op when it is already
@@ -124,10 +147,7 @@ impl MetaStore {
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.set_full(&conn, true)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        Self::commit_logged(&mut conn, f)
     }
 
     /// Runs `f` on the connection for reads (a consistent snapshot inside one deferred transaction).

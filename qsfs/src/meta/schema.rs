@@ -144,6 +144,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE upload_queue ADD COLUMN data BLOB;
     "#,
+    // 4 -> 5: the metadata log (see `journal`). `meta_log_pending` holds each committed transaction's changeset
+    // (SQLite session extension) until it is shipped to the stores as a log record; `meta_log_state` is the head
+    // of the shipped chain: the last record's sequence number and hash, and the newest snapshot's.
+    r#"
+    CREATE TABLE meta_log_pending (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        changeset BLOB NOT NULL
+    );
+    CREATE TABLE meta_log_state (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        seq           INTEGER NOT NULL,
+        hash          BLOB NOT NULL,
+        snapshot_seq  INTEGER NOT NULL,
+        snapshot      BLOB,
+        since_bytes   INTEGER NOT NULL,
+        since_records INTEGER NOT NULL
+    );
+    INSERT INTO meta_log_state VALUES (1, 0, zeroblob(32), 0, NULL, 0, 0);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

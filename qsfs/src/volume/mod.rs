@@ -16,17 +16,21 @@ use std::sync::Arc;
 use crate::audit::ForegroundActivity;
 use crate::codec::{CodecParams, SegmentCodec, SegmentKeys};
 use crate::config::{
-    ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, default_write_quorum, KeySource, StoreConfig, VolumeConfig,
+    ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, KeySource, StoreConfig, VolumeConfig,
+    default_write_quorum,
 };
 use crate::durable;
 use crate::error::{QsfsError, Result};
 use crate::keys::{self, MasterKey};
 use crate::meta::{self, MetaStore};
+use crate::replica::MetaReplica;
+use crate::replica::record::LogKeys;
 use crate::runtime::IoRuntime;
 use crate::store_set::StoreSet;
 
 pub use files::PutOptions;
 pub use lock::VolumeLock;
+pub(crate) use segments::read_unrecorded_segment;
 pub use status::{StoreStatus, VolumeStatus};
 
 pub const CONFIG_FILE: &str = "qsfs.toml";
@@ -72,6 +76,8 @@ pub struct Volume {
     rt: IoRuntime,
     /// File reads and writes in flight, so background audits and repairs can yield to them.
     foreground: Arc<ForegroundActivity>,
+    /// The metadata log's writer side (see `crate::replica`).
+    replica: MetaReplica,
     _lock: VolumeLock,
 }
 
@@ -90,8 +96,13 @@ impl Volume {
         let root = root
             .canonicalize()
             .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
-        let _lock = VolumeLock::acquire(&root)?;
-        let result = Self::init_inner(&root, opts);
+        let lock = VolumeLock::acquire(&root)?;
+        let result = Self::init_inner(&root, opts).and_then(|()| {
+            drop(lock);
+            // The stores get the volume's descriptor and the metadata log its first snapshot: from now on one
+            // store's URI and the key are enough to restore the volume.
+            Volume::open(&root)?.ensure_replicated()
+        });
         if result.is_err() {
             for name in [
                 KEY_FILE,
@@ -253,6 +264,10 @@ impl Volume {
             return Err(QsfsError::WrongKey { path: root.clone() });
         }
         let codec = Arc::new(build_codec(&config, &master)?);
+        let replica = MetaReplica::new(LogKeys::new(
+            &master.subkeys().metadata,
+            config.volume_id_bytes(),
+        ));
         let meta_path = root.join(META_FILE);
         if !meta_path.exists() {
             return Err(QsfsError::Config {
@@ -289,8 +304,48 @@ impl Volume {
             stores,
             rt,
             foreground: Arc::new(ForegroundActivity::default()),
+            replica,
             _lock: lock,
         })
+    }
+
+    /// Opens the volume and, for a volume whose metadata log has no snapshot yet (one made before the log
+    /// existed), writes the descriptor and the first snapshot. Failing that (too few stores) is not fatal here:
+    /// the volume still opens, and the next open tries again.
+    pub fn open_replicated(root: &Path) -> Result<Volume> {
+        let vol = Volume::open(root)?;
+        if let Err(e) = vol.ensure_replicated() {
+            tracing::warn!(error = %e, "metadata not yet replicated to the stores");
+        }
+        Ok(vol)
+    }
+
+    /// Writes the descriptor and a first snapshot when the log has none.
+    pub fn ensure_replicated(&self) -> Result<()> {
+        if self.has_metadata_snapshot()? {
+            return Ok(());
+        }
+        self.write_descriptor()?;
+        self.snapshot_metadata()
+    }
+
+    /// Writes this volume's descriptor to the stores (at init, and whenever the set of stores changes).
+    pub fn write_descriptor(&self) -> Result<()> {
+        let blob = crate::replica::descriptor::seal(&self.config, self.replica.keys());
+        let quorum = self
+            .config
+            .write_quorum
+            .min(self.stores.named_slots().len());
+        self.rt.block_on(self.stores.replicate(
+            &crate::replica::descriptor::descriptor_key(),
+            &blob,
+            quorum,
+        ))?;
+        Ok(())
+    }
+
+    pub fn replica(&self) -> &MetaReplica {
+        &self.replica
     }
 
     pub fn root(&self) -> &Path {
@@ -332,7 +387,7 @@ impl Volume {
     }
 }
 
-fn build_codec(config: &VolumeConfig, master: &MasterKey) -> Result<SegmentCodec> {
+pub(crate) fn build_codec(config: &VolumeConfig, master: &MasterKey) -> Result<SegmentCodec> {
     let sub = master.subkeys();
     SegmentCodec::new(
         CodecParams {
@@ -375,7 +430,7 @@ fn check_store_value_limits(
     Ok(())
 }
 
-fn read_passphrase(var: &str) -> Result<String> {
+pub(crate) fn read_passphrase(var: &str) -> Result<String> {
     match std::env::var(var) {
         Ok(p) if !p.is_empty() => Ok(p),
         _ => Err(QsfsError::KeyFile {

@@ -107,6 +107,28 @@ impl Volume {
     }
 }
 
+/// Reads one segment that no metadata row describes (a metadata snapshot's), with nothing recorded about bad
+/// shards: fetch, verify, decode, as `Volume::read_segment` does.
+pub(crate) async fn read_unrecorded_segment(
+    stores: &Arc<StoreSet>,
+    codec: &Arc<SegmentCodec>,
+    rec: &SegmentRecord,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let k = codec.params().data_shards;
+    let (shards, _bad) = fetch_verified(stores, codec, rec, k).await;
+    let available = shards.iter().filter(|s| s.is_some()).count();
+    if available < k {
+        return Err(QsfsError::Unreadable {
+            path: name.to_string(),
+            segment: rec.id,
+            available,
+            needed: k,
+        });
+    }
+    codec.decode(rec.id, &rec.info, shards)
+}
+
 /// Fetches shards until `k` have verified, starting with the data shards; returns the verified shard data (by
 /// index) and the shards found missing or corrupt.
 async fn fetch_verified(

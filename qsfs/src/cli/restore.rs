@@ -1,0 +1,63 @@
+//! `qsfs restore --store URI [--key-file FILE | --passphrase-env VAR] [--json]`: rebuilds the volume directory
+//! (`--volume`, or the default) from the stores, then prints what it restored.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use qsfs::replica::restore::{KeyInput, RestoreOptions, restore};
+
+pub fn run(
+    volume: PathBuf,
+    stores: Vec<String>,
+    key_file: Option<PathBuf>,
+    passphrase_env: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let key = match (key_file, passphrase_env) {
+        (Some(f), None) => KeyInput::File(f),
+        (None, Some(v)) => KeyInput::Passphrase(v),
+        (None, None) => {
+            bail!("restore needs the volume's key: --key-file FILE or --passphrase-env VAR")
+        }
+        (Some(_), Some(_)) => bail!("give either --key-file or --passphrase-env, not both"),
+    };
+    let report = restore(&RestoreOptions {
+        stores,
+        key,
+        volume,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restored volume {} (id {})",
+            report.volume, report.volume_id
+        );
+        println!(
+            "contents  {} files, {} directories, {}",
+            report.files,
+            report.directories,
+            super::format::human_bytes(report.bytes)
+        );
+        println!(
+            "metadata  snapshot {} + {} records (newest: record {}, written {})",
+            report.snapshot_seq,
+            report.records_applied,
+            report.last_seq,
+            super::format::utc_time(report.newest_record_ns)
+        );
+        for d in &report.stores_down {
+            println!("  down: {d}");
+        }
+        for d in &report.disagreements {
+            println!("  disagreed: {d}");
+        }
+    }
+    if report.fsck_problems > 0 {
+        bail!(
+            "the restored metadata has {} fsck problems (run `qsfs fsck` for details)",
+            report.fsck_problems
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The metadata lives on the stores too. This module owns the remote half of the metadata log: shipping committed
+//! changes to the stores as encrypted, chained records (group commit), compacting the log into snapshots, the
+//! volume descriptor, and `restore`, which rebuilds a volume directory on a new machine from one store's URI and
+//! the key.
+//!
+//! The log. Every metadata transaction leaves its changeset in `meta_log_pending` (see `meta::journal`). A
+//! durability point (`Volume::replicate_metadata`: fsync, a durable close, the end of `put`/`rm`) ships everything
+//! pending as one record `seq + 1` to every store that can find objects by name, and returns once the write quorum
+//! of stores holds it: concurrent callers share that one store write (group commit). Records are replicated whole,
+//! not erasure-coded: they are small, and any one store then holds the whole log.
+//!
+//! Snapshots. When the log since the last snapshot grows past `SNAPSHOT_RECORDS` records or `SNAPSHOT_BYTES` bytes
+//! (and once at the start), the database is copied (`VACUUM INTO`, under the writer lock), local-only tables are
+//! emptied, and the image is zstd-compressed and erasure-coded like file data; a `Snapshot` record names its
+//! segments. Only once that record and the head hint pointing at it are on the write quorum are the records before
+//! it and the previous snapshot's shards deleted.
+//!
+//! Invariants this module keeps: a record is never acknowledged before the write quorum holds it; a snapshot image
+//! contains exactly the changes up to the pending id it was cut at, and those pending entries are dropped in the
+//! same transaction that records the snapshot, so no change is both in a snapshot and in a later record.
+
+pub mod chain;
+pub mod descriptor;
+pub mod record;
+pub mod restore;
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{QsfsError, Result};
+use crate::meta::journal::{self, LogState};
+use crate::meta::{self, SegmentRecord};
+use crate::volume::Volume;
+use record::{Head, LogKeys, Record, RecordKind};
+
+/// A snapshot is due after this many records since the last one...
+const SNAPSHOT_RECORDS: u64 = 2000;
+/// ...or this many bytes of records.
+const SNAPSHOT_BYTES: u64 = 32 << 20;
+/// Changesets shipped in one record at most (bytes before compression).
+const RECORD_BATCH: usize = 16 << 20;
+
+/// The writer's side of the log: its keys and the lock that makes shipping one caller at a time.
+pub struct MetaReplica {
+    keys: LogKeys,
+    /// Held while a record is being built and shipped: callers queue on it, and the first one through ships
+    /// what everyone queued committed (group commit).
+    ship: Mutex<()>,
+}
+
+impl MetaReplica {
+    pub fn new(keys: LogKeys) -> MetaReplica {
+        MetaReplica {
+            keys,
+            ship: Mutex::new(()),
+        }
+    }
+
+    pub fn keys(&self) -> &LogKeys {
+        &self.keys
+    }
+}
+
+/// What a `Snapshot` record's body says: the compressed database image and where its segments are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub format: u32,
+    /// Bytes of the SQLite image.
+    pub db_len: u64,
+    /// BLAKE3 of the compressed image (the segments are verified shard by shard, and this checks their order).
+    pub hash: String,
+    pub segments: Vec<SegmentRecord>,
+}
+
+impl Volume {
+    /// Stores that take part in the metadata log, and how many must hold a record before it counts.
+    fn log_quorum(&self) -> usize {
+        let named = self.stores().named_slots().len();
+        self.config().write_quorum.min(named)
+    }
+
+    /// Makes every metadata change committed so far durable on the stores: returns once the records holding them
+    /// are on the write quorum. A no-op when nothing is pending.
+    pub fn replicate_metadata(&self) -> Result<()> {
+        let target = self.meta().read(journal::last_pending)?;
+        if target == 0 || self.log_quorum() == 0 {
+            return Ok(());
+        }
+        let _ship = self
+            .replica()
+            .ship
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        loop {
+            let batch = self
+                .meta()
+                .read(|c| journal::pending_batch(c, RECORD_BATCH))?;
+            // Another caller shipped ours while we waited.
+            let Some(&(first, _)) = batch.first() else {
+                break;
+            };
+            if first > target {
+                break;
+            }
+            let last = batch.last().map(|b| b.0).unwrap_or(first);
+            let changes: Vec<Vec<u8>> = batch.into_iter().map(|(_, c)| c).collect();
+            let body = record::pack_changes(&changes)?;
+            self.ship_record(RecordKind::Changes, body, last, None)?;
+            if last >= target {
+                break;
+            }
+        }
+        let st = self.meta().read(journal::log_state)?;
+        if st.since_records >= SNAPSHOT_RECORDS || st.since_bytes >= SNAPSHOT_BYTES {
+            self.snapshot_locked()?;
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot now (the log's first, or a compaction), shipping what is pending with it.
+    pub fn snapshot_metadata(&self) -> Result<()> {
+        if self.log_quorum() == 0 {
+            tracing::warn!(
+                "no store can hold the metadata log (0-db seq mode only): metadata is not replicated"
+            );
+            return Ok(());
+        }
+        let _ship = self
+            .replica()
+            .ship
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.snapshot_locked()
+    }
+
+    /// Whether this volume's log has a snapshot yet (volumes made before the log existed have none).
+    pub fn has_metadata_snapshot(&self) -> Result<bool> {
+        Ok(self.meta().read(journal::log_state)?.snapshot_seq != 0)
+    }
+
+    /// Seals record `seq + 1` of `kind` and ships it; on success drops pending entries up to `pending_through`
+    /// and advances the local head in one transaction. `snapshot`: the manifest, for a snapshot record.
+    fn ship_record(
+        &self,
+        kind: RecordKind,
+        body: Vec<u8>,
+        pending_through: i64,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<LogState> {
+        let before = self.meta().read(journal::log_state)?;
+        let rec = Record {
+            seq: before.seq + 1,
+            epoch: 1,
+            prev: before.hash,
+            time_ns: meta::now_ns(),
+            kind,
+            body,
+        };
+        let blob = self.replica().keys.seal_record(&rec);
+        let key = self.replica().keys.record_key(rec.seq);
+        self.io()
+            .block_on(self.stores().replicate(&key, &blob, self.log_quorum()))?;
+        let mut after = LogState {
+            seq: rec.seq,
+            hash: record::record_hash(&blob),
+            since_bytes: before.since_bytes + blob.len() as u64,
+            since_records: before.since_records + 1,
+            ..before.clone()
+        };
+        if let Some(manifest) = snapshot {
+            after.snapshot_seq = rec.seq;
+            after.snapshot = Some(manifest);
+            after.since_bytes = 0;
+            after.since_records = 0;
+        }
+        self.meta().write(|c| {
+            journal::drop_pending_through(c, pending_through)?;
+            journal::set_log_state(c, &after)
+        })?;
+        Ok(before)
+    }
+
+    /// The snapshot itself; the caller holds the ship lock.
+    fn snapshot_locked(&self) -> Result<()> {
+        let (image, cut_at) = self.database_image()?;
+        let compressed = zstd::bulk::compress(&image, 3)
+            .map_err(|e| QsfsError::io("compressing the metadata snapshot", e))?;
+        let mut segments = Vec::new();
+        for (i, chunk) in compressed.chunks(self.segment_size() as usize).enumerate() {
+            segments.push(self.encode_and_place(i as u64, chunk)?);
+        }
+        let manifest = SnapshotManifest {
+            format: 1,
+            db_len: image.len() as u64,
+            hash: blake3::hash(&compressed).to_hex().to_string(),
+            segments,
+        };
+        let manifest = serde_json::to_vec(&manifest).expect("the manifest serialises");
+        let body = zstd::bulk::compress(&manifest, 3)
+            .map_err(|e| QsfsError::io("compressing the snapshot manifest", e))?;
+        let before = self.ship_record(RecordKind::Snapshot, body, cut_at, Some(manifest))?;
+        let now = self.meta().read(journal::log_state)?;
+        let head = Head {
+            snapshot_seq: now.snapshot_seq,
+            seq: now.seq,
+            epoch: 1,
+            time_ns: meta::now_ns(),
+        };
+        let keys = &self.replica().keys;
+        let head_written = self.io().block_on(self.stores().replicate(
+            &keys.head_key(),
+            &keys.seal_head(&head),
+            self.log_quorum(),
+        ));
+        if let Err(e) = head_written {
+            // The records before this snapshot stay: a restore that finds only an older head still needs them.
+            tracing::warn!(error = %e, "metadata head not updated; older log records are kept");
+            return Ok(());
+        }
+        self.forget_superseded(&before, now.snapshot_seq)
+    }
+
+    /// Deletes what snapshot `newest` made unnecessary: the records since the previous snapshot (and that
+    /// snapshot's own record) from the stores, and the previous snapshot's segments (as garbage rows).
+    fn forget_superseded(&self, before: &LogState, newest: u64) -> Result<()> {
+        let keys = &self.replica().keys;
+        let first = before.snapshot_seq.max(1);
+        for seq in first..newest {
+            self.io()
+                .block_on(self.stores().delete_named(&keys.record_key(seq)));
+        }
+        let Some(old) = &before.snapshot else {
+            return Ok(());
+        };
+        let old: SnapshotManifest = serde_json::from_slice(old)
+            .map_err(|e| QsfsError::MetaLog(format!("stored snapshot manifest: {e}")))?;
+        self.meta().write(|c| {
+            for seg in &old.segments {
+                meta::add_garbage(c, &seg.shards)?;
+            }
+            Ok(())
+        })?;
+        self.collect_garbage().map(|_| ())
+    }
+
+    /// A consistent SQLite image of the metadata with local-only tables emptied, and the pending id it was cut
+    /// at.
+    fn database_image(&self) -> Result<(Vec<u8>, i64)> {
+        let tmp = self
+            .root()
+            .join(format!("meta.snapshot.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| {
+            let cut_at = self.meta().snapshot_into(&tmp)?;
+            let conn = rusqlite::Connection::open(&tmp)?;
+            for table in journal::LOCAL_TABLES {
+                conn.execute(&format!("DELETE FROM {table}"), [])?;
+            }
+            conn.execute(
+                "UPDATE meta_log_state SET seq = 0, hash = zeroblob(32), snapshot_seq = 0, snapshot = NULL,
+                 since_bytes = 0, since_records = 0",
+                [],
+            )?;
+            // Rewrites the file without the deleted rows' bytes (the upload queue may have held plaintext).
+            conn.execute_batch("VACUUM")?;
+            drop(conn);
+            let image = std::fs::read(&tmp)
+                .map_err(|e| QsfsError::io("reading the metadata snapshot", e))?;
+            Ok((image, cut_at))
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+}
