@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the project: `bash integration/run-tests.sh` (from any directory).
 #
-# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose) and the pjdfstest and fsx tools,
+# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose, libclang-dev) and the pjdfstest and fsx tools,
 # then runs, in order and stopping at the first failure: rustfmt check, clippy with warnings denied, the qsfs
 # binary build, every test of the workspace (the integration tests drive target/debug/qsfs against real
 # redis-servers, a 0-db test server and real FUSE mounts), pjdfstest and fsx on fresh `qsfs mount`s, and the
@@ -32,6 +32,10 @@ for bin in "${!wanted[@]}"; do
         missing+=("${wanted[$bin]}")
     fi
 done
+# rusqlite's session extension (the metadata log's changesets) generates its bindings at build time: libclang.
+if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+    missing+=(libclang-dev)
+fi
 if ((${#missing[@]} > 0)); then
     sudo=()
     if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi

@@ -24,6 +24,9 @@ use crate::volume::Volume;
 pub struct Problem {
     pub what: String,
     pub repaired: bool,
+    /// A shard the metadata names is absent from its store: damage to the data's redundancy that `qsfs repair`
+    /// rebuilds, not an inconsistency of the metadata.
+    pub missing_shard: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -42,7 +45,19 @@ impl FsckReport {
     }
 
     fn problem(&mut self, what: String, repaired: bool) {
-        self.problems.push(Problem { what, repaired });
+        self.problems.push(Problem {
+            what,
+            repaired,
+            missing_shard: false,
+        });
+    }
+
+    /// Problems of the metadata itself that remain (missing shards aside).
+    pub fn metadata_problems(&self) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| !p.repaired && !p.missing_shard)
+            .count()
     }
 }
 
@@ -409,6 +424,9 @@ fn check_shards_present(vol: &Volume, repair: bool, r: &mut FsckReport) -> Resul
                     ),
                     false,
                 );
+                if let Some(p) = r.problems.last_mut() {
+                    p.missing_shard = true;
+                }
             }
             Err(e) => {
                 unreachable.entry(store).or_insert_with(|| e.to_string());

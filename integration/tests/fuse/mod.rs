@@ -17,7 +17,7 @@ mod lifecycle;
 mod redis;
 mod sqlite;
 mod trees;
-mod writer;
+pub mod writer;
 
 use std::io::Read;
 use std::path::Path;

@@ -221,7 +221,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Get { src, dest } => {
             let vol = open_volume(&dir)?;
             let result = transfer::get(&vol, &src, &dest);
-            finish(&vol, result)
+            finish_reading(&vol, result)
         }
         Command::Ls { long, path } => {
             let vol = open_volume(&dir)?;
@@ -263,12 +263,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fsck { repair, json } => {
             let vol = open_volume(&dir)?;
             let result = fsck::fsck(&vol, repair, json);
-            finish(&vol, result)
+            finish_reading(&vol, result)
         }
         Command::Audit { full, store, json } => {
             let vol = open_volume(&dir)?;
             let result = audit::run(&vol, full, store.as_deref(), json);
-            finish(&vol, result)
+            finish_reading(&vol, result)
         }
         Command::Repair { json, grace } => {
             let vol = open_volume(&dir)?;
@@ -305,6 +305,15 @@ fn finish(vol: &Volume, result: Result<()>) -> Result<()> {
     let shipped = vol.replicate_metadata();
     result?;
     Ok(shipped?)
+}
+
+/// Ends a command that reads: what it changed (shards it found bad) goes to the stores when it can, but a read
+/// does not fail because the metadata log cannot reach its quorum.
+fn finish_reading(vol: &Volume, result: Result<()>) -> Result<()> {
+    if let Err(e) = vol.replicate_metadata() {
+        tracing::warn!(error = %e, "metadata changes not yet on the stores");
+    }
+    result
 }
 
 fn list(vol: &Volume, path: &str, long: bool) -> Result<()> {

@@ -63,7 +63,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     }
     // Before the volume starts its runtime threads, so they all inherit the mask (see fuse::block_signals).
     fuse::block_signals()?;
-    let vol = Volume::open(volume)?;
+    let vol = Volume::open_replicated(volume)?;
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,

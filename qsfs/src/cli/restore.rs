@@ -52,6 +52,15 @@ pub fn run(
         for d in &report.disagreements {
             println!("  disagreed: {d}");
         }
+        for f in &report.fsck_findings {
+            println!("  fsck: {f}");
+        }
+        if report.shards_missing > 0 {
+            println!(
+                "{} shards are missing from their stores: run `qsfs repair` (a mount repairs them in the background)",
+                report.shards_missing
+            );
+        }
     }
     if report.fsck_problems > 0 {
         bail!(

@@ -400,7 +400,13 @@ impl Filesystem for QsfsFs {
         reply: ReplyEmpty,
     ) {
         // Directory changes are SQLite commits: hardening the log makes every one so far durable.
-        empty(reply, self.eng.vol.meta().sync(), "fsyncdir");
+        let synced = self
+            .eng
+            .vol
+            .meta()
+            .sync()
+            .and_then(|()| self.eng.vol.replicate_metadata());
+        empty(reply, synced, "fsyncdir");
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -296,6 +296,9 @@ impl Engine {
         } else if unsynced || always_sync {
             self.vol.meta().sync()?;
         }
+        // The durability point: the metadata this file depends on goes to the stores' log before close/fsync
+        // returns (a no-op when nothing is pending).
+        self.vol.replicate_metadata()?;
         let mut st = cell.lock();
         st.db_size = size;
         st.unsynced = false;
@@ -511,6 +514,11 @@ impl Engine {
                 tracing::warn!(ino = cell.ino, error = %e, "idle seal failed; will retry");
             }
             self.maybe_evict(cell.ino);
+        }
+        // Changes that no durability point has shipped yet (namespace operations, `--writeback` closes, uploads
+        // that finished in the background) follow within a housekeeping round.
+        if let Err(e) = self.vol.replicate_metadata() {
+            tracing::warn!(error = %e, "metadata not yet on the stores; will retry");
         }
         if self.garbage_pending.swap(false, Ordering::AcqRel)
             && let Err(e) = self.vol.collect_garbage()

@@ -242,6 +242,9 @@ fn finish(eng: &Arc<Engine>) {
     if let Err(e) = eng.vol.meta().sync() {
         tracing::error!(error = %e, "final metadata sync failed");
     }
+    if let Err(e) = eng.vol.replicate_metadata() {
+        tracing::error!(error = %e, "metadata not on the stores at unmount; the next open ships it");
+    }
     if let Err(e) = eng.vol.collect_garbage() {
         tracing::warn!(error = %e, "garbage collection failed; `qsfs gc` or the next mount retries");
     }

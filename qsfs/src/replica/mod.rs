@@ -240,8 +240,8 @@ impl Volume {
                 meta::add_garbage(c, &seg.shards)?;
             }
             Ok(())
-        })?;
-        self.collect_garbage().map(|_| ())
+        })
+        // The next garbage collection deletes them: not here, where the ship lock is held.
     }
 
     /// A consistent SQLite image of the metadata with local-only tables emptied, and the pending id it was cut

@@ -63,7 +63,12 @@ pub struct RestoreReport {
     pub stores_down: Vec<String>,
     /// Stores that served an older, shorter or broken chain, or nothing.
     pub disagreements: Vec<String>,
+    /// Metadata problems fsck left after its repair (0 for a consistent log).
     pub fsck_problems: usize,
+    /// Shards the metadata names that their stores lack: recorded for `qsfs repair`.
+    pub shards_missing: usize,
+    /// Everything fsck found, repaired or not (shards missing from their stores are recorded for repair).
+    pub fsck_findings: Vec<String>,
 }
 
 /// Restores the volume that `opts.stores` belongs to into `opts.volume`.
@@ -157,8 +162,6 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
     drop(stores);
 
     let vol = Volume::open(root)?;
-    let fsck = crate::fsck::fsck(&vol, false)?;
-    let st = vol.status()?;
     let first = &chain.records[0];
     let last = chain.records.last().expect("a chain has its snapshot");
     vol.meta().write(|c| {
@@ -174,6 +177,13 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
             },
         )
     })?;
+    // With repair: shards the metadata names but their stores lack (a store that lost data or was rolled back)
+    // are recorded missing, so `qsfs repair` (or a mount's background repair) rebuilds them.
+    let fsck = crate::fsck::fsck(&vol, true)?;
+    if let Err(e) = vol.replicate_metadata() {
+        tracing::warn!(error = %e, "fsck's findings are not yet on the stores");
+    }
+    let st = vol.status()?;
     Ok(RestoreReport {
         volume: root.display().to_string(),
         volume_id: config.volume_id.clone(),
@@ -186,7 +196,9 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
         newest_record_ns: last.record.time_ns,
         stores_down,
         disagreements: chain.disagreements,
-        fsck_problems: fsck.unrepaired(),
+        fsck_problems: fsck.metadata_problems(),
+        shards_missing: fsck.problems.iter().filter(|p| p.missing_shard).count(),
+        fsck_findings: fsck.problems.iter().map(|p| p.what.clone()).collect(),
     })
 }
 

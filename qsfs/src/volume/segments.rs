@@ -75,6 +75,9 @@ impl Volume {
     /// Deletes garbage shards from their stores (those on reachable stores) and forgets them. Returns how many
     /// were deleted. Safe to call at any time: garbage rows exist only for shards no committed row references.
     pub fn collect_garbage(&self) -> Result<usize> {
+        // A shard is deleted only once the transaction that dropped it is in the stores' metadata log: a restore
+        // must never find metadata pointing at a shard already deleted.
+        self.replicate_metadata()?;
         let mut deleted = 0;
         loop {
             let batch = self.meta.read(|c| meta::garbage_batch(c, GC_BATCH))?;
