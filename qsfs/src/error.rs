@@ -57,6 +57,8 @@ pub enum QsfsError {
     },
     #[error("metadata log: {0}")]
     MetaLog(String),
+    #[error("{0}")]
+    ReadOnly(String),
     #[error("invalid codec parameters: {0}")]
     CodecParams(String),
     #[error("{0}: no such file or directory")]
@@ -130,6 +132,7 @@ impl QsfsError {
             QsfsError::NotPermitted(_) => libc::EPERM,
             QsfsError::NoSpace(_) => libc::ENOSPC,
             QsfsError::Interrupted(_) => libc::EINTR,
+            QsfsError::ReadOnly(_) => libc::EROFS,
             QsfsError::Store(StoreError::Full { .. }) => libc::ENOSPC,
             QsfsError::Metadata(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DiskFull =>

@@ -25,10 +25,35 @@ pub fn all_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The shard files of the DirStore rooted at `store_dir`, checking the `shards/ab/cd/<hex>` layout.
+/// Magics of the metadata log's objects (records, head, lease, descriptor, snapshot chunks), which dir stores keep
+/// beside the shards.
+pub const METADATA_MAGICS: [&[u8; 8]; 5] = [
+    b"QSFSLOG1",
+    b"QSFSHED1",
+    b"QSFSLSE1",
+    b"QSFSVOL1",
+    b"QSFSSNP1",
+];
+
+/// Whether a stored blob is one of the metadata log's objects rather than a shard.
+pub fn is_metadata_object(bytes: &[u8]) -> bool {
+    METADATA_MAGICS.iter().any(|m| bytes.starts_with(&m[..]))
+}
+
+/// The shard files of the DirStore rooted at `store_dir` (not the metadata log's objects beside them), checking
+/// the `shards/ab/cd/<hex>` layout.
 pub fn shard_files(store_dir: &Path) -> Vec<PathBuf> {
     let shards = store_dir.join("shards");
-    let files = all_files(&shards);
+    let files: Vec<PathBuf> = all_files(&shards)
+        .into_iter()
+        .filter(|f| {
+            let mut head = [0u8; 8];
+            let n = fs::File::open(f)
+                .and_then(|mut h| std::io::Read::read(&mut h, &mut head))
+                .unwrap_or(0);
+            !is_metadata_object(&head[..n])
+        })
+        .collect();
     for f in &files {
         let rel = f.strip_prefix(&shards).unwrap();
         let parts: Vec<&str> = rel.iter().map(|c| c.to_str().unwrap()).collect();

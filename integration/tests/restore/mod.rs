@@ -64,14 +64,14 @@ pub fn take_away(root: &Path, i: usize) -> PathBuf {
     away
 }
 
-/// Files of a dir store that hold metadata log records (`QSFSLOG1` ‖ seq), by sequence number.
+/// Files of a dir store that hold metadata log records (`QSFSLOG1` ‖ epoch ‖ seq), by sequence number.
 pub fn log_records(store: &Path) -> Vec<(u64, PathBuf)> {
     let mut out: Vec<(u64, PathBuf)> = crate::helpers::stores::all_files(store)
         .into_iter()
         .filter_map(|p| {
             let bytes = fs::read(&p).ok()?;
-            (bytes.len() >= 16 && &bytes[..8] == b"QSFSLOG1")
-                .then(|| (u64::from_le_bytes(bytes[8..16].try_into().unwrap()), p))
+            (bytes.len() >= 24 && &bytes[..8] == b"QSFSLOG1")
+                .then(|| (u64::from_le_bytes(bytes[16..24].try_into().unwrap()), p))
         })
         .collect();
     out.sort();

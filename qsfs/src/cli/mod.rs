@@ -150,9 +150,16 @@ enum Command {
         /// For a passphrase volume: the environment variable that holds the passphrase.
         #[arg(long, value_name = "VAR")]
         passphrase_env: Option<String>,
+        /// Make the restored copy the volume's writer even though another copy (the lost machine's) holds it;
+        /// that copy turns read-only if it is still running.
+        #[arg(long)]
+        take_over: bool,
         #[arg(long)]
         json: bool,
     },
+    /// Make this copy of the volume its writer, taking it from the copy that holds it (a copied or restored
+    /// volume directory starts read-only); the other copy turns read-only.
+    TakeOver,
     /// Check metadata consistency and that every referenced shard is on its store.
     Fsck {
         /// Fix what can be fixed.
@@ -258,8 +265,32 @@ pub fn run(cli: Cli) -> Result<()> {
             stores,
             key_file,
             passphrase_env,
+            take_over,
             json,
-        } => restore::run(dir, stores, key_file, passphrase_env, json),
+        } => restore::run(
+            dir,
+            restore::Args {
+                stores,
+                key_file,
+                passphrase_env,
+                take_over,
+                json,
+            },
+        ),
+        Command::TakeOver => {
+            let vol = open_volume(&dir)?;
+            match vol.take_over()? {
+                Some(previous) => println!(
+                    "this copy ({}) is now the volume's writer; the copy at {previous} is read-only",
+                    vol.root().display()
+                ),
+                None => println!(
+                    "this copy ({}) is the volume's writer",
+                    vol.root().display()
+                ),
+            }
+            Ok(())
+        }
         Command::Fsck { repair, json } => {
             let vol = open_volume(&dir)?;
             let result = fsck::fsck(&vol, repair, json);

@@ -6,13 +6,22 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use qsfs::replica::restore::{KeyInput, RestoreOptions, restore};
 
-pub fn run(
-    volume: PathBuf,
-    stores: Vec<String>,
-    key_file: Option<PathBuf>,
-    passphrase_env: Option<String>,
-    json: bool,
-) -> Result<()> {
+pub struct Args {
+    pub stores: Vec<String>,
+    pub key_file: Option<PathBuf>,
+    pub passphrase_env: Option<String>,
+    pub take_over: bool,
+    pub json: bool,
+}
+
+pub fn run(volume: PathBuf, args: Args) -> Result<()> {
+    let Args {
+        stores,
+        key_file,
+        passphrase_env,
+        take_over,
+        json,
+    } = args;
     let key = match (key_file, passphrase_env) {
         (Some(f), None) => KeyInput::File(f),
         (None, Some(v)) => KeyInput::Passphrase(v),
@@ -25,6 +34,7 @@ pub fn run(
         stores,
         key,
         volume,
+        take_over,
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -54,6 +64,14 @@ pub fn run(
         }
         for f in &report.fsck_findings {
             println!("  fsck: {f}");
+        }
+        match (&report.held_by, report.took_over) {
+            (Some(other), true) => println!("writer    this copy (taken over from {other})"),
+            (Some(other), false) => println!(
+                "writer    {other} still holds the volume: this copy is read-only until `qsfs take-over` \
+                 (or restore with --take-over), which turns that copy read-only"
+            ),
+            (None, _) => println!("writer    this copy"),
         }
         if report.shards_missing > 0 {
             println!(

@@ -515,6 +515,9 @@ impl Engine {
             }
             self.maybe_evict(cell.ino);
         }
+        if let Err(e) = self.vol.recheck_lease_if_due() {
+            tracing::debug!(error = %e, "not the volume's writer");
+        }
         // Changes that no durability point has shipped yet (namespace operations, `--writeback` closes, uploads
         // that finished in the background) follow within a housekeeping round.
         if let Err(e) = self.vol.replicate_metadata() {

@@ -73,12 +73,15 @@ pub struct LogState {
     /// Record bytes and records shipped since that snapshot: when they grow, a new snapshot is due.
     pub since_bytes: u64,
     pub since_records: u64,
+    /// The writer epoch records are written in (see `crate::replica::lease`).
+    pub epoch: u64,
 }
 
 pub fn log_state(conn: &Connection) -> Result<LogState> {
     Ok(conn
         .prepare_cached(
-            "SELECT seq, hash, snapshot_seq, snapshot, since_bytes, since_records FROM meta_log_state WHERE id = 1",
+            "SELECT seq, hash, snapshot_seq, snapshot, since_bytes, since_records, epoch FROM meta_log_state
+             WHERE id = 1",
         )?
         .query_row([], |r| {
             let hash: Vec<u8> = r.get(1)?;
@@ -89,6 +92,7 @@ pub fn log_state(conn: &Connection) -> Result<LogState> {
                 snapshot: r.get(3)?,
                 since_bytes: r.get::<_, i64>(4)? as u64,
                 since_records: r.get::<_, i64>(5)? as u64,
+                epoch: r.get::<_, i64>(6)? as u64,
             })
         })?)
 }
@@ -96,7 +100,7 @@ pub fn log_state(conn: &Connection) -> Result<LogState> {
 pub fn set_log_state(conn: &Connection, st: &LogState) -> Result<()> {
     conn.prepare_cached(
         "UPDATE meta_log_state SET seq = ?1, hash = ?2, snapshot_seq = ?3, snapshot = ?4, since_bytes = ?5,
-         since_records = ?6 WHERE id = 1",
+         since_records = ?6, epoch = ?7 WHERE id = 1",
     )?
     .execute(params![
         st.seq as i64,
@@ -104,7 +108,8 @@ pub fn set_log_state(conn: &Connection, st: &LogState) -> Result<()> {
         st.snapshot_seq as i64,
         st.snapshot,
         st.since_bytes as i64,
-        st.since_records as i64
+        st.since_records as i64,
+        st.epoch as i64
     ])?;
     Ok(())
 }

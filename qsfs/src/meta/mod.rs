@@ -48,6 +48,8 @@ pub struct MetaStore {
     path: PathBuf,
     /// The writer's current `synchronous` level is FULL (changed only under the writer lock).
     full: std::sync::atomic::AtomicBool,
+    /// Set while this copy of the volume is not its writer (see `crate::replica::lease`): why.
+    read_only: Mutex<Option<String>>,
 }
 
 impl MetaStore {
@@ -80,6 +82,7 @@ impl MetaStore {
             readers,
             path: path.to_path_buf(),
             full: std::sync::atomic::AtomicBool::new(true),
+            read_only: Mutex::new(None),
         })
     }
 
@@ -88,19 +91,34 @@ impl MetaStore {
     pub fn write_fast<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.set_full(&conn, false)?;
-        Self::commit_logged(&mut conn, f)
+        self.commit_logged(&mut conn, f)
+    }
+
+    /// Refuses (with `why`) every later transaction that changes a replicated row; `None` allows them again.
+    pub fn set_read_only(&self, why: Option<String>) {
+        *self.read_only.lock().unwrap_or_else(|p| p.into_inner()) = why;
     }
 
     /// Runs `f` in one IMMEDIATE transaction, records the changeset of what it changed in the metadata log's
     /// pending table (`journal`) and commits both together; an error rolls everything back. Every change to the
-    /// volume's metadata passes through here.
+    /// volume's metadata passes through here, which is also where a read-only copy's changes are refused.
     fn commit_logged<T>(
+        &self,
         conn: &mut Connection,
         f: impl FnOnce(&Connection) -> Result<T>,
     ) -> Result<T> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let session = journal::watch(&tx)?;
         let out = f(&tx)?;
+        if !session.is_empty()
+            && let Some(why) = self
+                .read_only
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        {
+            return Err(QsfsError::ReadOnly(why));
+        }
         journal::record(&tx, session)?;
         tx.commit()?;
         Ok(out)
@@ -147,7 +165,7 @@ impl MetaStore {
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.set_full(&conn, true)?;
-        Self::commit_logged(&mut conn, f)
+        self.commit_logged(&mut conn, f)
     }
 
     /// Runs `f` on the connection for reads (a consistent snapshot inside one deferred transaction).
@@ -173,6 +191,27 @@ fn thread_slot() -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::thread::current().id().hash(&mut h);
     h.finish() as usize
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC (days-to-civil conversion; no time zone database needed).
+pub fn utc_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 pub(crate) fn now_ns() -> i64 {

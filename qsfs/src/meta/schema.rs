@@ -146,7 +146,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 4 -> 5: the metadata log (see `journal`). `meta_log_pending` holds each committed transaction's changeset
     // (SQLite session extension) until it is shipped to the stores as a log record; `meta_log_state` is the head
-    // of the shipped chain: the last record's sequence number and hash, and the newest snapshot's.
+    // of the shipped chain: the last record's sequence number and hash, the newest snapshot's, and the writer
+    // epoch the chain is written in.
     r#"
     CREATE TABLE meta_log_pending (
         id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -159,9 +160,10 @@ const MIGRATIONS: &[&str] = &[
         snapshot_seq  INTEGER NOT NULL,
         snapshot      BLOB,
         since_bytes   INTEGER NOT NULL,
-        since_records INTEGER NOT NULL
+        since_records INTEGER NOT NULL,
+        epoch         INTEGER NOT NULL
     );
-    INSERT INTO meta_log_state VALUES (1, 0, zeroblob(32), 0, NULL, 0, 0);
+    INSERT INTO meta_log_state VALUES (1, 0, zeroblob(32), 0, NULL, 0, 0, 1);
     "#,
 ];
 

@@ -57,12 +57,13 @@ async fn heads(stores: &StoreSet, keys: &LogKeys, notes: &mut Vec<String>) -> Ve
 async fn versions(
     stores: &StoreSet,
     keys: &LogKeys,
+    epoch: u64,
     seq: u64,
     notes: &mut Vec<String>,
 ) -> Vec<Version> {
     let mut out: Vec<Version> = Vec::new();
     for slot in stores.named_slots().iter().filter(|s| s.is_up()) {
-        let blob = match stores.read_named(slot, &keys.record_key(seq)).await {
+        let blob = match stores.read_named(slot, &keys.record_key(epoch, seq)).await {
             Ok(Some(blob)) => blob,
             Ok(None) => continue,
             Err(e) => {
@@ -73,7 +74,7 @@ async fn versions(
                 continue;
             }
         };
-        match keys.open_record(seq, &blob) {
+        match keys.open_record(epoch, seq, &blob) {
             Ok(record) => {
                 let hash = record_hash(&blob);
                 match out.iter_mut().find(|v| v.hash == hash) {
@@ -97,31 +98,35 @@ async fn versions(
 pub async fn newest_chain(stores: &Arc<StoreSet>, keys: &LogKeys) -> Option<Chain> {
     let mut notes = Vec::new();
     let heads = heads(stores, keys, &mut notes).await;
-    let mut starts: BTreeSet<u64> = heads.iter().map(|(_, h)| h.snapshot_seq).collect();
-    starts.insert(1);
-    let newest_start = starts.iter().next_back().copied().unwrap_or(1);
+    // Where a chain can start: each head's (epoch, snapshot), and the volume's first snapshot.
+    let mut starts: BTreeSet<(u64, u64)> = heads
+        .iter()
+        .map(|(_, h)| (h.epoch, h.snapshot_seq))
+        .collect();
+    starts.insert((1, 1));
+    let newest_start = starts.iter().next_back().copied().unwrap_or((1, 1));
     for (id, h) in &heads {
-        if h.snapshot_seq < newest_start {
+        if (h.epoch, h.snapshot_seq) < newest_start {
             notes.push(format!(
-                "store {id}: its head points at snapshot {} but snapshot {newest_start} exists (an older head)",
-                h.snapshot_seq
+                "store {id}: its head points at snapshot {} of epoch {}, older than snapshot {} of epoch {}",
+                h.snapshot_seq, h.epoch, newest_start.1, newest_start.0
             ));
         }
     }
-    for &start in starts.iter().rev() {
-        let first = versions(stores, keys, start, &mut notes).await;
+    for &(epoch, start) in starts.iter().rev() {
+        let first = versions(stores, keys, epoch, start, &mut notes).await;
         let Some(snapshot) = first
             .into_iter()
             .filter(|v| v.record.kind == RecordKind::Snapshot)
             .max_by_key(|v| v.stores.len())
         else {
             notes.push(format!(
-                "snapshot record {start}: no store holds a version that verifies"
+                "snapshot record {start} of epoch {epoch}: no store holds a version that verifies"
             ));
             continue;
         };
         let mut records = vec![snapshot];
-        let mut next = versions(stores, keys, start + 1, &mut notes).await;
+        let mut next = versions(stores, keys, epoch, start + 1, &mut notes).await;
         loop {
             let prev = records.last().expect("starts with the snapshot").hash;
             let (chained, other): (Vec<Version>, Vec<Version>) =
@@ -136,7 +141,7 @@ pub async fn newest_chain(stores: &Arc<StoreSet>, keys: &LogKeys) -> Option<Chai
                 break;
             }
             let seq = chained[0].record.seq;
-            let after = versions(stores, keys, seq + 1, &mut notes).await;
+            let after = versions(stores, keys, epoch, seq + 1, &mut notes).await;
             // Prefer the version the next record chains from; else the one most stores hold.
             let chosen = chained
                 .iter()

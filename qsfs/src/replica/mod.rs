@@ -11,9 +11,11 @@
 //!
 //! Snapshots. When the log since the last snapshot grows past `SNAPSHOT_RECORDS` records or `SNAPSHOT_BYTES` bytes
 //! (and once at the start), the database is copied (`VACUUM INTO`, under the writer lock), local-only tables are
-//! emptied, and the image is zstd-compressed and erasure-coded like file data; a `Snapshot` record names its
-//! segments. Only once that record and the head hint pointing at it are on the write quorum are the records before
-//! it and the previous snapshot's shards deleted.
+//! emptied, and the image is zstd-compressed, sealed and stored in chunks replicated whole on every store that
+//! holds the log, like the records (not erasure-coded: so that any one store alone restores the metadata, and so
+//! that snapshots need no entry in the metadata they describe); a `Snapshot` record says how many chunks. Only once
+//! that record and the head hint pointing at it are on the write quorum are the records before it and the previous
+//! snapshot's chunks deleted.
 //!
 //! Invariants this module keeps: a record is never acknowledged before the write quorum holds it; a snapshot image
 //! contains exactly the changes up to the pending id it was cut at, and those pending entries are dropped in the
@@ -21,6 +23,7 @@
 
 pub mod chain;
 pub mod descriptor;
+pub mod lease;
 pub mod record;
 pub mod restore;
 
@@ -29,8 +32,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QsfsError, Result};
+use crate::meta;
 use crate::meta::journal::{self, LogState};
-use crate::meta::{self, SegmentRecord};
 use crate::volume::Volume;
 use record::{Head, LogKeys, Record, RecordKind};
 
@@ -44,6 +47,8 @@ const RECORD_BATCH: usize = 16 << 20;
 /// The writer's side of the log: its keys and the lock that makes shipping one caller at a time.
 pub struct MetaReplica {
     keys: LogKeys,
+    /// Whether this copy is the volume's writer.
+    pub(crate) lease: lease::LeaseState,
     /// Held while a record is being built and shipped: callers queue on it, and the first one through ships
     /// what everyone queued committed (group commit).
     ship: Mutex<()>,
@@ -53,6 +58,7 @@ impl MetaReplica {
     pub fn new(keys: LogKeys) -> MetaReplica {
         MetaReplica {
             keys,
+            lease: lease::LeaseState::default(),
             ship: Mutex::new(()),
         }
     }
@@ -62,16 +68,19 @@ impl MetaReplica {
     }
 }
 
-/// What a `Snapshot` record's body says: the compressed database image and where its segments are.
+/// What a `Snapshot` record's body says: how big the image is and in how many chunks it is stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotManifest {
     pub format: u32,
     /// Bytes of the SQLite image.
     pub db_len: u64,
-    /// BLAKE3 of the compressed image (the segments are verified shard by shard, and this checks their order).
-    pub hash: String,
-    pub segments: Vec<SegmentRecord>,
+    /// Bytes of the sealed, compressed image the chunks add up to.
+    pub sealed_len: u64,
+    pub chunks: u32,
 }
+
+/// Bytes of sealed image per snapshot chunk: within every store's value limit (0-db: 8 MiB).
+const SNAPSHOT_CHUNK: usize = 4 << 20;
 
 impl Volume {
     /// Stores that take part in the metadata log, and how many must hold a record before it counts.
@@ -87,6 +96,7 @@ impl Volume {
         if target == 0 || self.log_quorum() == 0 {
             return Ok(());
         }
+        self.check_writer()?;
         let _ship = self
             .replica()
             .ship
@@ -106,14 +116,14 @@ impl Volume {
             let last = batch.last().map(|b| b.0).unwrap_or(first);
             let changes: Vec<Vec<u8>> = batch.into_iter().map(|(_, c)| c).collect();
             let body = record::pack_changes(&changes)?;
-            self.ship_record(RecordKind::Changes, body, last, None)?;
+            self.ship_record(RecordKind::Changes, body, last, None, None)?;
             if last >= target {
                 break;
             }
         }
         let st = self.meta().read(journal::log_state)?;
         if st.since_records >= SNAPSHOT_RECORDS || st.since_bytes >= SNAPSHOT_BYTES {
-            self.snapshot_locked()?;
+            self.snapshot_locked(None)?;
         }
         Ok(())
     }
@@ -131,7 +141,17 @@ impl Volume {
             .ship
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        self.snapshot_locked()
+        self.snapshot_locked(None)
+    }
+
+    /// Starts epoch `epoch` with a snapshot (after a take-over), under the ship lock.
+    pub(crate) fn snapshot_in_epoch(&self, epoch: u64) -> Result<()> {
+        let _ship = self
+            .replica()
+            .ship
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.snapshot_locked(Some(epoch))
     }
 
     /// Whether this volume's log has a snapshot yet (volumes made before the log existed have none).
@@ -140,25 +160,28 @@ impl Volume {
     }
 
     /// Seals record `seq + 1` of `kind` and ships it; on success drops pending entries up to `pending_through`
-    /// and advances the local head in one transaction. `snapshot`: the manifest, for a snapshot record.
+    /// and advances the local head in one transaction. `snapshot`: the manifest, for a snapshot record;
+    /// `new_epoch`: the epoch a take-over starts (with a snapshot), else the chain's own.
     fn ship_record(
         &self,
         kind: RecordKind,
         body: Vec<u8>,
         pending_through: i64,
         snapshot: Option<Vec<u8>>,
+        new_epoch: Option<u64>,
     ) -> Result<LogState> {
+        self.check_writer()?;
         let before = self.meta().read(journal::log_state)?;
         let rec = Record {
             seq: before.seq + 1,
-            epoch: 1,
+            epoch: new_epoch.unwrap_or(before.epoch),
             prev: before.hash,
             time_ns: meta::now_ns(),
             kind,
             body,
         };
         let blob = self.replica().keys.seal_record(&rec);
-        let key = self.replica().keys.record_key(rec.seq);
+        let key = self.replica().keys.record_key(rec.epoch, rec.seq);
         self.io()
             .block_on(self.stores().replicate(&key, &blob, self.log_quorum()))?;
         let mut after = LogState {
@@ -166,6 +189,7 @@ impl Volume {
             hash: record::record_hash(&blob),
             since_bytes: before.since_bytes + blob.len() as u64,
             since_records: before.since_records + 1,
+            epoch: rec.epoch,
             ..before.clone()
         };
         if let Some(manifest) = snapshot {
@@ -181,30 +205,43 @@ impl Volume {
         Ok(before)
     }
 
-    /// The snapshot itself; the caller holds the ship lock.
-    fn snapshot_locked(&self) -> Result<()> {
+    /// The snapshot itself, in `new_epoch` when a take-over starts one; the caller holds the ship lock.
+    fn snapshot_locked(&self, new_epoch: Option<u64>) -> Result<()> {
         let (image, cut_at) = self.database_image()?;
         let compressed = zstd::bulk::compress(&image, 3)
             .map_err(|e| QsfsError::io("compressing the metadata snapshot", e))?;
-        let mut segments = Vec::new();
-        for (i, chunk) in compressed.chunks(self.segment_size() as usize).enumerate() {
-            segments.push(self.encode_and_place(i as u64, chunk)?);
-        }
+        let st = self.meta().read(journal::log_state)?;
+        let (epoch, seq) = (new_epoch.unwrap_or(st.epoch), st.seq + 1);
+        let keys = &self.replica().keys;
+        let chunks = keys.seal_snapshot(epoch, seq, &compressed, SNAPSHOT_CHUNK);
         let manifest = SnapshotManifest {
             format: 1,
             db_len: image.len() as u64,
-            hash: blake3::hash(&compressed).to_hex().to_string(),
-            segments,
+            sealed_len: chunks.iter().map(|c| c.len() as u64 - 32).sum(),
+            chunks: chunks.len() as u32,
         };
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.io().block_on(self.stores().replicate(
+                &keys.snapshot_chunk_key(epoch, seq, i as u32),
+                chunk,
+                self.log_quorum(),
+            ))?;
+        }
         let manifest = serde_json::to_vec(&manifest).expect("the manifest serialises");
         let body = zstd::bulk::compress(&manifest, 3)
             .map_err(|e| QsfsError::io("compressing the snapshot manifest", e))?;
-        let before = self.ship_record(RecordKind::Snapshot, body, cut_at, Some(manifest))?;
+        let before = self.ship_record(
+            RecordKind::Snapshot,
+            body,
+            cut_at,
+            Some(manifest),
+            new_epoch,
+        )?;
         let now = self.meta().read(journal::log_state)?;
         let head = Head {
             snapshot_seq: now.snapshot_seq,
             seq: now.seq,
-            epoch: 1,
+            epoch: now.epoch,
             time_ns: meta::now_ns(),
         };
         let keys = &self.replica().keys;
@@ -218,30 +255,34 @@ impl Volume {
             tracing::warn!(error = %e, "metadata head not updated; older log records are kept");
             return Ok(());
         }
-        self.forget_superseded(&before, now.snapshot_seq)
+        self.forget_superseded(&before)
     }
 
-    /// Deletes what snapshot `newest` made unnecessary: the records since the previous snapshot (and that
-    /// snapshot's own record) from the stores, and the previous snapshot's segments (as garbage rows).
-    fn forget_superseded(&self, before: &LogState, newest: u64) -> Result<()> {
+    /// Deletes what the newest snapshot made unnecessary: the records from the previous snapshot (its own record
+    /// included) up to the last one before the new snapshot, and the previous snapshot's chunks.
+    fn forget_superseded(&self, before: &LogState) -> Result<()> {
         let keys = &self.replica().keys;
         let first = before.snapshot_seq.max(1);
-        for seq in first..newest {
-            self.io()
-                .block_on(self.stores().delete_named(&keys.record_key(seq)));
+        for seq in first..=before.seq {
+            self.io().block_on(
+                self.stores()
+                    .delete_named(&keys.record_key(before.epoch, seq)),
+            );
         }
         let Some(old) = &before.snapshot else {
             return Ok(());
         };
         let old: SnapshotManifest = serde_json::from_slice(old)
             .map_err(|e| QsfsError::MetaLog(format!("stored snapshot manifest: {e}")))?;
-        self.meta().write(|c| {
-            for seg in &old.segments {
-                meta::add_garbage(c, &seg.shards)?;
-            }
-            Ok(())
-        })
-        // The next garbage collection deletes them: not here, where the ship lock is held.
+        for i in 0..old.chunks {
+            self.io()
+                .block_on(self.stores().delete_named(&keys.snapshot_chunk_key(
+                    before.epoch,
+                    before.snapshot_seq,
+                    i,
+                )));
+        }
+        Ok(())
     }
 
     /// A consistent SQLite image of the metadata with local-only tables emptied, and the pending id it was cut

@@ -12,8 +12,15 @@
 //! sealed part, so a store that drops, reorders or forges records is caught by a reader walking the chain.
 //!
 //! Layouts (all integers little-endian; each object starts with an 8-byte magic naming its format version):
-//! - record: `QSFSLOG1` ‖ seq u64 ‖ nonce[24] ‖ sealed(epoch u64 ‖ prev[32] ‖ time_ns i64 ‖ kind u8 ‖ body)
+//! - record: `QSFSLOG1` ‖ epoch u64 ‖ seq u64 ‖ nonce[24] ‖ sealed(prev[32] ‖ time_ns i64 ‖ kind u8 ‖ body)
 //! - head:   `QSFSHED1` ‖ nonce[24] ‖ sealed(snapshot_seq u64 ‖ seq u64 ‖ epoch u64 ‖ time_ns i64)
+//! - lease:  `QSFSLSE1` ‖ nonce[24] ‖ sealed(epoch u64 ‖ holder[32] ‖ taken_ns i64 ‖ description)
+//! - snapshot chunk: `QSFSSNP1` ‖ epoch u64 ‖ seq u64 ‖ index u32 ‖ count u32 ‖ a piece of
+//!   nonce[24] ‖ sealed(zstd(SQLite image)); the pieces, in order, are the sealed image
+//!
+//! Epochs. Each writer that takes the volume over (see `lease`) starts a new epoch; records are named and sealed
+//! by (epoch, seq), so a stale writer that has not yet noticed can only add records to its own, abandoned epoch,
+//! never overwrite or extend the current one.
 //! - descriptor: `QSFSVOL1` ‖ u32 length ‖ public JSON ‖ nonce[24] ‖ sealed(volume config TOML)
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -24,6 +31,10 @@ use crate::error::{QsfsError, Result};
 
 const RECORD_MAGIC: &[u8; 8] = b"QSFSLOG1";
 const HEAD_MAGIC: &[u8; 8] = b"QSFSHED1";
+const LEASE_MAGIC: &[u8; 8] = b"QSFSLSE1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"QSFSSNP1";
+/// Bytes of a snapshot chunk header: magic, epoch, seq, index, count.
+const CHUNK_HEADER: usize = 32;
 pub(super) const DESCRIPTOR_MAGIC: &[u8; 8] = b"QSFSVOL1";
 const NONCE: usize = 24;
 /// A record body larger than this is refused before it is decrypted: bounds what a lying store can make us buffer.
@@ -34,7 +45,7 @@ pub const MAX_RECORD: usize = 64 << 20;
 pub enum RecordKind {
     /// zstd-compressed, length-prefixed SQLite changesets, applied in order.
     Changes = 1,
-    /// A snapshot manifest: the whole database as of this record, in erasure-coded segments.
+    /// A snapshot manifest: the whole database as of this record, in chunks replicated on the stores.
     Snapshot = 2,
 }
 
@@ -58,6 +69,17 @@ pub struct Head {
     pub time_ns: i64,
 }
 
+/// The writer lease: which copy of the volume may write, since which epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub epoch: u64,
+    /// The holder's fingerprint (machine, volume directory).
+    pub holder: [u8; 32],
+    pub taken_ns: i64,
+    /// Where the holder is, for messages: host and volume path.
+    pub description: String,
+}
+
 /// The keys of the metadata log, derived from the volume's metadata subkey.
 #[derive(Clone)]
 pub struct LogKeys {
@@ -77,9 +99,10 @@ impl LogKeys {
         }
     }
 
-    pub fn record_key(&self, seq: u64) -> ShardKey {
+    pub fn record_key(&self, epoch: u64, seq: u64) -> ShardKey {
         let mut h = blake3::Hasher::new_keyed(&self.naming);
         h.update(b"log");
+        h.update(&epoch.to_le_bytes());
         h.update(&seq.to_le_bytes());
         ShardKey(*h.finalize().as_bytes())
     }
@@ -88,19 +111,101 @@ impl LogKeys {
         ShardKey(*blake3::keyed_hash(&self.naming, b"head").as_bytes())
     }
 
-    fn ad(&self, kind: &[u8], seq: u64) -> Vec<u8> {
-        let mut ad = Vec::with_capacity(64);
+    pub fn snapshot_chunk_key(&self, epoch: u64, seq: u64, index: u32) -> ShardKey {
+        let mut h = blake3::Hasher::new_keyed(&self.naming);
+        h.update(b"snapshot");
+        h.update(&epoch.to_le_bytes());
+        h.update(&seq.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        ShardKey(*h.finalize().as_bytes())
+    }
+
+    /// The sealed snapshot image of record (`epoch`, `seq`), cut into chunks of at most `chunk` bytes, each
+    /// with its header.
+    pub fn seal_snapshot(
+        &self,
+        epoch: u64,
+        seq: u64,
+        compressed: &[u8],
+        chunk: usize,
+    ) -> Vec<Vec<u8>> {
+        let sealed = self.seal_at(b"snapshot", epoch, seq, compressed);
+        let pieces: Vec<&[u8]> = sealed.chunks(chunk.max(1)).collect();
+        let count = pieces.len() as u32;
+        pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let mut out = Vec::with_capacity(CHUNK_HEADER + piece.len());
+                out.extend_from_slice(SNAPSHOT_MAGIC);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&(i as u32).to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(piece);
+                out
+            })
+            .collect()
+    }
+
+    /// The piece a snapshot chunk carries, checking its header names this chunk.
+    pub fn chunk_piece<'a>(
+        &self,
+        epoch: u64,
+        seq: u64,
+        index: u32,
+        count: u32,
+        bytes: &'a [u8],
+    ) -> Result<&'a [u8]> {
+        let what = format!("snapshot {seq} of epoch {epoch}, chunk {index}");
+        if bytes.len() < CHUNK_HEADER || &bytes[..8] != SNAPSHOT_MAGIC {
+            return Err(QsfsError::MetaLog(format!(
+                "{what}: not a qsfs snapshot chunk"
+            )));
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let half = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        if (word(8), word(16), half(24), half(28)) != (epoch, seq, index, count) {
+            return Err(QsfsError::MetaLog(format!(
+                "{what}: the store served another chunk"
+            )));
+        }
+        Ok(&bytes[CHUNK_HEADER..])
+    }
+
+    /// Opens a reassembled sealed snapshot image.
+    pub fn open_snapshot(&self, epoch: u64, seq: u64, sealed: &[u8]) -> Result<Vec<u8>> {
+        self.open_at(
+            b"snapshot",
+            epoch,
+            seq,
+            sealed,
+            &format!("snapshot {seq} of epoch {epoch}"),
+        )
+    }
+
+    pub fn lease_key(&self) -> ShardKey {
+        ShardKey(*blake3::keyed_hash(&self.naming, b"lease").as_bytes())
+    }
+
+    fn ad(&self, kind: &[u8], epoch: u64, seq: u64) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(72);
         ad.extend_from_slice(b"qsfs metadata ");
         ad.extend_from_slice(kind);
         ad.extend_from_slice(&self.volume_id);
+        ad.extend_from_slice(&epoch.to_le_bytes());
         ad.extend_from_slice(&seq.to_le_bytes());
         ad
     }
 
     pub(super) fn seal(&self, kind: &[u8], seq: u64, plain: &[u8]) -> Vec<u8> {
+        self.seal_at(kind, 0, seq, plain)
+    }
+
+    fn seal_at(&self, kind: &[u8], epoch: u64, seq: u64, plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE];
         rand::fill(&mut nonce);
-        let ad = self.ad(kind, seq);
+        let ad = self.ad(kind, epoch, seq);
         let sealed = self
             .cipher
             .encrypt(
@@ -118,11 +223,22 @@ impl LogKeys {
     }
 
     pub(super) fn open(&self, kind: &[u8], seq: u64, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+        self.open_at(kind, 0, seq, bytes, what)
+    }
+
+    fn open_at(
+        &self,
+        kind: &[u8],
+        epoch: u64,
+        seq: u64,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>> {
         if bytes.len() < NONCE + 16 {
             return Err(QsfsError::MetaLog(format!("{what}: truncated")));
         }
         let (nonce, sealed) = bytes.split_at(NONCE);
-        let ad = self.ad(kind, seq);
+        let ad = self.ad(kind, epoch, seq);
         self.cipher
             .decrypt(
                 XNonce::from_slice(nonce),
@@ -140,55 +256,84 @@ impl LogKeys {
 
     /// The on-store bytes of `rec`.
     pub fn seal_record(&self, rec: &Record) -> Vec<u8> {
-        let mut plain = Vec::with_capacity(57 + rec.body.len());
-        plain.extend_from_slice(&rec.epoch.to_le_bytes());
+        let mut plain = Vec::with_capacity(41 + rec.body.len());
         plain.extend_from_slice(&rec.prev);
         plain.extend_from_slice(&rec.time_ns.to_le_bytes());
         plain.push(rec.kind as u8);
         plain.extend_from_slice(&rec.body);
-        let mut out = Vec::with_capacity(16 + NONCE + plain.len() + 16);
+        let mut out = Vec::with_capacity(24 + NONCE + plain.len() + 16);
         out.extend_from_slice(RECORD_MAGIC);
+        out.extend_from_slice(&rec.epoch.to_le_bytes());
         out.extend_from_slice(&rec.seq.to_le_bytes());
-        out.extend_from_slice(&self.seal(b"record", rec.seq, &plain));
+        out.extend_from_slice(&self.seal_at(b"record", rec.epoch, rec.seq, &plain));
         out
     }
 
-    /// Opens the bytes a store returned for record `seq`: refuses anything else (another number, another volume,
-    /// a flipped byte, an oversized blob).
-    pub fn open_record(&self, seq: u64, bytes: &[u8]) -> Result<Record> {
-        let what = format!("metadata record {seq}");
+    /// Opens the bytes a store returned for record (`epoch`, `seq`): refuses anything else (another number or
+    /// epoch, another volume, a flipped byte, an oversized blob).
+    pub fn open_record(&self, epoch: u64, seq: u64, bytes: &[u8]) -> Result<Record> {
+        let what = format!("metadata record {seq} of epoch {epoch}");
         if bytes.len() > MAX_RECORD + 128 {
             return Err(QsfsError::MetaLog(format!(
                 "{what}: larger than any record"
             )));
         }
-        if bytes.len() < 16 || &bytes[..8] != RECORD_MAGIC {
+        if bytes.len() < 24 || &bytes[..8] != RECORD_MAGIC {
             return Err(QsfsError::MetaLog(format!(
                 "{what}: not a qsfs metadata record"
             )));
         }
-        let stated = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        if stated != seq {
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        if (word(8), word(16)) != (epoch, seq) {
             return Err(QsfsError::MetaLog(format!(
-                "{what}: the store served record {stated}"
+                "{what}: the store served record {} of epoch {}",
+                word(16),
+                word(8)
             )));
         }
-        let plain = self.open(b"record", seq, &bytes[16..], &what)?;
-        if plain.len() < 49 {
+        let plain = self.open_at(b"record", epoch, seq, &bytes[24..], &what)?;
+        if plain.len() < 41 {
             return Err(QsfsError::MetaLog(format!("{what}: truncated")));
         }
-        let kind = match plain[48] {
+        let kind = match plain[40] {
             1 => RecordKind::Changes,
             2 => RecordKind::Snapshot,
             k => return Err(QsfsError::MetaLog(format!("{what}: unknown kind {k}"))),
         };
         Ok(Record {
             seq,
-            epoch: u64::from_le_bytes(plain[0..8].try_into().expect("8 bytes")),
-            prev: plain[8..40].try_into().expect("32 bytes"),
-            time_ns: i64::from_le_bytes(plain[40..48].try_into().expect("8 bytes")),
+            epoch,
+            prev: plain[0..32].try_into().expect("32 bytes"),
+            time_ns: i64::from_le_bytes(plain[32..40].try_into().expect("8 bytes")),
             kind,
-            body: plain[49..].to_vec(),
+            body: plain[41..].to_vec(),
+        })
+    }
+
+    pub fn seal_lease(&self, lease: &Lease) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(48 + lease.description.len());
+        plain.extend_from_slice(&lease.epoch.to_le_bytes());
+        plain.extend_from_slice(&lease.holder);
+        plain.extend_from_slice(&lease.taken_ns.to_le_bytes());
+        plain.extend_from_slice(lease.description.as_bytes());
+        let mut out = LEASE_MAGIC.to_vec();
+        out.extend_from_slice(&self.seal(b"lease", 0, &plain));
+        out
+    }
+
+    pub fn open_lease(&self, bytes: &[u8]) -> Result<Lease> {
+        if bytes.len() > 8192 || bytes.len() < 8 || &bytes[..8] != LEASE_MAGIC {
+            return Err(QsfsError::MetaLog("lease: not a qsfs writer lease".into()));
+        }
+        let plain = self.open(b"lease", 0, &bytes[8..], "lease")?;
+        if plain.len() < 48 {
+            return Err(QsfsError::MetaLog("lease: truncated".into()));
+        }
+        Ok(Lease {
+            epoch: u64::from_le_bytes(plain[0..8].try_into().expect("8 bytes")),
+            holder: plain[8..40].try_into().expect("32 bytes"),
+            taken_ns: i64::from_le_bytes(plain[40..48].try_into().expect("8 bytes")),
+            description: String::from_utf8_lossy(&plain[48..]).into_owned(),
         })
     }
 
@@ -285,22 +430,23 @@ mod tests {
         let k = keys(1);
         let rec = record(5);
         let blob = k.seal_record(&rec);
-        let opened = k.open_record(5, &blob).unwrap();
+        let opened = k.open_record(3, 5, &blob).unwrap();
         assert_eq!(opened, rec);
         assert_eq!(
             unpack_changes(5, &opened.body).unwrap(),
             vec![b"abc".to_vec(), Vec::new(), b"defg".to_vec()]
         );
         // Served under another number, from another volume, with a flipped byte, truncated.
-        assert!(k.open_record(6, &blob).is_err());
-        assert!(keys(2).open_record(5, &blob).is_err());
+        assert!(k.open_record(3, 6, &blob).is_err());
+        assert!(k.open_record(4, 5, &blob).is_err());
+        assert!(keys(2).open_record(3, 5, &blob).is_err());
         for i in [3, 12, 20, blob.len() - 1] {
             let mut bad = blob.clone();
             bad[i] ^= 1;
-            assert!(k.open_record(5, &bad).is_err(), "flip at {i}");
+            assert!(k.open_record(3, 5, &bad).is_err(), "flip at {i}");
         }
-        assert!(k.open_record(5, &blob[..blob.len() - 1]).is_err());
-        assert!(k.open_record(5, b"").is_err());
+        assert!(k.open_record(3, 5, &blob[..blob.len() - 1]).is_err());
+        assert!(k.open_record(3, 5, b"").is_err());
     }
 
     #[test]
@@ -314,7 +460,15 @@ mod tests {
         };
         assert_eq!(k.open_head(&k.seal_head(&head)).unwrap(), head);
         assert!(keys(2).open_head(&k.seal_head(&head)).is_err());
-        assert_ne!(k.record_key(1), k.record_key(2));
-        assert_ne!(k.record_key(0), k.head_key());
+        assert_ne!(k.record_key(1, 1), k.record_key(1, 2));
+        assert_ne!(k.record_key(1, 1), k.record_key(2, 1));
+        assert_ne!(k.record_key(0, 0), k.head_key());
+        let lease = Lease {
+            epoch: 4,
+            holder: [5; 32],
+            taken_ns: 6,
+            description: "host:/v".into(),
+        };
+        assert_eq!(k.open_lease(&k.seal_lease(&lease)).unwrap(), lease);
     }
 }

@@ -6,7 +6,7 @@
 //!    for the stores they prove (by identity marker) to be, which is how passwords the descriptor never holds are
 //!    supplied.
 //! 3. The newest verifying chain of the metadata log (`chain`) gives a snapshot and the records after it: the
-//!    snapshot's segments are read like file data, the records' changesets applied in order.
+//!    snapshot's chunks are read from any store that serves them, the records' changesets applied in order.
 //! 4. `meta.db`, the key file (for key-file volumes) and last `qsfs.toml` are written durably, and the volume is
 //!    opened and checked with fsck.
 //!
@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::SnapshotManifest;
 use super::chain::{Chain, newest_chain};
 use super::descriptor;
+use super::lease::Writer;
 use super::record::{LogKeys, RecordKind, unpack_changes};
 use crate::config::{KeySource, VolumeConfig};
 use crate::durable;
@@ -45,6 +46,8 @@ pub struct RestoreOptions {
     pub stores: Vec<String>,
     pub key: KeyInput,
     pub volume: PathBuf,
+    /// Make the restored copy the writer even if another copy holds the volume.
+    pub take_over: bool,
 }
 
 /// What a restore did (`qsfs restore --json`).
@@ -69,6 +72,10 @@ pub struct RestoreReport {
     pub shards_missing: usize,
     /// Everything fsck found, repaired or not (shards missing from their stores are recorded for repair).
     pub fsck_findings: Vec<String>,
+    /// The copy that held the volume when the restore found it (its host and path), if not this one.
+    pub held_by: Option<String>,
+    /// Whether this restore took the volume over from it.
+    pub took_over: bool,
 }
 
 /// Restores the volume that `opts.stores` belongs to into `opts.volume`.
@@ -120,7 +127,6 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
         config.key.passphrase_env = Some(var.clone());
     }
     let keys = LogKeys::new(&master.subkeys().metadata, config.volume_id_bytes());
-    let codec = Arc::new(volume::build_codec(&config, &master)?);
     let stores = Arc::new(rt.block_on(StoreSet::open(&config.stores, &config.volume_id))?);
     let stores_down: Vec<String> = stores
         .slots()
@@ -142,7 +148,7 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
     })?;
     let tmp = root.join("meta.db.restore.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let built = rt.block_on(build_database(&tmp, &chain, &stores, &codec, &config));
+    let built = rt.block_on(build_database(&tmp, &chain, &stores, &keys, &config));
     let (applied, manifest) = match built {
         Ok(v) => v,
         Err(e) => {
@@ -174,12 +180,22 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
                 snapshot: Some(manifest),
                 since_bytes: chain.records[1..].iter().map(|v| v.len).sum(),
                 since_records: applied,
+                epoch: first.record.epoch,
             },
         )
     })?;
+    let held_by = match vol.writer() {
+        Writer::ReadOnly(_) => vol.lease_holder(),
+        _ => None,
+    };
+    let took_over = opts.take_over && held_by.is_some();
+    if took_over {
+        vol.take_over()?;
+    }
     // With repair: shards the metadata names but their stores lack (a store that lost data or was rolled back)
     // are recorded missing, so `qsfs repair` (or a mount's background repair) rebuilds them.
-    let fsck = crate::fsck::fsck(&vol, true)?;
+    // (A read-only copy cannot record them: it only reports.)
+    let fsck = crate::fsck::fsck(&vol, vol.check_writer().is_ok())?;
     if let Err(e) = vol.replicate_metadata() {
         tracing::warn!(error = %e, "fsck's findings are not yet on the stores");
     }
@@ -199,6 +215,8 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
         fsck_problems: fsck.metadata_problems(),
         shards_missing: fsck.problems.iter().filter(|p| p.missing_shard).count(),
         fsck_findings: fsck.problems.iter().map(|p| p.what.clone()).collect(),
+        held_by,
+        took_over,
     })
 }
 
@@ -290,28 +308,22 @@ async fn build_database(
     tmp: &Path,
     chain: &Chain,
     stores: &Arc<StoreSet>,
-    codec: &Arc<crate::codec::SegmentCodec>,
+    keys: &LogKeys,
     config: &VolumeConfig,
 ) -> Result<(u64, Vec<u8>)> {
     let snap = &chain.records[0];
+    let (epoch, seq) = (snap.record.epoch, snap.record.seq);
     let manifest_json = zstd::bulk::decompress(&snap.record.body, super::record::MAX_RECORD)
-        .map_err(|e| QsfsError::MetaLog(format!("snapshot record {}: {e}", snap.record.seq)))?;
+        .map_err(|e| QsfsError::MetaLog(format!("snapshot record {seq}: {e}")))?;
     let manifest: SnapshotManifest = serde_json::from_slice(&manifest_json)
-        .map_err(|e| QsfsError::MetaLog(format!("snapshot record {}: {e}", snap.record.seq)))?;
-    let mut compressed = Vec::new();
-    for seg in &manifest.segments {
-        let part =
-            crate::volume::read_unrecorded_segment(stores, codec, seg, "metadata snapshot").await?;
-        compressed.extend_from_slice(&part);
+        .map_err(|e| QsfsError::MetaLog(format!("snapshot record {seq}: {e}")))?;
+    let mut sealed = Vec::with_capacity(manifest.sealed_len.min(1 << 30) as usize);
+    for i in 0..manifest.chunks {
+        sealed.extend_from_slice(&read_chunk(stores, keys, epoch, seq, i, manifest.chunks).await?);
     }
-    if blake3::hash(&compressed).to_hex().as_str() != manifest.hash {
-        return Err(QsfsError::MetaLog(format!(
-            "snapshot {}: its segments do not add up to the image it names",
-            snap.record.seq
-        )));
-    }
+    let compressed = keys.open_snapshot(epoch, seq, &sealed)?;
     let image = zstd::bulk::decompress(&compressed, manifest.db_len as usize)
-        .map_err(|e| QsfsError::MetaLog(format!("snapshot {}: {e}", snap.record.seq)))?;
+        .map_err(|e| QsfsError::MetaLog(format!("snapshot {seq}: {e}")))?;
     std::fs::write(tmp, &image).map_err(|e| QsfsError::io("writing the restored metadata", e))?;
     let conn = rusqlite::Connection::open(tmp)?;
     // Changesets already hold every row a cascade changed: cascading again would delete rows the changeset then
@@ -344,6 +356,34 @@ async fn build_database(
     f.sync_all()
         .map_err(|e| QsfsError::io("syncing the restored metadata", e))?;
     Ok((applied, manifest_json))
+}
+
+/// Chunk `index` of a snapshot, from the first store that serves it intact (the chunk's header must name it; the
+/// whole image is authenticated once reassembled).
+async fn read_chunk(
+    stores: &StoreSet,
+    keys: &LogKeys,
+    epoch: u64,
+    seq: u64,
+    index: u32,
+    count: u32,
+) -> Result<Vec<u8>> {
+    let key = keys.snapshot_chunk_key(epoch, seq, index);
+    let mut tried = Vec::new();
+    for slot in stores.named_slots().iter().filter(|s| s.is_up()) {
+        match stores.read_named(slot, &key).await {
+            Ok(Some(blob)) => match keys.chunk_piece(epoch, seq, index, count, &blob) {
+                Ok(piece) => return Ok(piece.to_vec()),
+                Err(e) => tried.push(format!("store {}: {e}", slot.id)),
+            },
+            Ok(None) => tried.push(format!("store {}: missing", slot.id)),
+            Err(e) => tried.push(format!("store {}: {e}", slot.id)),
+        }
+    }
+    Err(QsfsError::MetaLog(format!(
+        "snapshot {seq} chunk {index}: no store serves it ({})",
+        tried.join("; ")
+    )))
 }
 
 /// Applies one changeset; any conflict means the log does not describe this database, which is an error.

@@ -30,7 +30,6 @@ use crate::store_set::StoreSet;
 
 pub use files::PutOptions;
 pub use lock::VolumeLock;
-pub(crate) use segments::read_unrecorded_segment;
 pub use status::{StoreStatus, VolumeStatus};
 
 pub const CONFIG_FILE: &str = "qsfs.toml";
@@ -296,7 +295,7 @@ impl Volume {
             }
             Ok(())
         })?;
-        Ok(Volume {
+        let vol = Volume {
             root,
             config,
             meta,
@@ -306,7 +305,13 @@ impl Volume {
             foreground: Arc::new(ForegroundActivity::default()),
             replica,
             _lock: lock,
-        })
+        };
+        // Which copy writes (see `crate::replica::lease`); a copy that cannot tell (too few stores) finds out
+        // when its writes fail for lack of stores anyway.
+        if let Err(e) = vol.claim_lease() {
+            tracing::warn!(error = %e, "the writer lease could not be checked");
+        }
+        Ok(vol)
     }
 
     /// Opens the volume and, for a volume whose metadata log has no snapshot yet (one made before the log
@@ -387,7 +392,7 @@ impl Volume {
     }
 }
 
-pub(crate) fn build_codec(config: &VolumeConfig, master: &MasterKey) -> Result<SegmentCodec> {
+fn build_codec(config: &VolumeConfig, master: &MasterKey) -> Result<SegmentCodec> {
     let sub = master.subkeys();
     SegmentCodec::new(
         CodecParams {

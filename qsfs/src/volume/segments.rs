@@ -20,6 +20,8 @@ impl Volume {
     /// records the returned `SegmentRecord` in its own metadata transaction (invariant 1: metadata only ever points
     /// at shards that were durable when it committed).
     pub fn encode_and_place(&self, index: u64, data: &[u8]) -> Result<SegmentRecord> {
+        // A read-only copy writes no shard (it could not commit one anyway).
+        self.check_writer()?;
         let _busy = self.foreground.enter();
         let id = meta::new_segment_id();
         let encoded = self.codec.encode(id, data)?;
@@ -48,7 +50,7 @@ impl Volume {
             .rt
             .block_on(fetch_verified(&self.stores, &self.codec, rec, k));
         if !bad.is_empty() {
-            self.meta.write(|c| {
+            let recorded = self.meta.write(|c| {
                 for (index, state) in &bad {
                     // Guarded by the location read from: a repair may have moved the shard since `rec` was
                     // loaded, and the new copy must not be blamed for the old one.
@@ -58,7 +60,12 @@ impl Volume {
                     }
                 }
                 Ok(())
-            })?;
+            });
+            match recorded {
+                // A read-only copy cannot record what it found; the writer's reads and audits will.
+                Ok(()) | Err(QsfsError::ReadOnly(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         let available = shards.iter().filter(|s| s.is_some()).count();
         if available < k {
@@ -84,6 +91,9 @@ impl Volume {
             if batch.is_empty() {
                 return Ok(deleted);
             }
+            // Only the writer deletes: re-read the lease before each batch (a copy taken over since it last
+            // looked must not delete shards the new writer may still reference).
+            self.recheck_lease()?;
             let done: Vec<i64> = self.rt.block_on(async {
                 let mut tasks = JoinSet::new();
                 for g in batch {
@@ -108,28 +118,6 @@ impl Volume {
             self.meta.write(|c| meta::garbage_done(c, &done))?;
         }
     }
-}
-
-/// Reads one segment that no metadata row describes (a metadata snapshot's), with nothing recorded about bad
-/// shards: fetch, verify, decode, as `Volume::read_segment` does.
-pub(crate) async fn read_unrecorded_segment(
-    stores: &Arc<StoreSet>,
-    codec: &Arc<SegmentCodec>,
-    rec: &SegmentRecord,
-    name: &str,
-) -> Result<Vec<u8>> {
-    let k = codec.params().data_shards;
-    let (shards, _bad) = fetch_verified(stores, codec, rec, k).await;
-    let available = shards.iter().filter(|s| s.is_some()).count();
-    if available < k {
-        return Err(QsfsError::Unreadable {
-            path: name.to_string(),
-            segment: rec.id,
-            available,
-            needed: k,
-        });
-    }
-    codec.decode(rec.id, &rec.info, shards)
 }
 
 /// Fetches shards until `k` have verified, starting with the data shards; returns the verified shard data (by
