@@ -4,6 +4,7 @@
 
 mod mount;
 mod tamper;
+mod writers;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

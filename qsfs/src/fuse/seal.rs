@@ -515,8 +515,9 @@ impl Engine {
             }
             self.maybe_evict(cell.ino);
         }
-        if let Err(e) = self.vol.recheck_lease_if_due() {
-            tracing::debug!(error = %e, "not the volume's writer");
+        // A copy that is not the volume's writer ships nothing and deletes nothing (its writes fail with EROFS).
+        if self.vol.recheck_lease_if_due().is_err() {
+            return;
         }
         // Changes that no durability point has shipped yet (namespace operations, `--writeback` closes, uploads
         // that finished in the background) follow within a housekeeping round.
