@@ -287,7 +287,8 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
                     && (|| -> Result<()> {
                         let data = vol.read_segment(&rec, &format!("inode {ino}"))?;
                         let keep = (size - rec.index * seg) as usize;
-                        let new = vol.encode_and_place(rec.index, &data[..keep.min(data.len())])?;
+                        let new =
+                            vol.encode_and_place(ino, rec.index, &data[..keep.min(data.len())])?;
                         meta.write(|c| meta::put_segment(c, ino, &new))
                     })()
                     .is_ok();

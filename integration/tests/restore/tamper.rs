@@ -246,3 +246,41 @@ fn restore_with_m_dir_stores_missing_names_them() {
     v.ok(&["get", "/t", s(&got)]);
     assert_same_tree(&src, &got);
 }
+
+/// Segments are sealed for their file and position: swapping two files' segment rows in `meta.db` (a tampered
+/// database or log) makes both reads fail instead of serving the other file's bytes.
+#[test]
+fn swapped_segment_rows_never_serve_another_files_bytes() {
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let src = v.scratch("src");
+    random_file(&src.join("a"), 10_000, 5);
+    random_file(&src.join("b"), 10_000, 6);
+    v.ok(&["put", s(&src.join("a")), "/a"]);
+    v.ok(&["put", s(&src.join("b")), "/b"]);
+    let db = v.path.join("meta.db");
+    let sql = "UPDATE segments SET ino = -ino WHERE idx = 0 AND ino IN (SELECT ino FROM dirents WHERE name IN (CAST('a' AS BLOB), CAST('b' AS BLOB)));
+               UPDATE segments SET ino = (SELECT ino FROM dirents WHERE name = CAST('a' AS BLOB)) WHERE ino = -(SELECT ino FROM dirents WHERE name = CAST('b' AS BLOB));
+               UPDATE segments SET ino = (SELECT ino FROM dirents WHERE name = CAST('b' AS BLOB)) WHERE ino = -(SELECT ino FROM dirents WHERE name = CAST('a' AS BLOB));";
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = v.scratch("got");
+    for name in ["a", "b"] {
+        let line = v
+            .run(&["get", &format!("/{name}"), s(&got.join(name))])
+            .failed();
+        assert!(line.contains("cannot be decrypted"), "{line}");
+        assert!(
+            !got.join(name).exists(),
+            "no file with another file's bytes"
+        );
+    }
+}

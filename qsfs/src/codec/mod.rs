@@ -43,6 +43,16 @@ pub use seal::TAG_LEN;
 pub const SEGMENT_FORMAT_VERSION: u8 = 1;
 /// `SegmentInfo::flags` bit: the sealed body is zstd-compressed.
 pub const FLAG_COMPRESSED: u32 = 1;
+/// `SegmentInfo::flags` bit: the associated data binds the segment to its file and index (`SegmentPlace`).
+pub const FLAG_BOUND: u32 = 2;
+
+/// Where a segment belongs: its file's inode and its index in the file. Sealed into segments written since the
+/// flag existed, so metadata cannot make one file's segment serve as another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentPlace {
+    pub ino: u64,
+    pub index: u64,
+}
 /// Most shards (k + m) one segment may have. Shard indexes fit a byte, which keeps metadata and names compact.
 pub const MAX_SHARDS: usize = 255;
 
@@ -222,11 +232,24 @@ impl SegmentCodec {
             .map_err(|e| QsfsError::CodecParams(format!("segments of {plain_len} bytes: {e}")))
     }
 
-    /// Compresses, seals and erasure-codes one segment. Any length works, including 0.
+    /// Compresses, seals and erasure-codes one segment that belongs to no file position (tests, tools).
     pub fn encode(&self, segment_id: u64, plaintext: &[u8]) -> Result<EncodedSegment> {
+        self.encode_at(segment_id, None, plaintext)
+    }
+
+    /// Compresses, seals and erasure-codes one segment, bound to `place` when given. Any length works, including 0.
+    pub fn encode_at(
+        &self,
+        segment_id: u64,
+        place: Option<SegmentPlace>,
+        plaintext: &[u8],
+    ) -> Result<EncodedSegment> {
         let (k, m) = (self.params.data_shards, self.params.parity_shards);
-        let (body, flags) =
+        let (body, mut flags) =
             seal::body_and_flags(plaintext, self.params.zstd_level, FLAG_COMPRESSED)?;
+        if place.is_some() {
+            flags |= FLAG_BOUND;
+        }
         let body_len = body.len();
         let stored_len = body_len + TAG_LEN;
         let shard_len = shard_len_for(stored_len as u64, k) as usize;
@@ -244,7 +267,7 @@ impl SegmentCodec {
         let mut nonce = [0u8; 24];
         // ThreadRng is a CSPRNG seeded from the OS; 192-bit random nonces make reuse negligible.
         rand::rng().fill_bytes(&mut nonce);
-        let context = self.seal_context(segment_id, flags, plaintext.len() as u64);
+        let context = self.seal_context(segment_id, flags, plaintext.len() as u64, place);
         seal::seal_in_place(&self.cipher, &nonce, &context, &mut data, body_len)?;
 
         let data_shards: Vec<&[u8]> = data.chunks_exact(shard_len).collect();
@@ -292,11 +315,23 @@ impl SegmentCodec {
             })
     }
 
-    /// Reassembles the plaintext from >= k VERIFIED shard data buffers (None = missing), reconstructing with RS
-    /// only when a data shard is missing (data shards first: decode only on loss).
+    /// `decode_at` for a segment that belongs to no file position.
     pub fn decode(
         &self,
         segment_id: u64,
+        info: &SegmentInfo,
+        shards: Vec<Option<Vec<u8>>>,
+    ) -> Result<Vec<u8>> {
+        self.decode_at(segment_id, None, info, shards)
+    }
+
+    /// Reassembles the plaintext from >= k VERIFIED shard data buffers (None = missing), reconstructing with RS
+    /// only when a data shard is missing (data shards first: decode only on loss). A bound segment opens only at
+    /// the `place` it was sealed for.
+    pub fn decode_at(
+        &self,
+        segment_id: u64,
+        place: Option<SegmentPlace>,
         info: &SegmentInfo,
         mut shards: Vec<Option<Vec<u8>>>,
     ) -> Result<Vec<u8>> {
@@ -328,7 +363,15 @@ impl SegmentCodec {
             });
         }
         sealed.truncate(shape.stored_len);
-        let context = self.seal_context(segment_id, info.flags, info.plain_len);
+        let place = if info.flags & FLAG_BOUND != 0 {
+            Some(place.ok_or_else(|| QsfsError::CorruptSegment {
+                segment: segment_id,
+                reason: "a segment bound to a file position was read without one".into(),
+            })?)
+        } else {
+            None
+        };
+        let context = self.seal_context(segment_id, info.flags, info.plain_len, place);
         seal::open_in_place(&self.cipher, &info.nonce, &context, &mut sealed)?;
         sealed.truncate(shape.stored_len - TAG_LEN);
         if info.is_compressed() {
@@ -402,13 +445,20 @@ impl SegmentCodec {
         }
     }
 
-    fn seal_context(&self, segment_id: u64, flags: u32, plain_len: u64) -> SealContext {
+    fn seal_context(
+        &self,
+        segment_id: u64,
+        flags: u32,
+        plain_len: u64,
+        place: Option<SegmentPlace>,
+    ) -> SealContext {
         SealContext {
             format_version: SEGMENT_FORMAT_VERSION,
             volume_id: self.volume_id,
             segment_id,
             flags,
             plain_len,
+            place: place.map(|p| (p.ino, p.index)),
         }
     }
 
@@ -426,7 +476,7 @@ impl SegmentCodec {
                 info.roots.len()
             )));
         }
-        if info.flags & !FLAG_COMPRESSED != 0 {
+        if info.flags & !(FLAG_COMPRESSED | FLAG_BOUND) != 0 {
             return Err(corrupt(format!("unknown flags {:#x}", info.flags)));
         }
         if info.stored_len < TAG_LEN as u64 {

@@ -1,7 +1,10 @@
 //! The confidentiality half of the segment codec: zstd compression and XChaCha20-Poly1305 sealing, plus the
 //! associated data that binds a sealed segment to its place in one volume (invariant 5).
 //!
-//! The associated data is `"qsfs segment" || format version || volume id || segment id || flags || plain length`.
+//! The associated data is `"qsfs segment" || format version || volume id || segment id || flags || plain length`,
+//! and for segments with `FLAG_BOUND` also `|| file's inode || index in the file`: a segment row moved to another
+//! file or position in metadata (a tampered or swapped row) then fails to open instead of serving another file's
+//! bytes.
 //! Binding the flags means a "compressed" bit flipped in metadata cannot make valid ciphertext decompress as
 //! something else; binding the plaintext length (beyond what the brief asked) means a wrong length in metadata is
 //! caught by the tag before it can size an allocation or pass the zstd size check.
@@ -25,17 +28,23 @@ pub(super) struct SealContext {
     pub segment_id: u64,
     pub flags: u32,
     pub plain_len: u64,
+    /// (inode, index) for bound segments.
+    pub place: Option<(u64, u64)>,
 }
 
 impl SealContext {
-    fn associated_data(&self) -> [u8; 12 + 1 + 16 + 8 + 4 + 8] {
-        let mut aad = [0u8; 49];
+    fn associated_data(&self) -> Vec<u8> {
+        let mut aad = vec![0u8; 49];
         aad[..12].copy_from_slice(AAD_DOMAIN);
         aad[12] = self.format_version;
         aad[13..29].copy_from_slice(&self.volume_id);
         aad[29..37].copy_from_slice(&self.segment_id.to_le_bytes());
         aad[37..41].copy_from_slice(&self.flags.to_le_bytes());
         aad[41..49].copy_from_slice(&self.plain_len.to_le_bytes());
+        if let Some((ino, index)) = self.place {
+            aad.extend_from_slice(&ino.to_le_bytes());
+            aad.extend_from_slice(&index.to_le_bytes());
+        }
         aad
     }
 }

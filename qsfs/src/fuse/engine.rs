@@ -565,7 +565,7 @@ impl Engine {
                     .get(&self.vol, &old, &format!("inode {}", cell.ino))
                     .map(|d| d[..(cut as usize).min(d.len())].to_vec()),
             };
-            match bytes.and_then(|b| self.vol.encode_and_place(keep, &b)) {
+            match bytes.and_then(|b| self.vol.encode_and_place(cell.ino, keep, &b)) {
                 Ok(rec) => boundary = Some((rec, job)),
                 Err(e) => {
                     if let Some(j) = job {

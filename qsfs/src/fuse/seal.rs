@@ -124,7 +124,7 @@ impl Engine {
             let placed = job
                 .data
                 .read_prefix(job.plain_len)
-                .and_then(|bytes| self.vol.encode_and_place(job.idx, &bytes));
+                .and_then(|bytes| self.vol.encode_and_place(cell.ino, job.idx, &bytes));
             match placed.and_then(|rec| self.commit_job(cell, job, rec)) {
                 Ok(()) => break,
                 Err(e) if job.queue_id().is_some() => {

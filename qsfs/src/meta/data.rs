@@ -44,6 +44,8 @@ pub struct ShardRow {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SegmentRecord {
     pub id: u64,
+    /// The file it belongs to (sealed into segments written with `FLAG_BOUND`).
+    pub ino: u64,
     pub index: u64,
     pub info: SegmentInfo,
     pub shards: Vec<ShardRow>,
@@ -124,7 +126,7 @@ fn shards_of(conn: &Connection, segment_id: u64) -> Result<Vec<ShardRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-const SEGMENT_COLS: &str = "id, idx, plain_len, stored_len, shard_len, nonce, flags";
+const SEGMENT_COLS: &str = "id, idx, plain_len, stored_len, shard_len, nonce, flags, ino";
 
 fn segment_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<SegmentRecord> {
     let id = r.get::<_, i64>(0)? as u64;
@@ -144,6 +146,7 @@ fn segment_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<SegmentR
     };
     Ok(SegmentRecord {
         id,
+        ino: r.get::<_, i64>(7)? as u64,
         index: r.get::<_, i64>(1)? as u64,
         info,
         shards,

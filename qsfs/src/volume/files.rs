@@ -30,6 +30,65 @@ impl Volume {
         opts: &PutOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
+        let display = String::from_utf8_lossy(name).into_owned();
+        // The file's inode comes first: every segment is sealed for its (inode, index). A new file's inode has
+        // no name until the final transaction, so a failed or interrupted put leaves nothing visible (an
+        // unnamed inode is removed here on failure, or as an orphan by the next mount or fsck).
+        let (ino, fresh) = self
+            .meta
+            .write_fast(|c| match meta::lookup(c, parent, name)? {
+                Some(existing) => {
+                    let inode = meta::get_inode(c, existing)?
+                        .ok_or_else(|| QsfsError::NotFound(display.clone()))?;
+                    match inode.kind {
+                        FileKind::File => Ok((existing, false)),
+                        FileKind::Dir => Err(QsfsError::IsADirectory(display.clone())),
+                        _ => Ok((new_inode(c, opts)?, true)),
+                    }
+                }
+                None => Ok((new_inode(c, opts)?, true)),
+            })?;
+        let uploaded = self.upload_segments(ino, reader, progress);
+        let (records, size) = match uploaded {
+            Ok(v) => v,
+            Err(e) => {
+                if fresh
+                    && let Err(undo) = self
+                        .meta
+                        .write_fast(|c| meta::delete_inode_if_unreferenced(c, ino).map(|_| ()))
+                {
+                    tracing::warn!(ino, error = %undo, "unnamed inode of a failed put left for fsck");
+                }
+                return Err(e);
+            }
+        };
+        self.meta.write(|c| {
+            if fresh {
+                if meta::lookup(c, parent, name)?.is_some() {
+                    meta::unlink(c, parent, name)?;
+                }
+                meta::link(c, parent, name, ino)?;
+            } else {
+                meta::drop_segments_from(c, ino, 0)?;
+            }
+            for rec in &records {
+                meta::put_segment(c, ino, rec)?;
+            }
+            meta::set_size(c, ino, size, opts.mtime_ns)?;
+            meta::set_mode_times(c, ino, opts.mode, opts.atime_ns, opts.mtime_ns)?;
+            Ok(())
+        })?;
+        Ok(ino)
+    }
+
+    /// Encodes and places everything `reader` yields as the segments of file `ino`, in parallel; returns the
+    /// records, in order, and the byte count. Nothing is committed.
+    fn upload_segments(
+        &self,
+        ino: u64,
+        reader: &mut dyn Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(Vec<SegmentRecord>, u64)> {
         let seg_size = self.segment_size() as usize;
         let workers = default_workers();
         let mut records: Vec<SegmentRecord> = Vec::new();
@@ -48,7 +107,7 @@ impl Volume {
             },
             |(i, buf): (u64, Vec<u8>)| {
                 let len = buf.len() as u64;
-                Ok((self.encode_and_place(i, &buf)?, len))
+                Ok((self.encode_and_place(ino, i, &buf)?, len))
             },
             |(rec, len)| {
                 size += len;
@@ -57,34 +116,7 @@ impl Volume {
                 Ok(())
             },
         )?;
-        let display = String::from_utf8_lossy(name).into_owned();
-        let ino = self.meta.write(|c| {
-            let ino = match meta::lookup(c, parent, name)? {
-                Some(existing) => {
-                    let inode = meta::get_inode(c, existing)?
-                        .ok_or_else(|| QsfsError::NotFound(display.clone()))?;
-                    match inode.kind {
-                        FileKind::File => {
-                            meta::drop_segments_from(c, existing, 0)?;
-                            existing
-                        }
-                        FileKind::Dir => return Err(QsfsError::IsADirectory(display.clone())),
-                        _ => {
-                            meta::unlink(c, parent, name)?;
-                            new_file(c, parent, name, opts)?
-                        }
-                    }
-                }
-                None => new_file(c, parent, name, opts)?,
-            };
-            for rec in &records {
-                meta::put_segment(c, ino, rec)?;
-            }
-            meta::set_size(c, ino, size, opts.mtime_ns)?;
-            meta::set_mode_times(c, ino, opts.mode, opts.atime_ns, opts.mtime_ns)?;
-            Ok(ino)
-        })?;
-        Ok(ino)
+        Ok((records, size))
     }
 
     /// Writes file `ino`'s bytes to `out` in order; holes and short segments read as zeros. `name` names the file
@@ -236,7 +268,8 @@ fn remove_tree(c: &rusqlite::Connection, dir: u64) -> Result<()> {
     Ok(())
 }
 
-fn new_file(c: &rusqlite::Connection, parent: u64, name: &[u8], opts: &PutOptions) -> Result<u64> {
+/// A file inode with no name yet (link count 0).
+fn new_inode(c: &rusqlite::Connection, opts: &PutOptions) -> Result<u64> {
     let new = NewInode {
         kind: FileKind::File,
         mode: opts.mode,
@@ -245,9 +278,7 @@ fn new_file(c: &rusqlite::Connection, parent: u64, name: &[u8], opts: &PutOption
         rdev: 0,
         target: None,
     };
-    let ino = meta::create_inode(c, &new)?;
-    meta::link(c, parent, name, ino)?;
-    Ok(ino)
+    meta::create_inode(c, &new)
 }
 
 fn current_ids() -> (u32, u32) {

@@ -7,7 +7,7 @@ use qsfs_backends::StoreError;
 use tokio::task::JoinSet;
 
 use super::Volume;
-use crate::codec::SegmentCodec;
+use crate::codec::{SegmentCodec, SegmentPlace};
 use crate::error::{QsfsError, Result};
 use crate::meta::{self, SegmentRecord, ShardRow, ShardState};
 use crate::store_set::StoreSet;
@@ -19,12 +19,14 @@ impl Volume {
     /// Encodes `data` as segment `index` of some file and places its shards. Nothing is committed: the caller
     /// records the returned `SegmentRecord` in its own metadata transaction (invariant 1: metadata only ever points
     /// at shards that were durable when it committed).
-    pub fn encode_and_place(&self, index: u64, data: &[u8]) -> Result<SegmentRecord> {
+    pub fn encode_and_place(&self, ino: u64, index: u64, data: &[u8]) -> Result<SegmentRecord> {
         // A read-only copy writes no shard (it could not commit one anyway).
         self.check_writer()?;
         let _busy = self.foreground.enter();
         let id = meta::new_segment_id();
-        let encoded = self.codec.encode(id, data)?;
+        let encoded = self
+            .codec
+            .encode_at(id, Some(SegmentPlace { ino, index }), data)?;
         let info = encoded.info.clone();
         let shards = self.rt.block_on(self.stores.place(
             id,
@@ -33,6 +35,7 @@ impl Volume {
         ))?;
         Ok(SegmentRecord {
             id,
+            ino,
             index,
             info,
             shards,
@@ -76,7 +79,11 @@ impl Volume {
                 needed: k,
             });
         }
-        self.codec.decode(rec.id, &rec.info, shards)
+        let place = SegmentPlace {
+            ino: rec.ino,
+            index: rec.index,
+        };
+        self.codec.decode_at(rec.id, Some(place), &rec.info, shards)
     }
 
     /// Deletes garbage shards from their stores (those on reachable stores) and forgets them. Returns how many
