@@ -106,6 +106,14 @@ pub fn print_status(st: &VolumeStatus) {
             st.repair_queue
         );
     }
+    let log = &st.metadata_log;
+    println!(
+        "metadata  log record {} (epoch {}, snapshot {}) on {} stores, {} changes not yet shipped",
+        log.seq, log.epoch, log.snapshot_seq, log.stores, log.pending
+    );
+    if let Some(why) = &log.read_only {
+        println!("          {why}");
+    }
     println!("stores");
     for store in &st.stores {
         let state = if store.reachable { "up  " } else { "DOWN" };

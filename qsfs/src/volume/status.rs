@@ -41,6 +41,24 @@ pub struct VolumeStatus {
     pub last_audit: Option<meta::AuditSummary>,
     /// Shards waiting to be rebuilt or moved.
     pub repair_queue: u64,
+    /// The metadata log's replica on the stores.
+    pub metadata_log: MetadataLogStatus,
+}
+
+/// Where the metadata log stands (see `crate::replica`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MetadataLogStatus {
+    /// The writer epoch and the last record shipped to the stores.
+    pub epoch: u64,
+    pub seq: u64,
+    /// The record of the newest snapshot.
+    pub snapshot_seq: u64,
+    /// Committed transactions not yet on the stores.
+    pub pending: u64,
+    /// Stores that hold the log (dir, redis, 0-db user mode).
+    pub stores: usize,
+    /// Whether this copy is the volume's writer, and if not why (`null` while it is).
+    pub read_only: Option<String>,
 }
 
 impl Volume {
@@ -131,6 +149,26 @@ impl Volume {
             stores,
             last_audit,
             repair_queue,
+            metadata_log: self.metadata_log_status()?,
+        })
+    }
+
+    fn metadata_log_status(&self) -> Result<MetadataLogStatus> {
+        let (st, pending) = self.meta.read(|c| {
+            let pending: i64 =
+                c.query_row("SELECT COUNT(*) FROM meta_log_pending", [], |r| r.get(0))?;
+            Ok((meta::journal::log_state(c)?, pending as u64))
+        })?;
+        Ok(MetadataLogStatus {
+            epoch: st.epoch,
+            seq: st.seq,
+            snapshot_seq: st.snapshot_seq,
+            pending,
+            stores: self.stores.named_slots().len(),
+            read_only: match self.writer() {
+                crate::replica::lease::Writer::ReadOnly(why) => Some(why),
+                _ => None,
+            },
         })
     }
 }
