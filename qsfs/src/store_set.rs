@@ -84,9 +84,11 @@ impl StoreSlot {
             }
             *checked = Instant::now();
         }
+        // With retries: a redis connection that failed once reconnects in the background and fails the first
+        // command after the server is back; the next attempt, a moment later, goes through.
         match tokio::time::timeout(
             REVIVE_TIMEOUT,
-            verify_identity(self.store.as_ref(), &self.identity),
+            with_retry(|| verify_identity(self.store.as_ref(), &self.identity)),
         )
         .await
         {

@@ -136,6 +136,7 @@ impl Volume {
         if inode.kind != FileKind::File {
             return Err(QsfsError::IsADirectory(name.to_string()));
         }
+        let queued = self.queued_of(ino)?;
         let seg_size = self.segment_size();
         let count = inode.size.div_ceil(seg_size);
         let mut by_index = segments.into_iter().peekable();
@@ -162,9 +163,10 @@ impl Volume {
             },
             |(i, rec): (u64, Option<SegmentRecord>)| {
                 let want = (inode.size - i * seg_size).min(seg_size) as usize;
-                let mut data = match rec {
-                    Some(r) => self.read_segment(&r, name)?,
-                    None => Vec::new(),
+                let mut data = match (queued.get(&i), rec) {
+                    (Some(q), _) => self.read_queued(q, name)?,
+                    (None, Some(r)) => self.read_segment(&r, name)?,
+                    (None, None) => Vec::new(),
                 };
                 data.resize(want, 0);
                 Ok(data)
@@ -266,6 +268,46 @@ fn remove_tree(c: &rusqlite::Connection, dir: u64) -> Result<()> {
         meta::unlink(c, dir, &entry.name)?;
     }
     Ok(())
+}
+
+impl Volume {
+    /// The segments of `ino` that a mount queued locally because it could not upload them yet (the stores were
+    /// down when it stopped), newest per index: they are newer than any committed version of their index.
+    fn queued_of(&self, ino: u64) -> Result<std::collections::BTreeMap<u64, meta::QueuedSegment>> {
+        let all = self.meta.read(meta::queued_segments)?;
+        Ok(all
+            .into_iter()
+            .filter(|q| q.ino == ino)
+            .map(|q| (q.index, q))
+            .collect())
+    }
+
+    /// A queued segment's bytes, from its queue row or its file in the local queue directory.
+    fn read_queued(&self, q: &meta::QueuedSegment, name: &str) -> Result<Vec<u8>> {
+        if q.inline {
+            return self.meta.read(|c| meta::queued_data(c, q.id))?.ok_or_else(|| {
+                QsfsError::Invalid(format!("{name}: queued segment {} has no bytes", q.index))
+            });
+        }
+        let path = self
+            .cache_dir()
+            .join(crate::staging::QUEUE_DIR)
+            .join(&q.file);
+        let mut bytes = std::fs::read(&path).map_err(|e| {
+            QsfsError::io(
+                format!("{name}: reading data not yet uploaded from {}", path.display()),
+                e,
+            )
+        })?;
+        if (bytes.len() as u64) < q.plain_len {
+            return Err(QsfsError::Invalid(format!(
+                "{name}: the local copy of a segment not yet uploaded is truncated ({})",
+                path.display()
+            )));
+        }
+        bytes.truncate(q.plain_len as usize);
+        Ok(bytes)
+    }
 }
 
 /// A file inode with no name yet (link count 0).
