@@ -6,6 +6,7 @@
 mod audit;
 mod fuse;
 mod helpers;
+mod loss;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
