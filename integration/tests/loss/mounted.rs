@@ -305,6 +305,18 @@ pub fn lost_during_mount(c: &mut dyn Cluster, first: Loss, after_second: Expect)
         "a write succeeded {:?} after the stores came back",
         t3.elapsed()
     );
+    if t3.elapsed() > Duration::from_secs(45) {
+        findings.push(format!(
+            "the mount took {:?} to write again after the stores came back: more than one revival interval \
+             (30 s) plus slack, so at least one revival check of a store that was answering failed",
+            t3.elapsed()
+        ));
+        // More than one revival interval: say what the mount saw (QSFS_FUSE_TEST_LOG=info shows the checks).
+        let log = m.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        eprintln!("slow revival; the mount's output ends:\n{tail}");
+    }
     // The mount places what it could not (repair queue) and uploads what it queued (upload queue) by itself.
     let mut last = None;
     let drained = wait_until(Duration::from_secs(60), || {
