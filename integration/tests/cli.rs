@@ -6,6 +6,7 @@
 mod audit;
 mod fuse;
 mod helpers;
+mod loss;
 mod restore;
 
 use std::fs;
