@@ -304,12 +304,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Repair { json, grace } => {
             let vol = open_volume(&dir)?;
             let result = repair::run(&vol, json, grace);
-            finish(&vol, result)
+            finish_reading(&vol, result)
         }
         Command::Store { command } => {
             let vol = open_volume(&dir)?;
             let result = store::run(&vol, command);
-            finish(&vol, result)
+            finish_reading(&vol, result)
         }
         Command::Status { json } => {
             let vol = open_volume(&dir)?;
@@ -338,8 +338,10 @@ fn finish(vol: &Volume, result: Result<()>) -> Result<()> {
     Ok(shipped?)
 }
 
-/// Ends a command that reads: what it changed (shards it found bad) goes to the stores when it can, but a read
-/// does not fail because the metadata log cannot reach its quorum.
+/// Ends a command that reads or maintains: what it changed (shards found bad, repaired or queued) goes to the
+/// stores when it can, but the command does not fail because the metadata log cannot reach its quorum — with M
+/// stores down that is exactly when an admin runs it. Its changes stay pending locally and ship at the next
+/// durability point (a restore in between finds the older shard locations and fsck queues them for repair).
 fn finish_reading(vol: &Volume, result: Result<()>) -> Result<()> {
     if let Err(e) = vol.replicate_metadata() {
         tracing::warn!(error = %e, "metadata changes not yet on the stores");

@@ -285,9 +285,12 @@ impl Volume {
     /// A queued segment's bytes, from its queue row or its file in the local queue directory.
     fn read_queued(&self, q: &meta::QueuedSegment, name: &str) -> Result<Vec<u8>> {
         if q.inline {
-            return self.meta.read(|c| meta::queued_data(c, q.id))?.ok_or_else(|| {
-                QsfsError::Invalid(format!("{name}: queued segment {} has no bytes", q.index))
-            });
+            return self
+                .meta
+                .read(|c| meta::queued_data(c, q.id))?
+                .ok_or_else(|| {
+                    QsfsError::Invalid(format!("{name}: queued segment {} has no bytes", q.index))
+                });
         }
         let path = self
             .cache_dir()
@@ -295,7 +298,10 @@ impl Volume {
             .join(&q.file);
         let mut bytes = std::fs::read(&path).map_err(|e| {
             QsfsError::io(
-                format!("{name}: reading data not yet uploaded from {}", path.display()),
+                format!(
+                    "{name}: reading data not yet uploaded from {}",
+                    path.display()
+                ),
                 e,
             )
         })?;
