@@ -92,25 +92,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
         .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
     let result = restore_into(&root, opts);
     if result.is_err() {
-        for name in [
-            CONFIG_FILE,
-            KEY_FILE,
-            META_FILE,
-            "meta.db-wal",
-            "meta.db-shm",
-            "lock",
-            "cache",
-        ] {
-            let p = root.join(name);
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
-        if !existed {
-            let _ = std::fs::remove_dir(&root);
-        }
+        volume::remove_partial_volume(&root, existed, &[]);
     }
     result
 }

@@ -103,25 +103,7 @@ impl Volume {
             Volume::open(&root)?.ensure_replicated()
         });
         if result.is_err() {
-            for name in [
-                KEY_FILE,
-                META_FILE,
-                "meta.db-wal",
-                "meta.db-shm",
-                "cache",
-                "stores",
-                "lock",
-            ] {
-                let p = root.join(name);
-                let _ = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-            }
-            if !existed {
-                let _ = std::fs::remove_dir(&root);
-            }
+            remove_partial_volume(&root, existed, &["stores"]);
         }
         result.map(|_| root)
     }
@@ -389,6 +371,33 @@ impl Volume {
 
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+}
+
+/// Undoes a failed `init` or `restore`: removes what either writes into a volume directory, plus `extra` (init's
+/// embedded stores; never a restore's, which may be the very stores it restores from), and the directory itself if
+/// it did not exist before.
+pub(crate) fn remove_partial_volume(root: &Path, existed: bool, extra: &[&str]) {
+    let written = [
+        CONFIG_FILE,
+        KEY_FILE,
+        META_FILE,
+        "meta.db-wal",
+        "meta.db-shm",
+        "meta.db.restore.tmp",
+        "cache",
+        "lock",
+    ];
+    for name in written.iter().chain(extra) {
+        let p = root.join(name);
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+    if !existed {
+        let _ = std::fs::remove_dir(root);
     }
 }
 
