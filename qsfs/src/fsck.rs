@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::params;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -83,27 +82,16 @@ pub fn fsck(vol: &Volume, repair: bool) -> Result<FsckReport> {
 fn check_namespace(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> {
     let meta = vol.meta();
     // Entries pointing nowhere, or hanging from something that is not a directory.
-    let bad: Vec<(i64, Vec<u8>, i64, String)> = meta.read(|c| {
-        let mut st = c.prepare(
-            "SELECT d.parent, d.name, d.ino,
-                    CASE WHEN i.ino IS NULL THEN 'names a missing inode'
-                         WHEN p.ino IS NULL THEN 'is in a missing directory'
-                         ELSE 'is in a non-directory' END
-             FROM dirents d LEFT JOIN inodes i ON i.ino = d.ino LEFT JOIN inodes p ON p.ino = d.parent
-             WHERE i.ino IS NULL OR p.ino IS NULL OR p.kind != 2",
-        )?;
-        let rows = st.query_map([], |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?, x.get(3)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })?;
-    for (parent, name, ino, why) in bad {
+    let bad = meta.read(meta::checks::bad_entries)?;
+    for meta::checks::BadEntry {
+        parent,
+        name,
+        ino,
+        why,
+    } in bad
+    {
         if repair {
-            meta.write(|c| {
-                c.execute(
-                    "DELETE FROM dirents WHERE parent = ?1 AND name = ?2",
-                    params![parent, name],
-                )?;
-                Ok(())
-            })?;
+            meta.write(|c| meta::checks::delete_entry(c, parent, &name))?;
         }
         let name = String::from_utf8_lossy(&name);
         r.problem(
@@ -151,10 +139,7 @@ fn check_namespace(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()>
                         }
                     };
                     meta.write(|c| {
-                        c.execute(
-                            "UPDATE inodes SET nlink = 0 WHERE ino = ?1",
-                            [inode.ino as i64],
-                        )?;
+                        meta::checks::clear_nlink(c, inode.ino)?;
                         meta::link(c, lf, format!("#{}", inode.ino).as_bytes(), inode.ino)
                     })?;
                 }
@@ -192,13 +177,7 @@ fn check_namespace(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()>
         }
     }
     // The root's own count: 2 + its subdirectories.
-    let root_want: u32 = meta.read(|c| {
-        Ok(c.query_row(
-            "SELECT 2 + COUNT(*) FROM dirents d JOIN inodes i ON i.ino = d.ino WHERE d.parent = 1 AND i.kind = 2",
-            [],
-            |x| x.get(0),
-        )?)
-    })?;
+    let root_want = meta.read(meta::checks::root_links_wanted)?;
     if let Some(root) = meta.read(|c| meta::get_inode(c, ROOT_INO))?
         && root.nlink != root_want
     {
@@ -242,14 +221,7 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
     let k = vol.config().data_shards;
     let known_stores: HashSet<u32> = vol.stores().slots().iter().map(|s| s.id).collect();
     // Segments of inodes that are gone or not regular files.
-    let stray: Vec<(i64, i64)> = meta.read(|c| {
-        let mut st = c.prepare(
-            "SELECT s.ino, s.idx FROM segments s LEFT JOIN inodes i ON i.ino = s.ino
-             WHERE i.ino IS NULL OR i.kind != 1",
-        )?;
-        let rows = st.query_map([], |x| Ok((x.get(0)?, x.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })?;
+    let stray = meta.read(meta::checks::stray_segments)?;
     for (ino, idx) in stray {
         if repair {
             meta.write(|c| meta::drop_segments_from(c, ino as u64, 0))?;
@@ -259,13 +231,7 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
             repair,
         );
     }
-    let files: Vec<(u64, u64)> = meta.read(|c| {
-        let mut st = c.prepare("SELECT ino, size FROM inodes WHERE kind = 1")?;
-        let rows = st.query_map([], |x| {
-            Ok((x.get::<_, i64>(0)? as u64, x.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })?;
+    let files = meta.read(meta::checks::file_sizes)?;
     for (ino, size) in files {
         for rec in meta.read(|c| meta::segments_of(c, ino))? {
             r.segments += 1;
@@ -355,23 +321,7 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
 
 /// Asks each store whether every shard recorded on it is there.
 fn check_shards_present(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> {
-    let rows: Vec<(u64, usize, u32, Vec<u8>, u64)> = vol.meta().read(|c| {
-        let mut st = c.prepare(
-            "SELECT sh.segment_id, sh.idx, sh.store_id, sh.locator, s.ino FROM shards sh
-             JOIN segments s ON s.id = sh.segment_id
-             WHERE sh.state = 0 AND sh.store_id IS NOT NULL AND sh.locator IS NOT NULL",
-        )?;
-        let rows = st.query_map([], |x| {
-            Ok((
-                x.get::<_, i64>(0)? as u64,
-                x.get::<_, i64>(1)? as usize,
-                x.get(2)?,
-                x.get(3)?,
-                x.get::<_, i64>(4)? as u64,
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })?;
+    let rows = vol.meta().read(meta::checks::good_shards)?;
     let mut unreachable: HashMap<u32, String> = HashMap::new();
     for slot in vol.stores().slots() {
         if let crate::store_set::StoreState::Down(why) = slot.state() {

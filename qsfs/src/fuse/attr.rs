@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 use nix::libc;
 
-use crate::meta::{FileKind, Inode};
+use crate::meta::{self, FileKind, Inode};
 use crate::volume::Volume;
 
 /// How long the kernel may trust attributes and names. All changes pass through this mount, which tells the
@@ -109,10 +109,7 @@ pub fn capacity(vol: &Volume) -> Capacity {
         (cfg.data_shards + cfg.parity_shards) as u128,
     );
     let scale = |b: u64| ((b as u128 * k / total) as u64) / STATFS_BSIZE;
-    let files = vol
-        .meta()
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get::<_, i64>(0))?))
-        .unwrap_or(0) as u64;
+    let files = vol.meta().read(meta::checks::inode_count).unwrap_or(0);
     Capacity {
         blocks: scale(free.saturating_add(used)),
         free: scale(free),

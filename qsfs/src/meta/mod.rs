@@ -16,6 +16,7 @@
 //! also hardens all the NORMAL commits before it. Nothing a caller was promised rests on a NORMAL commit alone.
 
 mod audit_log;
+pub mod checks;
 mod data;
 mod fsops;
 pub mod journal;

@@ -155,9 +155,10 @@ impl Volume {
 
     fn metadata_log_status(&self) -> Result<MetadataLogStatus> {
         let (st, pending) = self.meta.read(|c| {
-            let pending: i64 =
-                c.query_row("SELECT COUNT(*) FROM meta_log_pending", [], |r| r.get(0))?;
-            Ok((meta::journal::log_state(c)?, pending as u64))
+            Ok((
+                meta::journal::log_state(c)?,
+                meta::checks::pending_log_entries(c)?,
+            ))
         })?;
         Ok(MetadataLogStatus {
             epoch: st.epoch,
