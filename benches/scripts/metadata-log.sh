@@ -116,8 +116,12 @@ for workload in creates_per_s fsyncs_per_s write_mb_per_s; do
     sync; echo 3 > /proc/sys/vm/drop_caches
     c=$($workload "$work/qsfs-current" "$work/vol-cur-$workload")
     ratio=$(python3 -c "import sys; print(f'{float(sys.argv[2]) / float(sys.argv[1]):.2f}')" "$b" "$c")
-    unit=${workload#*_per_}
-    echo "| ${workload%%_per_s} ($unit) | $b | $c | $ratio |"
+    case $workload in
+        creates_per_s) label="1 KiB creates through the mount ($creates, files/s)" ;;
+        fsyncs_per_s) label="4 KiB append + fsync loop ($fsyncs, fsyncs/s)" ;;
+        *) label="sequential write of $size random + fsync (MB/s)" ;;
+    esac
+    echo "| $label | $b | $c | $ratio |"
 done
 
 # --- restore --------------------------------------------------------------------------------------------------
