@@ -19,7 +19,6 @@ mod zdb;
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use crate::audit::{assert_clean_full_audit, audit, num, repair};
 use crate::helpers::tree::{assert_no_wrong_files, assert_same_tree, random_file, standard_tree};
@@ -78,19 +77,7 @@ pub fn init(c: &dyn Cluster, v: &Vol) {
     );
 }
 
-/// Polls `cond` every 50 ms until it holds; false after `timeout`.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use crate::fuse::mount::wait_for as wait_until;
 
 /// Asserts `status --json` lists exactly `down` as unreachable, each with a non-empty reason; returns the status.
 #[track_caller]

@@ -25,6 +25,16 @@ pub fn dir_store_args(root: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `init`s `v` with 64 KiB segments over six dir stores in its scratch area (outside the volume directory);
+/// returns the stores' parent directory.
+pub fn init_on_outside_dir_stores(v: &Vol) -> PathBuf {
+    let stores = v.scratch("stores");
+    let mut args = vec!["--segment-size".to_string(), "64KiB".to_string()];
+    args.extend(dir_store_args(&stores, 6));
+    v.init(&crate::helpers::strs(&args));
+    stores
+}
+
 /// Copies the volume's key file aside (mode 0600), as the user was told to.
 pub fn back_up_key(v: &Vol) -> PathBuf {
     let dest = v.scratch("backup").join("key");

@@ -9,12 +9,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{back_up_key, dir_store_args, lose_machine, restore, take_away};
+use super::{back_up_key, init_on_outside_dir_stores, lose_machine, restore, take_away};
 use crate::fuse::mount::Mount;
 use crate::fuse::writer::{OnError, Writer, assert_acks};
 use crate::fuse::{fuse_available, sh};
 use crate::helpers::tree::{assert_same_tree, standard_tree};
-use crate::helpers::{Vol, s, strs};
+use crate::helpers::{Vol, s};
 
 /// What a restore must bring back of each entry under a directory: type and mode, owner, size, mtime, link count,
 /// symlink target and xattrs.
@@ -66,10 +66,7 @@ fn machine_loss_restore_from_one_store_brings_back_every_acknowledged_byte() {
         return;
     }
     let v = Vol::new();
-    let stores = v.scratch("stores");
-    let mut args = vec!["--segment-size".to_string(), "64KiB".to_string()];
-    args.extend(dir_store_args(&stores, 6));
-    v.init(&strs(&args));
+    let stores = init_on_outside_dir_stores(&v);
     let key = back_up_key(&v);
     let mp = v.scratch("mnt");
     let src = v.scratch("src").join("tree");

@@ -3,7 +3,9 @@
 
 use std::fs;
 
-use super::{back_up_key, dir_store_args, log_records, lose_machine, restore, take_away};
+use super::{
+    back_up_key, init_on_outside_dir_stores, log_records, lose_machine, restore, take_away,
+};
 use crate::helpers::tree::{assert_same_file, assert_same_tree, random_file, standard_tree};
 use crate::helpers::{Redis, Vol, run_qsfs, s, strs};
 use qsfs_backends::testing::{ZdbServerConfig, ZdbServerMode, ZdbTestServer};
@@ -16,10 +18,7 @@ const KIB: u64 = 1024;
 #[test]
 fn restore_outvotes_rolled_back_truncated_forged_and_foreign_logs() {
     let v = Vol::new();
-    let stores = v.scratch("stores");
-    let mut args = vec!["--segment-size".to_string(), "64KiB".to_string()];
-    args.extend(dir_store_args(&stores, 6));
-    v.init(&strs(&args));
+    let stores = init_on_outside_dir_stores(&v);
     let src = v.scratch("src");
     for (i, name) in ["f1", "f2", "f3"].iter().enumerate() {
         random_file(&src.join(name), 100 * KIB + i as u64, 40 + i as u64);
@@ -52,10 +51,7 @@ fn restore_outvotes_rolled_back_truncated_forged_and_foreign_logs() {
     crate::helpers::stores::flip_bytes(&find(2, newest), 1);
     // Another volume's record under this volume's name for it: its bytes, with the same sequence number.
     let w = Vol::new();
-    let wstores = w.scratch("stores");
-    let mut wargs = vec!["--segment-size".to_string(), "64KiB".to_string()];
-    wargs.extend(dir_store_args(&wstores, 6));
-    w.init(&strs(&wargs));
+    let wstores = init_on_outside_dir_stores(&w);
     for i in 0..newest {
         w.ok(&["put", s(&src.join("f1")), &format!("/w{i}")]);
     }
@@ -215,10 +211,7 @@ fn restore_keeps_zdb_seq_mode_ids_valid() {
 #[test]
 fn restore_with_m_dir_stores_missing_names_them() {
     let v = Vol::new();
-    let stores = v.scratch("stores");
-    let mut args = vec!["--segment-size".to_string(), "64KiB".to_string()];
-    args.extend(dir_store_args(&stores, 6));
-    v.init(&strs(&args));
+    let stores = init_on_outside_dir_stores(&v);
     let src = v.scratch("src").join("tree");
     standard_tree(&src, 64 * KIB, 1, 23);
     v.ok(&["put", s(&src), "/t"]);

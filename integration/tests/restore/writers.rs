@@ -5,11 +5,11 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{back_up_key, dir_store_args, restore};
+use super::{back_up_key, init_on_outside_dir_stores, restore};
 use crate::fuse::fuse_available;
 use crate::fuse::mount::{Mount, wait_for};
 use crate::helpers::tree::{assert_same_file, random_file};
-use crate::helpers::{Vol, run_qsfs, s, strs};
+use crate::helpers::{Vol, run_qsfs, s};
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     assert!(
@@ -31,10 +31,7 @@ fn at(dir: &std::path::Path, args: &[&str]) -> crate::helpers::Run {
 #[test]
 fn a_copied_volume_is_read_only_until_it_takes_over_and_never_deletes_the_first_copys_shards() {
     let v = Vol::new();
-    let stores = v.scratch("stores");
-    let mut args = vec!["--segment-size".to_string(), "64KiB".to_string()];
-    args.extend(dir_store_args(&stores, 6));
-    v.init(&strs(&args));
+    init_on_outside_dir_stores(&v);
     let src = v.scratch("src");
     random_file(&src.join("f"), 150_000, 1);
     random_file(&src.join("g"), 150_000, 2);
@@ -82,10 +79,7 @@ fn restore_on_a_second_machine_while_the_first_mounts_is_read_only_until_take_ov
         return;
     }
     let v = Vol::new();
-    let stores = v.scratch("stores");
-    let mut args = vec!["--segment-size".to_string(), "64KiB".to_string()];
-    args.extend(dir_store_args(&stores, 6));
-    v.init(&strs(&args));
+    let stores = init_on_outside_dir_stores(&v);
     let key = back_up_key(&v);
     let mp = v.scratch("mnt");
     let m = Mount::start(&v, &mp, &[]);
