@@ -1,5 +1,7 @@
 //! A `Volume`: the one object the CLI and the FUSE layer drive. It owns the config, the master key's subkeys (inside
-//! the codec), the metadata database, the store set and the I/O runtime, and it holds the volume lock.
+//! the codec and the metadata log's keys), the metadata database, the store set, the metadata log's writer side
+//! (`crate::replica`: shipping, snapshots, the descriptor, the writer lease) and the I/O runtime, and it holds the
+//! volume lock.
 //!
 //! On disk a volume is a directory: `qsfs.toml`, `key` (mode 0600, file-key volumes), `meta.db`, `cache/`, `lock`,
 //! and for the embedded default `stores/0..N`. `qsfs.toml` is written last at init, so its presence means the
