@@ -409,6 +409,37 @@ pub fn unpack_changes(seq: u64, body: &[u8]) -> Result<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a store returns, the decoders answer with an error or a value, never a panic, and refuse
+        /// anything that was not sealed with this volume's key.
+        #[test]
+        fn decoders_refuse_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048), seq in 0u64..4) {
+            let k = keys(1);
+            prop_assert!(k.open_record(1, seq, &bytes).is_err());
+            prop_assert!(k.open_head(&bytes).is_err());
+            prop_assert!(k.open_lease(&bytes).is_err());
+            prop_assert!(k.open_snapshot(1, seq, &bytes).is_err());
+            let _ = k.chunk_piece(1, seq, 0, 1, &bytes);
+            let _ = unpack_changes(seq, &bytes);
+            let _ = crate::replica::descriptor::read_public(&bytes);
+        }
+
+        /// A sealed record with any one byte changed, or cut anywhere, is refused.
+        #[test]
+        fn mutated_records_are_refused(body in proptest::collection::vec(any::<u8>(), 0..512), at in any::<usize>(), bit in 0u8..8) {
+            let k = keys(1);
+            let rec = Record { seq: 2, epoch: 1, prev: [3; 32], time_ns: 4, kind: RecordKind::Changes, body };
+            let blob = k.seal_record(&rec);
+            let mut bad = blob.clone();
+            let i = at % bad.len();
+            bad[i] ^= 1 << bit;
+            prop_assert!(k.open_record(1, 2, &bad).is_err());
+            prop_assert!(k.open_record(1, 2, &blob[..i]).is_err());
+            prop_assert_eq!(k.open_record(1, 2, &blob).unwrap(), rec);
+        }
+    }
 
     fn keys(vol: u8) -> LogKeys {
         LogKeys::new(&[7; 32], [vol; 16])
@@ -447,6 +478,24 @@ mod tests {
         }
         assert!(k.open_record(3, 5, &blob[..blob.len() - 1]).is_err());
         assert!(k.open_record(3, 5, b"").is_err());
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_chunks_and_refuse_swaps() {
+        let k = keys(1);
+        let image: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let chunks = k.seal_snapshot(2, 9, &image, 1000);
+        assert!(chunks.len() > 5);
+        let count = chunks.len() as u32;
+        let mut sealed = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            sealed.extend_from_slice(k.chunk_piece(2, 9, i as u32, count, c).unwrap());
+        }
+        assert_eq!(k.open_snapshot(2, 9, &sealed).unwrap(), image);
+        // A chunk served for another index, or the image under another record, is refused.
+        assert!(k.chunk_piece(2, 9, 1, count, &chunks[0]).is_err());
+        assert!(k.open_snapshot(2, 10, &sealed).is_err());
+        assert!(keys(2).open_snapshot(2, 9, &sealed).is_err());
     }
 
     #[test]
