@@ -30,12 +30,18 @@ pub fn run(volume: PathBuf, args: Args) -> Result<()> {
         }
         (Some(_), Some(_)) => bail!("give either --key-file or --passphrase-env, not both"),
     };
-    let report = restore(&RestoreOptions {
-        stores,
-        key,
-        volume,
-        take_over,
-    })?;
+    let steps = super::progress::Steps::new();
+    let report = restore(
+        &RestoreOptions {
+            stores,
+            key,
+            volume,
+            take_over,
+        },
+        &|phase, done, total| steps.step(phase, done, total),
+    );
+    steps.finish();
+    let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

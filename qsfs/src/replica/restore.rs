@@ -78,8 +78,11 @@ pub struct RestoreReport {
     pub took_over: bool,
 }
 
-/// Restores the volume that `opts.stores` belongs to into `opts.volume`.
-pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
+/// What a restore is doing, for a progress display: a phase and, where it counts, done/total.
+pub type RestoreProgress<'a> = dyn Fn(&str, u64, u64) + Sync + 'a;
+
+/// Restores the volume that `opts.stores` belongs to into `opts.volume`, telling `progress` what it is doing.
+pub fn restore(opts: &RestoreOptions, progress: &RestoreProgress<'_>) -> Result<RestoreReport> {
     let root = &opts.volume;
     if root.join(CONFIG_FILE).exists() || root.join(META_FILE).exists() {
         return Err(QsfsError::VolumeExists { path: root.clone() });
@@ -90,15 +93,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
     let root = root
         .canonicalize()
         .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
-    let result = restore_into(&root, opts);
+    let result = restore_into(&root, opts, progress);
     if result.is_err() {
         volume::remove_partial_volume(&root, existed, &[]);
     }
     result
 }
 
-fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
+fn restore_into(
+    root: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress<'_>,
+) -> Result<RestoreReport> {
     let rt = IoRuntime::new()?;
+    progress("reading the volume descriptor", 0, 0);
     let (mut config, master, given) = rt.block_on(read_descriptor(opts))?;
     for (id, uri) in given {
         if let Some(s) = config.stores.iter_mut().find(|s| s.id == id) {
@@ -118,6 +126,7 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
             StoreState::Up => None,
         })
         .collect();
+    progress("reading the metadata log from every store", 0, 0);
     let chain = rt.block_on(newest_chain(&stores, &keys)).ok_or_else(|| {
         QsfsError::MetaLog(format!(
             "no reachable store holds a metadata snapshot that verifies{}",
@@ -130,7 +139,9 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
     })?;
     let tmp = root.join("meta.db.restore.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let built = rt.block_on(build_database(&tmp, &chain, &stores, &keys, &config));
+    let built = rt.block_on(build_database(
+        &tmp, &chain, &stores, &keys, &config, progress,
+    ));
     let (applied, manifest) = match built {
         Ok(v) => v,
         Err(e) => {
@@ -177,6 +188,7 @@ fn restore_into(root: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
     // With repair: shards the metadata names but their stores lack (a store that lost data or was rolled back)
     // are recorded missing, so `qsfs repair` (or a mount's background repair) rebuilds them.
     // (A read-only copy cannot record them: it only reports.)
+    progress("checking the restored volume (fsck)", 0, 0);
     let fsck = crate::fsck::fsck(&vol, vol.check_writer().is_ok())?;
     if let Err(e) = vol.replicate_metadata() {
         tracing::warn!(error = %e, "fsck's findings are not yet on the stores");
@@ -292,6 +304,7 @@ async fn build_database(
     stores: &Arc<StoreSet>,
     keys: &LogKeys,
     config: &VolumeConfig,
+    progress: &RestoreProgress<'_>,
 ) -> Result<(u64, Vec<u8>)> {
     let snap = &chain.records[0];
     let (epoch, seq) = (snap.record.epoch, snap.record.seq);
@@ -301,6 +314,7 @@ async fn build_database(
         .map_err(|e| QsfsError::MetaLog(format!("snapshot record {seq}: {e}")))?;
     let mut sealed = Vec::with_capacity(manifest.sealed_len.min(1 << 30) as usize);
     for i in 0..manifest.chunks {
+        progress("reading the snapshot", i as u64, manifest.chunks as u64);
         sealed.extend_from_slice(&read_chunk(stores, keys, epoch, seq, i, manifest.chunks).await?);
     }
     let compressed = keys.open_snapshot(epoch, seq, &sealed)?;
@@ -316,7 +330,9 @@ async fn build_database(
         meta::sync_store(&conn, s.id, &s.uri)?;
     }
     let mut applied = 0;
+    let records = chain.records.len() as u64 - 1;
     for v in &chain.records[1..] {
+        progress("applying the log's records", applied, records);
         match v.record.kind {
             RecordKind::Changes => {
                 // A record's changesets merged into one (in order) and applied at once: one pass per table
