@@ -87,6 +87,16 @@ fn fingerprint(vol: &Volume) -> ([u8; 32], String) {
     )
 }
 
+/// This copy's claim on `epoch`, taken now.
+fn new_lease(holder: [u8; 32], description: String, epoch: u64) -> Lease {
+    Lease {
+        epoch,
+        holder,
+        taken_ns: meta::now_ns(),
+        description,
+    }
+}
+
 impl Volume {
     /// The newest lease any reachable store holds (`None` when none holds one), and whether any store answered.
     fn newest_lease(&self) -> (Option<Lease>, bool) {
@@ -141,13 +151,7 @@ impl Volume {
             None if !answered => Writer::Unknown,
             None => {
                 let epoch = self.meta().read(journal::log_state)?.epoch;
-                let lease = Lease {
-                    epoch,
-                    holder: me,
-                    taken_ns: meta::now_ns(),
-                    description: desc,
-                };
-                self.write_lease(&lease)?;
+                self.write_lease(&new_lease(me, desc, epoch))?;
                 Writer::Holder { epoch }
             }
         };
@@ -249,12 +253,7 @@ impl Volume {
             .map(|l| l.description.clone());
         let local = self.meta().read(journal::log_state)?.epoch;
         let epoch = newest.as_ref().map_or(local, |l| l.epoch).max(local) + 1;
-        let lease = Lease {
-            epoch,
-            holder: me,
-            taken_ns: meta::now_ns(),
-            description: desc,
-        };
+        let lease = new_lease(me, desc, epoch);
         self.write_lease(&lease)?;
         match self.newest_lease().0 {
             Some(l) if l == lease => {}
