@@ -21,6 +21,8 @@ use crate::meta::{ShardRow, ShardState};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a store marked down is checked again, so a restarted server rejoins a long-running mount.
 pub const REVIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long one read of a well-known object (lease, head, log record, snapshot chunk) may take.
+const NAMED_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A revival check is on the write/read path: it must give up quickly on a store that does not answer.
 const REVIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backoff between attempts of a retryable store operation.
@@ -394,20 +396,38 @@ impl StoreSet {
             .collect()
     }
 
-    /// Reads a well-known object from one store: `None` when the store does not hold it.
+    /// Reads a well-known object from one store (bounded by `NAMED_READ_TIMEOUT`): `None` when it holds none.
     pub async fn read_named(
         &self,
         slot: &StoreSlot,
         key: &ShardKey,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(loc) = slot.store.locate(key) else {
-            return Ok(None);
-        };
-        match with_retry(|| slot.store.get(&loc)).await {
-            Ok(blob) => Ok(Some(blob)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+        read_named(slot, key).await
+    }
+
+    /// Reads one well-known object from every up store that can hold it, concurrently, each read bounded by
+    /// `NAMED_READ_TIMEOUT` (a stalled store must not hold up a lease check or a restore). Returns (store id,
+    /// redacted URI, what it served), in store order.
+    pub async fn read_named_everywhere(
+        &self,
+        key: &ShardKey,
+    ) -> Vec<(u32, String, Result<Option<Vec<u8>>, StoreError>)> {
+        let mut tasks = JoinSet::new();
+        for slot in self.named_slots().into_iter().filter(|s| s.is_up()) {
+            let key = *key;
+            tasks.spawn(async move {
+                let res = read_named(&slot, &key).await;
+                (slot.id, slot.uri.clone(), res)
+            });
         }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(r) = joined {
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|r| r.0);
+        out
     }
 
     /// Deletes a well-known object from every up store that holds it (best effort: a store that is down keeps an
@@ -460,6 +480,23 @@ impl StoreSet {
         let slot = self.up_slot(store_id)?;
         let loc = Locator(locator.to_vec());
         with_retry(|| slot.store.delete(&loc)).await
+    }
+}
+
+/// A well-known object from one store, within `NAMED_READ_TIMEOUT`: `None` when the store does not hold it.
+async fn read_named(slot: &StoreSlot, key: &ShardKey) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(loc) = slot.store.locate(key) else {
+        return Ok(None);
+    };
+    let read = with_retry(|| slot.store.get(&loc));
+    match tokio::time::timeout(NAMED_READ_TIMEOUT, read).await {
+        Ok(Ok(blob)) => Ok(Some(blob)),
+        Ok(Err(StoreError::NotFound { .. })) => Ok(None),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StoreError::Unavailable {
+            uri: slot.uri.clone(),
+            reason: format!("no answer within {NAMED_READ_TIMEOUT:?}"),
+        }),
     }
 }
 

@@ -79,6 +79,17 @@ pub fn init(c: &dyn Cluster, v: &Vol) {
 
 pub use crate::fuse::mount::wait_for as wait_until;
 
+/// `qsfs repair` empties the queue, `audit --full` is clean and every segment is fully redundant again.
+#[track_caller]
+pub fn repair_to_full_redundancy(v: &Vol) {
+    let (run, r) = repair(v, &[]);
+    let d = run.describe();
+    run.ok();
+    assert_eq!(num(&r["remaining"]), 0, "{d}");
+    assert_clean_full_audit(v);
+    assert_full_redundancy(v);
+}
+
 /// Asserts `status --json` lists exactly `down` as unreachable, each with a non-empty reason; returns the status.
 #[track_caller]
 pub fn assert_down(v: &Vol, down: &[usize]) -> Status {
@@ -253,12 +264,7 @@ pub fn lost_before_open(c: &mut dyn Cluster, losses: [Loss; 3]) {
             v.ok(&["store", "readmit", &st.stores[i].uri]);
         }
     }
-    let (run, r) = repair(&v, &[]);
-    let d = run.describe();
-    run.ok();
-    assert_eq!(num(&r["remaining"]), 0, "{d}");
-    assert_clean_full_audit(&v);
-    assert_full_redundancy(&v);
+    repair_to_full_redundancy(&v);
     assert_reads(&v, &want, "after every store came back and repair");
     v.ok(&["fsck"]);
 }

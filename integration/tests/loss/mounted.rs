@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Cluster, Loss, assert_down, assert_full_redundancy, assert_reads, init, wait_until};
-use crate::audit::{assert_clean_full_audit, num, repair};
+use super::{
+    Cluster, Loss, assert_down, assert_full_redundancy, assert_reads, init,
+    repair_to_full_redundancy, wait_until,
+};
 use crate::fuse::mount::Mount;
 use crate::fuse::{record_bytes, sh};
 use crate::helpers::{Vol, s};
@@ -346,12 +348,7 @@ pub fn lost_during_mount(c: &mut dyn Cluster, first: Loss, after_second: Expect)
         let st = assert_down(&v, &[2]);
         v.ok(&["store", "readmit", &st.stores[2].uri]);
     }
-    let (run, r) = repair(&v, &[]);
-    let d = run.describe();
-    run.ok();
-    assert_eq!(num(&r["remaining"]), 0, "{d}");
-    assert_clean_full_audit(&v);
-    assert_full_redundancy(&v);
+    repair_to_full_redundancy(&v);
 
     // Everything written reads back through `qsfs get`.
     fs::write(want.join("probe-after-return"), b"the stores are back\n").unwrap();

@@ -237,8 +237,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rm { recursive, path } => {
             let vol = open_volume(&dir)?;
             vol.remove(&path, recursive)?;
-            // Durable on the stores before any shard it dropped is deleted.
-            vol.replicate_metadata()?;
+            // collect_garbage ships the removal to the stores' log before it deletes any shard it dropped.
             let result = vol.collect_garbage().map(|_| ()).map_err(Into::into);
             finish(&vol, result)
         }
@@ -324,8 +323,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Opens the volume for a command. Every command ends with `Volume::replicate_metadata`, so what it changed
-/// (a put, a repair's new shard locations, shards a read found bad) is on the stores' metadata log when it exits.
+/// Opens the volume for a command. Every command that changes something ends in `finish` or `finish_reading`, which ship
+/// what it changed (a put, a repair's new shard locations, shards a read found bad) to the stores' metadata log.
 fn open_volume(dir: &std::path::Path) -> Result<Volume> {
     Ok(Volume::open_replicated(dir)?)
 }

@@ -34,20 +34,12 @@ pub struct Chain {
 /// Every store's head hint (those that answer and hold one).
 async fn heads(stores: &StoreSet, keys: &LogKeys, notes: &mut Vec<String>) -> Vec<(u32, Head)> {
     let mut out = Vec::new();
-    for slot in stores.named_slots().iter().filter(|s| s.is_up()) {
-        match stores.read_named(slot, &keys.head_key()).await {
-            Ok(Some(blob)) => match keys.open_head(&blob) {
-                Ok(head) => out.push((slot.id, head)),
-                Err(e) => notes.push(format!("store {} ({}): {e}", slot.id, slot.uri)),
-            },
-            Ok(None) => notes.push(format!(
-                "store {} ({}): holds no metadata head",
-                slot.id, slot.uri
-            )),
-            Err(e) => notes.push(format!(
-                "store {} ({}): head unreadable: {e}",
-                slot.id, slot.uri
-            )),
+    for (id, uri, served) in stores.read_named_everywhere(&keys.head_key()).await {
+        match served.map(|b| b.map(|b| keys.open_head(&b))) {
+            Ok(Some(Ok(head))) => out.push((id, head)),
+            Ok(Some(Err(e))) => notes.push(format!("store {id} ({uri}): {e}")),
+            Ok(None) => notes.push(format!("store {id} ({uri}): holds no metadata head")),
+            Err(e) => notes.push(format!("store {id} ({uri}): head unreadable: {e}")),
         }
     }
     out
@@ -62,15 +54,15 @@ async fn versions(
     notes: &mut Vec<String>,
 ) -> Vec<Version> {
     let mut out: Vec<Version> = Vec::new();
-    for slot in stores.named_slots().iter().filter(|s| s.is_up()) {
-        let blob = match stores.read_named(slot, &keys.record_key(epoch, seq)).await {
+    for (id, uri, served) in stores
+        .read_named_everywhere(&keys.record_key(epoch, seq))
+        .await
+    {
+        let blob = match served {
             Ok(Some(blob)) => blob,
             Ok(None) => continue,
             Err(e) => {
-                notes.push(format!(
-                    "store {} ({}): record {seq} unreadable: {e}",
-                    slot.id, slot.uri
-                ));
+                notes.push(format!("store {id} ({uri}): record {seq} unreadable: {e}"));
                 continue;
             }
         };
@@ -78,16 +70,16 @@ async fn versions(
             Ok(record) => {
                 let hash = record_hash(&blob);
                 match out.iter_mut().find(|v| v.hash == hash) {
-                    Some(v) => v.stores.push(slot.id),
+                    Some(v) => v.stores.push(id),
                     None => out.push(Version {
                         record,
                         hash,
                         len: blob.len() as u64,
-                        stores: vec![slot.id],
+                        stores: vec![id],
                     }),
                 }
             }
-            Err(e) => notes.push(format!("store {} ({}): {e}", slot.id, slot.uri)),
+            Err(e) => notes.push(format!("store {id} ({uri}): {e}")),
         }
     }
     out

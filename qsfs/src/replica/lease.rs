@@ -103,11 +103,11 @@ impl Volume {
         let keys = self.replica().keys();
         let mut newest: Option<Lease> = None;
         let mut answered = false;
-        for slot in self.stores().named_slots().iter().filter(|s| s.is_up()) {
-            match self
-                .io()
-                .block_on(self.stores().read_named(slot, &keys.lease_key()))
-            {
+        for (_, uri, served) in self
+            .io()
+            .block_on(self.stores().read_named_everywhere(&keys.lease_key()))
+        {
+            match served {
                 Ok(found) => {
                     answered = true;
                     let Some(blob) = found else { continue };
@@ -120,12 +120,10 @@ impl Volume {
                                 newest = Some(l);
                             }
                         }
-                        Err(e) => {
-                            tracing::warn!(store = %slot.uri, error = %e, "writer lease ignored")
-                        }
+                        Err(e) => tracing::warn!(store = %uri, error = %e, "writer lease ignored"),
                     }
                 }
-                Err(e) => tracing::debug!(store = %slot.uri, error = %e, "writer lease unreadable"),
+                Err(e) => tracing::debug!(store = %uri, error = %e, "writer lease unreadable"),
             }
         }
         (newest, answered)
