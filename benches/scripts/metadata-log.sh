@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The metadata log's cost and the restore it buys, side by side in one run:
-#   - replication overhead: the current qsfs against a baseline build without the log (BASELINE, default the last
-#     commit before it), on the embedded default volume: 1 KiB creates through a mount (each close durable), an
-#     fsync loop (4 KiB append + fsync), and a sequential write of SIZE random bytes + fsync;
+#   - replication overhead: the current qsfs (default local-first close, and with --sync-close, where every close
+#     is durable on the stores as in the baseline) against a baseline build without the log (BASELINE, default the
+#     last commit before it), on the embedded default volume: 1 KiB creates through a mount (rate of the closes,
+#     and with the uploads drained by the unmount counted in), an fsync loop (4 KiB append + fsync), and a
+#     sequential write of SIZE random bytes + fsync;
 #   - restore: a volume of RESTORE_FILES small files (put with the CLI), its directory deleted, `qsfs restore` from
 #     one store: wall time, and the bytes of metadata objects one store holds (what a restore reads).
 # Not part of the test suite: it needs root (FUSE) and takes minutes.
@@ -54,14 +56,19 @@ with open(sys.argv[1], "wb") as f:
 EOF
 mkdir -p "$work/mnt"
 
-# mounted BIN VOL: mounts VOL (creating the embedded default) with BIN
-mounted() { "$1" --volume "$2" mount "$work/mnt" >&2; }
+# mounted BIN VOL: mounts VOL (creating the embedded default) with BIN and the options in $mount_opts
+mount_opts=()
+mounted() { "$1" --volume "$2" mount "$work/mnt" "${mount_opts[@]}" >&2; }
 unmount() { "$1" umount "$work/mnt" >&2; }
 now() { date +%s.%N; }
 rate() { python3 -c "import sys; print(f'{float(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2])):.0f}')" "$@"; }
 
-creates_per_s() {
-    local bin=$1 vol=$2 start end
+creates_per_s() { create_files "$@" closes; }
+creates_drained_per_s() { create_files "$@" drained; }
+
+# create_files BIN VOL closes|drained: files/s, timed to the last close or to the end of the unmount's drain
+create_files() {
+    local bin=$1 vol=$2 until=$3 start end
     mounted "$bin" "$vol"
     mkdir "$work/mnt/creates"
     start=$(now)
@@ -75,6 +82,7 @@ for i in range(n):
 EOF
     end=$(now)
     unmount "$bin"
+    if [[ $until == drained ]]; then end=$(now); fi
     rate "$creates" "$start" "$end"
 }
 
@@ -108,20 +116,29 @@ write_mb_per_s() {
         "$bytes" "$start" "$end"
 }
 
-echo "| workload | without the log ($baseline) | with the log | ratio |"
-echo "|---|---|---|---|"
-for workload in creates_per_s fsyncs_per_s write_mb_per_s; do
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    b=$($workload "$work/qsfs-baseline" "$work/vol-base-$workload")
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    c=$($workload "$work/qsfs-current" "$work/vol-cur-$workload")
-    ratio=$(python3 -c "import sys; print(f'{float(sys.argv[2]) / float(sys.argv[1]):.2f}')" "$b" "$c")
+echo "| workload | without the log ($baseline) | with the log, default | ratio | with the log, --sync-close | ratio |"
+echo "|---|---|---|---|---|---|"
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[2]) / float(sys.argv[1]):.2f}')" "$@"; }
+for workload in creates_per_s creates_drained_per_s fsyncs_per_s write_mb_per_s; do
+    results=()
+    for run in baseline current current-sync; do
+        mount_opts=()
+        bin="$work/qsfs-current"
+        case $run in
+            baseline) bin="$work/qsfs-baseline" ;;
+            current-sync) mount_opts=(--sync-close) ;;
+        esac
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        results+=("$($workload "$bin" "$work/vol-$run-$workload")")
+    done
     case $workload in
-        creates_per_s) label="1 KiB creates through the mount ($creates, files/s)" ;;
+        creates_per_s) label="1 KiB creates through the mount ($creates, files/s to the last close)" ;;
+        creates_drained_per_s) label="1 KiB creates, uploads drained by the unmount ($creates, files/s)" ;;
         fsyncs_per_s) label="4 KiB append + fsync loop ($fsyncs, fsyncs/s)" ;;
         *) label="sequential write of $size random + fsync (MB/s)" ;;
     esac
-    echo "| $label | $b | $c | $ratio |"
+    echo "| $label | ${results[0]} | ${results[1]} | $(ratio "${results[0]}" "${results[1]}") |" \
+        "${results[2]} | $(ratio "${results[0]}" "${results[2]}") |"
 done
 
 # --- restore --------------------------------------------------------------------------------------------------

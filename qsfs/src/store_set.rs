@@ -220,9 +220,15 @@ impl StoreSet {
 
     /// Re-checks the stores that are down and due for a check (see `REVIVE_INTERVAL`), concurrently.
     pub async fn revive_due(&self) {
+        self.revive_checked_before(self.revive_interval).await;
+    }
+
+    /// Re-checks the down stores not checked within `interval`: an fsync waiting for its data asks sooner than the
+    /// background schedule.
+    pub async fn revive_checked_before(&self, interval: Duration) {
         let mut checks = JoinSet::new();
         for slot in self.slots.iter().filter(|s| !s.is_up()) {
-            let (slot, interval) = (slot.clone(), self.revive_interval);
+            let slot = slot.clone();
             checks.spawn(async move { slot.revive_if_due(interval).await });
         }
         while let Some(back) = checks.join_next().await {

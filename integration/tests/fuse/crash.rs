@@ -20,13 +20,13 @@ fn kill_9_during_fsync_loop_then_remount_keeps_every_acked_record() {
     let mp = v.scratch("mnt");
     let mut all: Vec<Ack> = Vec::new();
 
-    // Default mounts and --writeback ones (close makes data durable in the local upload queue, which a remount
-    // must carry on uploading), each killed after a different number of acknowledged records.
+    // Default (local-first) mounts, where close makes data durable in the local upload queue that a remount must
+    // carry on uploading, and --sync-close ones, each killed after a different number of acknowledged records.
     let rounds: [(u64, &[&str], usize); 4] = [
         (0, &[], 25),
-        (1, &["--writeback"], 40),
+        (1, &["--sync-close"], 40),
         (2, &[], 12),
-        (3, &["--writeback"], 60),
+        (3, &["--sync-close"], 60),
     ];
     for (round, extra, acks_before_kill) in rounds {
         let m = Mount::start(&v, &mp, extra);

@@ -16,7 +16,7 @@ use crate::helpers::{Vol, s};
 
 const KIB: u64 = 1024;
 
-/// SIGTERM (on a `--writeback` mount, whose closes only queue uploads locally) and SIGINT (on a default mount):
+/// SIGTERM (on a default mount, whose closes only queue uploads locally) and SIGINT (on a `--sync-close` mount):
 /// the process drains its uploads, unmounts and exits 0; the data is then all on the stores (every segment
 /// healthy) and `qsfs get` returns it.
 #[test]
@@ -29,8 +29,8 @@ fn sigterm_and_sigint_drain_uploads_and_unmount() {
     let mp = v.scratch("mnt");
     let src = v.scratch("src");
     for (i, (sig, extra)) in [
-        (Signal::SIGTERM, &["--writeback"][..]),
-        (Signal::SIGINT, &[][..]),
+        (Signal::SIGTERM, &[][..]),
+        (Signal::SIGINT, &["--sync-close"][..]),
     ]
     .into_iter()
     .enumerate()

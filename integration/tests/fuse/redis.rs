@@ -1,7 +1,7 @@
 //! Stores dying under a mount: six real redis-servers, write quorum 5, a writer making every record durable.
 //! One server SIGKILLed mid-write: writes complete on the other five or fail with an error. A second one killed
-//! (four left, below the quorum): every durability call started afterwards must fail — an fsync or close that
-//! returns 0 then would be a promise the stores cannot keep. Whatever was acknowledged reads back exactly, with
+//! (four left, below the quorum): every fsync started afterwards must fail — an fsync that returns 0 then would be
+//! a promise the stores cannot keep — while a local-first close succeeds and its data reaches the stores later. Whatever was acknowledged reads back exactly, with
 //! the servers down, after they restart, after a remount and through `qsfs get`.
 
 use std::os::unix::fs::FileExt;
@@ -97,16 +97,22 @@ fn redis_store_killed_mid_write_never_loses_acknowledged_data() {
         "with 4 of 6 stores up and write quorum 5, these durability calls returned success: {ok2:#?}"
     );
 
-    // close is a durability point too: below the quorum it must fail rather than return 0.
+    // close is local-first: below the quorum it still succeeds (the bytes wait in the local upload queue), while
+    // fsync, the promise that the data is on the stores, must fail rather than return 0.
     let below = dir.join("close-below-quorum");
     let f = std::fs::File::create(&below).expect("create (metadata only) works below the quorum");
     f.write_all_at(b"written below the write quorum\n", 0)
         .expect("a write into the local staging works below the quorum");
     let closed = nix::unistd::close(f);
-    eprintln!("close of a new file with two redis-servers down: {closed:?}");
     assert!(
-        closed.is_err(),
-        "close returned 0 with 4 of 6 stores up and write quorum 5"
+        closed.is_ok(),
+        "a local-first close needs no store, yet failed: {closed:?}"
+    );
+    let synced = std::fs::File::open(&below).and_then(|f| f.sync_all());
+    eprintln!("fsync of a closed file with two redis-servers down: {synced:?}");
+    assert!(
+        synced.is_err(),
+        "fsync returned 0 with 4 of 6 stores up and write quorum 5"
     );
 
     // Everything acknowledged reads back: now (K = 4 stores left), after the servers restart, after a remount.
@@ -154,6 +160,11 @@ fn redis_store_killed_mid_write_never_loses_acknowledged_data() {
         log.attempts,
         std::fs::read_to_string(&first_log).unwrap_or_default(),
         m.log_text()
+    );
+    assert_eq!(
+        std::fs::read(m.path("w/close-below-quorum")).expect("the file closed below the quorum"),
+        b"written below the write quorum\n",
+        "a file closed while the stores were away reaches them once they are back"
     );
     m.umount();
     let out = v.fresh_path("out");

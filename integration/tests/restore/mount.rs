@@ -122,6 +122,19 @@ fn machine_loss_restore_from_one_store_brings_back_every_acknowledged_byte() {
         "only {} records acknowledged",
         log.acks.len()
     );
+    // close is local-first: acknowledged on the stores is what fsync returned for (the append log's records; the
+    // writer's small files and the copied tree were only closed). `sync FILE...` fsyncs each file.
+    sh(
+        "sh",
+        &[
+            "-c",
+            "find \"$1\" \"$2\" -type f -exec sync {} +",
+            "sh",
+            s(&m.path("tree")),
+            s(&log_dir),
+        ],
+    )
+    .ok();
     // Namespace changes (chmod, link, touch) are durable at the next fsync: fsync the mount's root directory.
     sh(
         "python3",

@@ -124,8 +124,12 @@ enum Command {
         /// Memory for decoded segments (read cache), e.g. 256MiB.
         #[arg(long, default_value = "256MiB", value_name = "SIZE")]
         cache_size: qsfs::config::ByteSize,
-        /// close() returns once data is durable locally; a persistent queue uploads it in the background.
+        /// Make every close(2) wait until the file's data and metadata are on the stores, like fsync (by
+        /// default close returns once they are durable locally and uploads follow within seconds).
         #[arg(long)]
+        sync_close: bool,
+        /// Accepted for scripts written for earlier releases: local-first close is now the default.
+        #[arg(long, hide = true)]
         writeback: bool,
         /// FUSE worker threads.
         #[arg(long, default_value_t = 8, value_name = "N")]
@@ -246,19 +250,27 @@ pub fn run(cli: Cli) -> Result<()> {
             foreground,
             allow_other,
             cache_size,
+            sync_close,
             writeback,
             threads,
-        } => mount::mount(
-            &dir,
-            mount::MountArgs {
-                mountpoint,
-                foreground,
-                allow_other,
-                cache_size,
-                writeback,
-                threads,
-            },
-        ),
+        } => {
+            if writeback {
+                eprintln!(
+                    "qsfs: --writeback is the default now (close is local-first; fsync waits for the stores)"
+                );
+            }
+            mount::mount(
+                &dir,
+                mount::MountArgs {
+                    mountpoint,
+                    foreground,
+                    allow_other,
+                    cache_size,
+                    sync_close,
+                    threads,
+                },
+            )
+        }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
         Command::Restore {
             stores,

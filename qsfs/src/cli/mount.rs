@@ -28,7 +28,7 @@ pub struct MountArgs {
     pub foreground: bool,
     pub allow_other: bool,
     pub cache_size: ByteSize,
-    pub writeback: bool,
+    pub sync_close: bool,
     pub threads: usize,
 }
 
@@ -67,7 +67,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,
-        writeback: args.writeback,
+        sync_close: args.sync_close,
         threads: args.threads,
     };
     let mp = args.mountpoint.clone();
@@ -117,8 +117,8 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     if args.allow_other {
         cmd.arg("--allow-other");
     }
-    if args.writeback {
-        cmd.arg("--writeback");
+    if args.sync_close {
+        cmd.arg("--sync-close");
     }
     let mut child = cmd
         .env(CHILD_ENV, "1")

@@ -27,8 +27,8 @@ use crate::volume::Volume;
 /// Segments read ahead of a sequential reader.
 const READAHEAD_SEGMENTS: u64 = 4;
 
-/// A segment snapshot handed to the sealer: encoded, placed and committed by a worker (or, for `--writeback`,
-/// first recorded in the upload queue).
+/// A segment snapshot handed to the sealer: encoded, placed and committed by a worker (or, for a local-first
+/// close, first recorded in the upload queue).
 pub(crate) struct Job {
     pub idx: u64,
     /// Global, increasing: a commit of an older version never replaces a newer one.
@@ -39,6 +39,8 @@ pub(crate) struct Job {
     pub queue_id: Mutex<Option<i64>>,
     /// The errno this job failed with: every flush that waited on it reports it, whoever else saw it first.
     pub failed: Mutex<Option<i32>>,
+    /// The next retry's backoff for a queued job whose upload failed (milliseconds; 0 before the first failure).
+    pub retry_delay_ms: AtomicU64,
 }
 
 impl Job {
@@ -140,12 +142,17 @@ pub(crate) struct Engine {
     pub staging: StagingArea,
     pub cache: Arc<ReadCache>,
     pub seg: u64,
-    pub writeback: bool,
+    /// `--sync-close`: every close is an fsync (see `flush`).
+    pub sync_close: bool,
+    /// How long an fsync waits for queued uploads, in milliseconds (`flush::FSYNC_UPLOAD_WAIT`; tests shorten it).
+    pub fsync_wait_ms: AtomicU64,
     cells: Mutex<HashMap<u64, Arc<Cell>>>,
     version: AtomicU64,
     pub(super) jobs_tx: Mutex<Option<mpsc::Sender<SealRequest>>>,
     /// Jobs submitted and not finished, over all inodes (backpressure and drain).
     pub(super) inflight: (Mutex<usize>, Condvar),
+    /// Of those, queued jobs waiting for their next upload attempt.
+    pub(super) retrying: AtomicUsize,
     pub shutting_down: AtomicBool,
     /// Set when a commit produced garbage; the housekeeping thread collects it.
     pub garbage_pending: AtomicBool,
@@ -154,7 +161,7 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub fn new(vol: Arc<Volume>, cache_size: u64, writeback: bool) -> Result<Arc<Engine>> {
+    pub fn new(vol: Arc<Volume>, cache_size: u64, sync_close: bool) -> Result<Arc<Engine>> {
         let staging = StagingArea::open(&vol.cache_dir(), true)?;
         let cache = ReadCache::new(cache_size);
         cache.start_prefetch(vol.clone());
@@ -164,11 +171,13 @@ impl Engine {
             vol,
             staging,
             cache,
-            writeback,
+            sync_close,
+            fsync_wait_ms: AtomicU64::new(super::flush::FSYNC_UPLOAD_WAIT.as_millis() as u64),
             cells: Mutex::new(HashMap::new()),
             version: AtomicU64::new(1),
             jobs_tx: Mutex::new(None),
             inflight: (Mutex::new(0), Condvar::new()),
+            retrying: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             garbage_pending: AtomicBool::new(false),
             seal_workers: AtomicUsize::new(0),
@@ -449,7 +458,7 @@ impl Engine {
                 // A sequential writer just filled this segment: seal it now, in the background, so a long write
                 // streams to the stores instead of piling up in staging. (Writes inside a segment do not, or
                 // random small writes would re-encode a whole segment each.)
-                if !self.writeback && in_off + n == seg {
+                if in_off + n == seg {
                     full.push(idx);
                 }
             }
@@ -494,6 +503,7 @@ impl Engine {
             cancelled: AtomicBool::new(false),
             queue_id: Mutex::new(queue_id),
             failed: Mutex::new(None),
+            retry_delay_ms: AtomicU64::new(0),
         })
     }
 

@@ -96,10 +96,13 @@ impl QsfsFs {
     /// descriptors' uploads nor takes (and reports) their errors, which belong to the writers' close or fsync.
     pub(super) fn flush_file(&self, fh: u64, fsync: bool) -> Result<()> {
         let h = self.file(fh)?;
-        if h.read_only && !fsync {
+        if fsync {
+            return self.eng.fsync_flush(&h.cell, true);
+        }
+        if h.read_only {
             return Ok(());
         }
-        self.eng.flush(&h.cell, fsync)
+        self.eng.close_flush(&h.cell)
     }
 
     pub(super) fn release_file(&self, fh: u64) -> Result<()> {

@@ -18,6 +18,7 @@
 mod attr;
 mod engine;
 mod files;
+mod flush;
 mod nodes;
 mod ops;
 mod seal;

@@ -168,7 +168,7 @@ impl QsfsFs {
                     let res = self
                         .eng
                         .truncate(&cell, size)
-                        .and_then(|_| self.eng.flush(&cell, false));
+                        .and_then(|_| self.eng.close_flush(&cell));
                     let released = self.eng.release(&cell);
                     res.and(released)?;
                 }

@@ -1,13 +1,10 @@
-//! Sealing: the worker pool that encodes and places segment snapshots and commits them, the flush that backs
-//! fsync and close, the `--writeback` upload queue, inode deletion, recovery at mount and the drain at unmount.
+//! Sealing: the worker pool that encodes and places segment snapshots and commits them, inode deletion, recovery
+//! at mount (the upload queue resumed) and the drain at unmount. What close and fsync wait for is in `flush`.
 //!
-//! Durability. `flush` (close) and `fsync` return only after every snapshot of the file taken so far is placed
-//! on at least `write_quorum` stores and committed, and after one FULL SQLite commit (or WAL fsync) that hardens
-//! those commits; a failed upload makes them fail with its errno (EIO) and puts the bytes back as dirty, so a
-//! later flush retries them. With `--writeback` they instead make the snapshots durable locally — small ones
-//! inside their queue rows, larger ones fsynced into `cache/queue/` — record them in the upload queue with the
-//! new size in one FULL commit, and return; workers upload in the background (retrying until they succeed), and
-//! the rows survive a crash to be resumed by the next mount.
+//! A job either has no queue row (sealed straight from staging: a full segment of a sequential writer, or an
+//! fsync's dirty data; a failure puts its bytes back as dirty and leaves its errno for the next close/fsync) or
+//! one (its bytes are durable locally in the upload queue: a failure is retried until it succeeds, and a mount
+//! that stops first leaves the row for the next one).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -19,26 +16,8 @@ use crate::meta::{self, SegmentRecord};
 
 /// Snapshots in flight over all files before a writer waits: bounds staging disk use and store load.
 const MAX_INFLIGHT: usize = 32;
-/// `--writeback` segments up to this size are queued with their bytes in the SQLite row: one commit makes them
-/// durable, where a queue file costs a file fsync, a rename and a directory fsync first.
-const INLINE_QUEUE_MAX: u64 = 64 * 1024;
 /// Dirty data untouched this long is sealed by the housekeeping thread.
 pub const IDLE_SEAL: Duration = Duration::from_secs(2);
-
-/// Where a `--writeback` snapshot is kept until it is uploaded.
-enum Queued {
-    /// A file in the queue directory.
-    File(String),
-    /// The bytes, to go into the queue row.
-    Inline(Vec<u8>),
-}
-
-fn errno_err(errno: i32) -> QsfsError {
-    QsfsError::io(
-        "uploading data written earlier",
-        std::io::Error::from_raw_os_error(errno),
-    )
-}
 
 impl Engine {
     /// Starts `n` sealing workers.
@@ -71,6 +50,11 @@ impl Engine {
 
     pub(super) fn submit(&self, cell: Arc<Cell>, job: Arc<Job>) {
         *self.inflight.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.send(cell, job);
+    }
+
+    /// Hands a job already counted in flight to the workers.
+    fn send(&self, cell: Arc<Cell>, job: Arc<Job>) {
         let tx = self.jobs_tx.lock().unwrap_or_else(|p| p.into_inner());
         match tx.as_ref() {
             Some(tx) => {
@@ -92,7 +76,8 @@ impl Engine {
     pub(super) fn wait_for_capacity(&self) {
         let (m, cv) = &self.inflight;
         let mut n = m.lock().unwrap_or_else(|p| p.into_inner());
-        while *n > MAX_INFLIGHT {
+        // Queued segments waiting to retry (stores away) hold no staging a writer could free by waiting.
+        while n.saturating_sub(self.retrying.load(Ordering::Acquire)) > MAX_INFLIGHT {
             n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -105,48 +90,67 @@ impl Engine {
     }
 
     fn run_job(&self, cell: &Arc<Cell>, job: &Arc<Job>) {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            if job.is_cancelled() {
-                if let Some(q) = job.queue_id() {
-                    // Superseded or cut away: its row must not outlive it (the truncate or unlink that cancelled
-                    // it may have deleted it already; deleting again is harmless).
-                    match self.vol.meta().write_fast(|c| meta::dequeue(c, q)) {
-                        Ok(_) => job.data.remove(),
-                        Err(e) => {
-                            tracing::warn!(ino = cell.ino, error = %e, "stale queue row left")
-                        }
+        self.seal_once(cell, job);
+        self.maybe_evict(cell.ino);
+    }
+
+    /// One attempt at a job. A queued segment that fails is sent again later (see `retry_later`); any other
+    /// failure finishes the job with its errno.
+    fn seal_once(&self, cell: &Arc<Cell>, job: &Arc<Job>) {
+        if job.is_cancelled() {
+            if let Some(q) = job.queue_id() {
+                // Superseded or cut away: its row must not outlive it (the truncate or unlink that cancelled
+                // it may have deleted it already; deleting again is harmless).
+                match self.vol.meta().write_fast(|c| meta::dequeue(c, q)) {
+                    Ok(_) => job.data.remove(),
+                    Err(e) => {
+                        tracing::warn!(ino = cell.ino, error = %e, "stale queue row left")
                     }
                 }
-                self.finish_job(cell, job, None, false);
-                break;
             }
-            let placed = job
-                .data
-                .read_prefix(job.plain_len)
-                .and_then(|bytes| self.vol.encode_and_place(cell.ino, job.idx, &bytes));
-            match placed.and_then(|rec| self.commit_job(cell, job, rec)) {
-                Ok(()) => break,
-                Err(e) if job.queue_id().is_some() => {
-                    // A queued segment is durable locally and close already succeeded: keep trying; a mount
-                    // that stops first leaves the row for the next one.
-                    if self.shutting_down.load(Ordering::Acquire) {
-                        tracing::warn!(ino = cell.ino, error = %e, "queued segment left for the next mount");
-                        self.finish_job(cell, job, None, false);
-                        break;
-                    }
-                    tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(30));
+            self.finish_job(cell, job, None, false);
+            return;
+        }
+        let placed = job
+            .data
+            .read_prefix(job.plain_len)
+            .and_then(|bytes| self.vol.encode_and_place(cell.ino, job.idx, &bytes));
+        match placed.and_then(|rec| self.commit_job(cell, job, rec)) {
+            Ok(()) => {}
+            Err(e) if job.queue_id().is_some() => {
+                // A queued segment is durable locally and close already succeeded: keep trying; a mount
+                // that stops first leaves the row for the next one.
+                if self.shutting_down.load(Ordering::Acquire) {
+                    tracing::warn!(ino = cell.ino, error = %e, "queued segment left for the next mount");
+                    self.finish_job(cell, job, None, false);
+                    return;
                 }
-                Err(e) => {
-                    tracing::error!(ino = cell.ino, error = %e, "sealing a segment failed");
-                    self.finish_job(cell, job, Some(e.errno()), true);
-                    break;
-                }
+                tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
+                self.retry_later(cell.clone(), job.clone());
+            }
+            Err(e) => {
+                tracing::error!(ino = cell.ino, error = %e, "sealing a segment failed");
+                self.finish_job(cell, job, Some(e.errno()), true);
             }
         }
-        self.maybe_evict(cell.ino);
+    }
+
+    /// Sends a failed queued job to the workers again after a backoff, without holding a worker meanwhile (while
+    /// the stores are away, every queued segment waits here and fsyncs and new writes still get workers). It
+    /// stays in flight for `drain`, but not for writers' backpressure.
+    fn retry_later(&self, cell: Arc<Cell>, job: Arc<Job>) {
+        // 0.5 s doubling to at most 4 s: an fsync may be waiting on this upload.
+        let delay = job.retry_delay_ms.load(Ordering::Relaxed).clamp(500, 4000);
+        job.retry_delay_ms
+            .store((delay * 2).min(4000), Ordering::Relaxed);
+        self.retrying.fetch_add(1, Ordering::AcqRel);
+        self.inflight.1.notify_all();
+        let eng = self.self_arc();
+        self.vol.io().handle().spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            eng.retrying.fetch_sub(1, Ordering::AcqRel);
+            eng.send(cell, job);
+        });
     }
 
     /// Removes a finished job from its cell. A failed job's bytes go back to dirty (unless newer bytes or a
@@ -223,178 +227,6 @@ impl Engine {
         }
         self.garbage_pending.store(true, Ordering::Release);
         self.finish_job(cell, job, None, false);
-        Ok(())
-    }
-
-    /// close(2) and the idle sealer: makes everything written so far durable (or, with `--writeback`, durable
-    /// locally and queued). fsync adds a WAL sync even when nothing was written (`sync_namespace`).
-    pub fn flush(&self, cell: &Arc<Cell>, sync_namespace: bool) -> Result<()> {
-        self.flush_reporting(cell, sync_namespace, true)
-    }
-
-    /// A flush on behalf of no caller (the idle sealer, the last release): it fails only for its own jobs and
-    /// leaves the file's pending error for the next fsync/close, which must see it.
-    pub fn flush_quietly(&self, cell: &Arc<Cell>) -> Result<()> {
-        self.flush_reporting(cell, false, false)
-    }
-
-    /// `report`: this flush answers an fsync/close, so it takes (and returns) the error a background seal of this
-    /// file left; otherwise that error stays for the next one that does.
-    fn flush_reporting(&self, cell: &Arc<Cell>, sync_namespace: bool, report: bool) -> Result<()> {
-        if self.writeback {
-            return self.queue_dirty(cell, sync_namespace, report);
-        }
-        let waits: Vec<Arc<Job>> = {
-            let mut st = cell.lock();
-            let dirty = std::mem::take(&mut st.dirty);
-            for (idx, staged) in dirty {
-                self.start_job(cell, &mut st, idx, staged);
-            }
-            st.jobs
-                .iter()
-                .filter(|j| j.queue_id().is_none())
-                .cloned()
-                .collect()
-        };
-        let mut st = cell.lock();
-        while st
-            .jobs
-            .iter()
-            .any(|j| waits.iter().any(|w| Arc::ptr_eq(j, w)))
-        {
-            st = cell.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        let own = waits
-            .iter()
-            .find_map(|j| *j.failed.lock().unwrap_or_else(|p| p.into_inner()));
-        let pending = if report { st.error.take() } else { None };
-        if let Some(e) = own.or(pending) {
-            return Err(errno_err(e));
-        }
-        drop(st);
-        self.commit_size(cell, sync_namespace)
-    }
-
-    /// Commits the in-memory size and times with a FULL commit if they changed, else hardens earlier NORMAL
-    /// commits of this file (or, for fsync, of the namespace) with a WAL sync.
-    fn commit_size(&self, cell: &Cell, always_sync: bool) -> Result<()> {
-        let _commit = cell.lock_commit();
-        let (size, mtime, ctime, changed, unsynced) = {
-            let st = cell.lock();
-            (
-                st.size,
-                st.mtime_ns,
-                st.ctime_ns,
-                st.times_dirty || st.size != st.db_size,
-                st.unsynced,
-            )
-        };
-        if changed {
-            self.vol
-                .meta()
-                .write(|c| meta::set_size_times(c, cell.ino, size, mtime, ctime))?;
-        } else if unsynced || always_sync {
-            self.vol.meta().sync()?;
-        }
-        // The durability point: the metadata this file depends on goes to the stores' log before close/fsync
-        // returns (a no-op when nothing is pending).
-        self.vol.replicate_metadata()?;
-        let mut st = cell.lock();
-        st.db_size = size;
-        st.unsynced = false;
-        if st.mtime_ns == mtime {
-            st.times_dirty = false;
-        }
-        Ok(())
-    }
-
-    /// `--writeback` flush: fsync each dirty snapshot into the queue directory, then one FULL commit records the
-    /// queue rows and the size; the uploads run later.
-    fn queue_dirty(&self, cell: &Arc<Cell>, always_sync: bool, report: bool) -> Result<()> {
-        let _commit = cell.lock_commit();
-        let mut batch = Vec::new();
-        let (size, mtime, ctime, changed) = {
-            let mut st = cell.lock();
-            if report && let Some(e) = st.error.take() {
-                return Err(errno_err(e));
-            }
-            let dirty = std::mem::take(&mut st.dirty);
-            for (idx, staged) in dirty {
-                let queued = if staged.len() <= INLINE_QUEUE_MAX {
-                    staged.read_prefix(staged.len()).map(Queued::Inline)
-                } else {
-                    self.staging.enqueue(&staged).map(Queued::File)
-                };
-                match queued {
-                    Ok(queued) => {
-                        // Visible as the newest snapshot at once, so reads and writes during the commit below
-                        // see these bytes; submitted only once their rows are committed.
-                        let job = self.new_job(idx, staged, None);
-                        st.jobs.push(job.clone());
-                        batch.push((job, queued));
-                    }
-                    Err(e) => {
-                        st.dirty.insert(idx, staged);
-                        for (j, _) in &batch {
-                            st.jobs.retain(|x| !Arc::ptr_eq(x, j));
-                            st.dirty.insert(j.idx, j.data.clone());
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            let changed = st.times_dirty || st.size != st.db_size || !batch.is_empty();
-            (st.size, st.mtime_ns, st.ctime_ns, changed)
-        };
-        let restore = |batch: &[(Arc<Job>, Queued)]| {
-            let mut st = cell.lock();
-            for (j, _) in batch {
-                st.jobs.retain(|x| !Arc::ptr_eq(x, j));
-                if !j.is_cancelled() {
-                    st.dirty.entry(j.idx).or_insert_with(|| j.data.clone());
-                }
-            }
-        };
-        if batch.iter().any(|(_, q)| matches!(q, Queued::File(_)))
-            && let Err(e) = self.staging.sync_queue_dir()
-        {
-            restore(&batch);
-            return Err(e);
-        }
-        let committed = if changed {
-            self.vol.meta().write(|c| {
-                let mut ids = Vec::with_capacity(batch.len());
-                for (j, queued) in &batch {
-                    ids.push(match queued {
-                        Queued::File(name) => meta::enqueue(c, cell.ino, j.idx, j.plain_len, name)?,
-                        Queued::Inline(bytes) => meta::enqueue_inline(c, cell.ino, j.idx, bytes)?,
-                    });
-                }
-                meta::set_size_times(c, cell.ino, size, mtime, ctime)?;
-                Ok(ids)
-            })
-        } else if always_sync || cell.lock().unsynced {
-            self.vol.meta().sync().map(|_| Vec::new())
-        } else {
-            Ok(Vec::new())
-        };
-        let ids = match committed {
-            Ok(ids) => ids,
-            Err(e) => {
-                restore(&batch);
-                return Err(e);
-            }
-        };
-        let mut st = cell.lock();
-        st.db_size = size;
-        st.unsynced = false;
-        if st.mtime_ns == mtime {
-            st.times_dirty = false;
-        }
-        for ((job, _), id) in batch.into_iter().zip(ids) {
-            *job.queue_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-            self.submit(cell.clone(), job);
-        }
         Ok(())
     }
 
@@ -519,7 +351,7 @@ impl Engine {
         if self.vol.recheck_lease_if_due().is_err() {
             return;
         }
-        // Changes that no durability point has shipped yet (namespace operations, `--writeback` closes, uploads
+        // Changes that no durability point has shipped yet (namespace operations, local-first closes, uploads
         // that finished in the background) follow within a housekeeping round.
         if let Err(e) = self.vol.replicate_metadata() {
             tracing::warn!(error = %e, "metadata not yet on the stores; will retry");
@@ -555,14 +387,14 @@ impl Engine {
     }
 
     /// Data whose upload failed (too few stores answer) is still dirty in memory: before the mount goes away it
-    /// goes into the durable upload queue, like `--writeback` data, so the next mount uploads it instead of the
+    /// goes into the durable upload queue, like closed files' data, so the next mount uploads it instead of the
     /// bytes being lost with this process.
     fn park_unsealed(&self) {
         for cell in self.all_cells() {
             if cell.lock().dirty.is_empty() {
                 continue;
             }
-            match self.queue_dirty(&cell, false, false) {
+            match self.queue_dirty(&cell, false) {
                 Ok(()) => tracing::warn!(
                     ino = cell.ino,
                     "data not yet on the stores is queued locally for the next mount"

@@ -2,7 +2,7 @@
 //! inodes, the upload queue), mounts, and serves until the filesystem is unmounted (`qsfs umount`, `umount`,
 //! `fusermount3 -u`) or the process gets SIGINT/SIGTERM/SIGHUP, which drain pending uploads and then unmount.
 //! After the session ends, it drains again, so the process exits only when everything closed is on the stores
-//! (or, with `--writeback`, left queued for the next mount after a bounded wait).
+//! or, after a bounded wait, left in the local upload queue for the next mount.
 //!
 //! The mount's source is `qsfs:VOLUME`, so `qsfs umount` finds the volume, and through its lock file the pid of
 //! the process serving it, whose exit it waits for.
@@ -23,7 +23,7 @@ use crate::pipeline::default_workers;
 use crate::volume::Volume;
 
 pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
-/// How long the final drain waits for queued (`--writeback`) uploads before leaving them for the next mount.
+/// How long the final drain waits for queued uploads before leaving them for the next mount.
 const QUEUE_DRAIN: Duration = Duration::from_secs(120);
 /// Housekeeping period: idle seals, garbage collection.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
@@ -35,8 +35,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Bytes of decoded segments kept in memory.
     pub cache_size: u64,
-    /// Close returns once data is durable locally; a persistent queue uploads it.
-    pub writeback: bool,
+    /// Every close is an fsync (data and metadata on the stores), instead of local-first close.
+    pub sync_close: bool,
     /// FUSE worker threads.
     pub threads: usize,
 }
@@ -46,7 +46,7 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: false,
             cache_size: DEFAULT_CACHE_SIZE,
-            writeback: false,
+            sync_close: false,
             threads: 8,
         }
     }
@@ -92,7 +92,7 @@ pub fn mount(
     }
     let root = vol.root().to_path_buf();
     let vol = Arc::new(vol);
-    let eng = Engine::new(vol.clone(), opts.cache_size, opts.writeback)?;
+    let eng = Engine::new(vol.clone(), opts.cache_size, opts.sync_close)?;
     eng.start_workers(default_workers());
     let (orphans, resumed) = eng.recover()?;
     report.orphans_deleted = orphans;

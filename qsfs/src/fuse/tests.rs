@@ -1,7 +1,8 @@
 //! The data engine against a model: random writes, truncates, flushes and reads on 4 KiB segments, compared byte
 //! for byte with a `Vec<u8>`; truncate-down-then-up reads zeros; what flush made durable survives an engine that
-//! stops without draining (a crash), with and without `--writeback`; a failed upload never puts its older bytes
-//! back over a newer write.
+//! stops without draining (a crash), local-first and with `--sync-close`; a failed upload never puts its older
+//! bytes back over a newer write; a local-first close succeeds with every store down and its data reaches the
+//! stores once they answer, while fsync fails meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +31,8 @@ fn new_file(vol: &Volume, name: &str) -> u64 {
         .unwrap()
 }
 
-fn engine(vol: Volume, writeback: bool) -> Arc<Engine> {
-    let eng = Engine::new(Arc::new(vol), 1 << 20, writeback).unwrap();
+fn engine(vol: Volume, sync_close: bool) -> Arc<Engine> {
+    let eng = Engine::new(Arc::new(vol), 1 << 20, sync_close).unwrap();
     eng.start_workers(3);
     eng
 }
@@ -42,11 +43,11 @@ fn read_all(eng: &Engine, cell: &super::engine::Cell, size: u64) -> Vec<u8> {
 
 #[test]
 fn random_ops_match_a_model() {
-    for (seed, writeback) in [(1u64, false), (2, true)] {
+    for (seed, sync_close) in [(1u64, false), (2, true)] {
         let dir = tempfile::tempdir().unwrap();
         let vol = volume(dir.path());
         let ino = new_file(&vol, "f");
-        let eng = engine(vol, writeback);
+        let eng = engine(vol, sync_close);
         let cell = eng.open(ino).unwrap();
         let mut model: Vec<u8> = Vec::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -69,7 +70,8 @@ fn random_ops_match_a_model() {
                     eng.truncate(&cell, size).unwrap();
                     model.resize(size as usize, 0);
                 }
-                7 => eng.flush(&cell, rng.random_bool(0.5)).unwrap(),
+                7 if rng.random_bool(0.5) => eng.fsync_flush(&cell, true).unwrap(),
+                7 => eng.close_flush(&cell).unwrap(),
                 _ => {
                     let off = rng.random_range(0..7 * SEG);
                     let len = rng.random_range(1..3 * SEG) as u32;
@@ -84,7 +86,7 @@ fn random_ops_match_a_model() {
                 }
             }
         }
-        eng.flush(&cell, true).unwrap();
+        eng.fsync_flush(&cell, true).unwrap();
         assert_eq!(read_all(&eng, &cell, model.len() as u64), model);
         eng.drain(Duration::from_secs(30));
         let committed = eng
@@ -110,10 +112,10 @@ fn truncate_down_then_up_reads_zeros_after_commit() {
     let cell = eng.open(ino).unwrap();
     eng.write(&cell, 0, &vec![7u8; 3 * SEG as usize], false)
         .unwrap();
-    eng.flush(&cell, true).unwrap();
+    eng.fsync_flush(&cell, true).unwrap();
     eng.truncate(&cell, SEG + 10).unwrap();
     eng.truncate(&cell, 3 * SEG).unwrap();
-    eng.flush(&cell, true).unwrap();
+    eng.fsync_flush(&cell, true).unwrap();
     let data = read_all(&eng, &cell, 3 * SEG);
     assert!(data[..SEG as usize + 10].iter().all(|b| *b == 7));
     assert!(
@@ -124,15 +126,20 @@ fn truncate_down_then_up_reads_zeros_after_commit() {
 
 #[test]
 fn flushed_data_survives_a_crash() {
-    for writeback in [false, true] {
+    // (sync_close, the durability point is an fsync rather than a close)
+    for (sync_close, fsync) in [(false, false), (false, true), (true, false)] {
         let dir = tempfile::tempdir().unwrap();
         let vol = volume(dir.path());
         let ino = new_file(&vol, "f");
-        let eng = engine(vol, writeback);
+        let eng = engine(vol, sync_close);
         let cell = eng.open(ino).unwrap();
         let durable: Vec<u8> = (0..5 * SEG as usize).map(|i| (i % 253) as u8).collect();
         eng.write(&cell, 0, &durable, false).unwrap();
-        eng.flush(&cell, true).unwrap();
+        if fsync {
+            eng.fsync_flush(&cell, true).unwrap();
+        } else {
+            eng.close_flush(&cell).unwrap();
+        }
         // Written after the flush and never flushed: may be lost, but must not corrupt what was flushed.
         eng.write(&cell, 2 * SEG, &[9u8; 100], false).unwrap();
         // "Crash": stop without draining and drop everything.
@@ -158,17 +165,18 @@ fn flushed_data_survives_a_crash() {
             }
         }
         let vol = Volume::open(dir.path()).unwrap();
-        let eng = engine(vol, writeback);
+        let eng = engine(vol, sync_close);
         eng.recover().unwrap();
         let cell = eng.open(ino).unwrap();
         eng.drain(Duration::from_secs(30));
         let got = read_all(&eng, &cell, 5 * SEG);
-        assert_eq!(got.len(), durable.len(), "writeback={writeback}");
+        let mode = format!("sync_close={sync_close} fsync={fsync}");
+        assert_eq!(got.len(), durable.len(), "{mode}");
         for (i, (g, d)) in got.iter().zip(&durable).enumerate() {
             let in_unflushed = (2 * SEG as usize..2 * SEG as usize + 100).contains(&i);
             assert!(
                 g == d || (in_unflushed && *g == 9),
-                "writeback={writeback}: byte {i} is {g}, flushed {d}"
+                "{mode}: byte {i} is {g}, flushed {d}"
             );
         }
     }
@@ -209,7 +217,7 @@ fn a_failed_seal_never_puts_older_bytes_over_newer_ones() {
     eng.write(&cell, 0, &[1u8; 100], false).unwrap();
     let flusher = {
         let (eng, cell) = (eng.clone(), cell.clone());
-        std::thread::spawn(move || eng.flush(&cell, false))
+        std::thread::spawn(move || eng.fsync_flush(&cell, false))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while cell.lock().jobs.is_empty() || !cell.lock().dirty.is_empty() {
@@ -235,4 +243,57 @@ fn a_failed_seal_never_puts_older_bytes_over_newer_ones() {
         got[50..].iter().all(|b| *b == 2),
         "the newer write survives the older snapshot's failure"
     );
+}
+
+#[test]
+fn a_local_first_close_succeeds_offline_and_uploads_once_the_stores_answer() {
+    use qsfs_backends::{Fault, FaultPlan, FaultyStore, Op, ShardStore, Trigger};
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = InitOptions {
+        segment_size: ByteSize(SEG),
+        ..InitOptions::default()
+    };
+    Volume::init(dir.path(), &opts).unwrap();
+    let faulty = std::sync::Mutex::new(Vec::new());
+    let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
+        let f = Arc::new(FaultyStore::wrap(store));
+        faulty.lock().unwrap().push(f.clone());
+        f
+    };
+    let vol = Volume::open_with_store_wrapper(dir.path(), &wrap).unwrap();
+    let ino = new_file(&vol, "f");
+    let eng = engine(vol, false);
+    eng.fsync_wait_ms
+        .store(1500, std::sync::atomic::Ordering::Relaxed);
+    for f in faulty.lock().unwrap().iter() {
+        f.set_plan(FaultPlan::none().with(&[Op::Put], Fault::Unavailable, Trigger::Always));
+    }
+    let cell = eng.open(ino).unwrap();
+    let data: Vec<u8> = (0..2 * SEG as usize + 77)
+        .map(|i| (i % 241) as u8)
+        .collect();
+    eng.write(&cell, 0, &data, false).unwrap();
+    eng.close_flush(&cell)
+        .expect("a local-first close needs no store");
+    assert_eq!(read_all(&eng, &cell, data.len() as u64), data);
+    assert!(
+        eng.fsync_flush(&cell, true).is_err(),
+        "fsync must fail while no store takes the data"
+    );
+    assert!(
+        eng.vol.meta().read(meta::queue_len).unwrap() > 0,
+        "the closed data stays queued"
+    );
+    for f in faulty.lock().unwrap().iter() {
+        f.set_plan(FaultPlan::none());
+    }
+    eng.fsync_wait_ms
+        .store(60_000, std::sync::atomic::Ordering::Relaxed);
+    eng.fsync_flush(&cell, true)
+        .expect("fsync succeeds once the stores answer");
+    assert_eq!(eng.vol.meta().read(meta::queue_len).unwrap(), 0);
+    let segments = eng.vol.meta().read(|c| meta::segments_of(c, ino)).unwrap();
+    assert_eq!(segments.len(), 3, "every segment is on the stores");
+    assert_eq!(read_all(&eng, &cell, data.len() as u64), data);
 }
