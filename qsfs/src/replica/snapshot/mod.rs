@@ -361,6 +361,7 @@ async fn read_chunk(
     let key = keys.snapshot_piece_key(at.epoch, at.seq, at.chunk);
     let mut pieces: Vec<Option<Vec<u8>>> = vec![None; layout.pieces()];
     let mut chunk_len = 0;
+    let first_note = notes.len();
     for (id, uri, served) in stores.read_named_everywhere(&key).await {
         let blob = match served {
             Ok(Some(blob)) => blob,
@@ -387,7 +388,13 @@ async fn read_chunk(
             Err(e) => notes.push(format!("store {id} ({uri}): {e}")),
         }
     }
-    decode_chunk(at, layout, chunk_len, pieces)
+    // A chunk that cannot be rebuilt fails the restore: say which stores let it down.
+    decode_chunk(at, layout, chunk_len, pieces).map_err(|e| match e {
+        QsfsError::MetaLog(msg) if notes.len() > first_note => {
+            QsfsError::MetaLog(format!("{msg} ({})", notes[first_note..].join("; ")))
+        }
+        e => e,
+    })
 }
 
 /// Chunk `at` of a format-1 snapshot, from the first store that serves it under its header (the whole image is
