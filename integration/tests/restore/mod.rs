@@ -1,6 +1,7 @@
 //! `qsfs restore`: a volume rebuilt on a "new machine" (its directory deleted) from the key and one store's URI,
 //! with up to M stores gone, on dir, redis and 0-db stores; and the metadata log's defences: a store that serves an
-//! older chain, a truncated log, another volume's record or a flipped byte is outvoted and named.
+//! older chain, a truncated log, another volume's record, a flipped byte or a damaged
+//! snapshot piece is outvoted and named.
 
 mod mount;
 mod tamper;
