@@ -173,7 +173,7 @@ for d, _, files in os.walk(sys.argv[1]):
     for name in files:
         p = os.path.join(d, name)
         with open(p, "rb") as f:
-            if f.read(8) in (b"QSFSLOG1", b"QSFSHED1", b"QSFSLSE1", b"QSFSVOL1", b"QSFSSNP1"):
+            if f.read(8) in (b"QSFSLOG1", b"QSFSHED1", b"QSFSLSE1", b"QSFSVOL1", b"QSFSSNP1", b"QSFSSNP2"):
                 total += os.path.getsize(p)
 print(total)
 EOF

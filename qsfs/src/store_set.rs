@@ -364,11 +364,25 @@ impl StoreSet {
     /// find it again by name (see `ShardStore::locate`), concurrently, overwriting an older copy. Succeeds when at
     /// least `quorum` stores hold it; stores that fail are marked down. Returns how many hold it.
     pub async fn replicate(&self, key: &ShardKey, blob: &[u8], quorum: usize) -> Result<usize> {
-        self.revive_due().await;
         let blob: Arc<[u8]> = blob.into();
+        self.put_named(key, |_| Some(blob.clone()), quorum).await
+    }
+
+    /// Like `replicate`, but each store gets its own object under the one name: `blob_for(i)` for the i-th of
+    /// `named_slots()` (`None`: nothing for it). A metadata snapshot's erasure-coded pieces go out this way.
+    pub async fn put_named(
+        &self,
+        key: &ShardKey,
+        blob_for: impl Fn(usize) -> Option<Arc<[u8]>>,
+        quorum: usize,
+    ) -> Result<usize> {
+        self.revive_due().await;
         let mut tasks = JoinSet::new();
-        for slot in self.named_slots().into_iter().filter(|s| s.is_up()) {
-            let (key, blob) = (*key, blob.clone());
+        for (i, slot) in self.named_slots().into_iter().enumerate() {
+            let Some(blob) = blob_for(i).filter(|_| slot.is_up()) else {
+                continue;
+            };
+            let key = *key;
             tasks.spawn(async move {
                 let res = with_retry(|| slot.store.put(&key, &blob)).await;
                 (slot, res)

@@ -25,13 +25,14 @@ pub fn all_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Magics of the metadata log's objects (records, head, lease, descriptor, snapshot chunks), which dir stores keep
-/// beside the shards.
-pub const METADATA_MAGICS: [&[u8; 8]; 5] = [
+/// Magics of the metadata log's objects (records, head, lease, descriptor, snapshot pieces and the previous
+/// release's whole snapshot chunks), which dir stores keep beside the shards.
+pub const METADATA_MAGICS: [&[u8; 8]; 6] = [
     b"QSFSLOG1",
     b"QSFSHED1",
     b"QSFSLSE1",
     b"QSFSVOL1",
+    b"QSFSSNP2",
     b"QSFSSNP1",
 ];
 

@@ -1,6 +1,7 @@
 //! `qsfs restore`: a volume rebuilt on a "new machine" (its directory deleted) from the key and one store's URI,
 //! with up to M stores gone, on dir, redis and 0-db stores; and the metadata log's defences: a store that serves an
-//! older chain, a truncated log, another volume's record or a flipped byte is outvoted and named.
+//! older chain, a truncated log, another volume's record, a flipped byte or a damaged
+//! snapshot piece is outvoted and named.
 
 mod mount;
 mod tamper;
@@ -87,4 +88,18 @@ pub fn log_records(store: &Path) -> Vec<(u64, PathBuf)> {
         .collect();
     out.sort();
     out
+}
+
+/// Files of a dir store that hold pieces of an erasure-coded metadata snapshot (`QSFSSNP2` ‖ epoch ‖ seq ‖ chunk ‖
+/// chunks ‖ piece ‖ k ‖ m ‖ chunk_len ‖ payload): (path, piece index, chunk_len, file length).
+pub fn snapshot_pieces(store: &Path) -> Vec<(PathBuf, u32, u64, u64)> {
+    crate::helpers::stores::all_files(store)
+        .into_iter()
+        .filter_map(|p| {
+            let bytes = fs::read(&p).ok()?;
+            let half = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+            (bytes.len() >= 48 && &bytes[..8] == b"QSFSSNP2")
+                .then(|| (p.clone(), half(32), half(44) as u64, bytes.len() as u64))
+        })
+        .collect()
 }

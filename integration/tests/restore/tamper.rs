@@ -1,10 +1,12 @@
-//! Restores from the CLI: stores that lie about the metadata log, passphrase volumes on redis with M servers dead,
-//! and 0-db volumes whose data sits in seq-mode namespaces (ids recorded in the log must stay valid).
+//! Restores from the CLI: stores that lie about the metadata log or serve a damaged snapshot piece, passphrase
+//! volumes on redis with M servers dead, and 0-db volumes whose data sits in seq-mode namespaces (ids recorded in
+//! the log must stay valid).
 
 use std::fs;
 
 use super::{
-    back_up_key, init_on_outside_dir_stores, log_records, lose_machine, restore, take_away,
+    back_up_key, init_on_outside_dir_stores, log_records, lose_machine, restore, snapshot_pieces,
+    take_away,
 };
 use crate::helpers::tree::{assert_same_file, assert_same_tree, random_file, standard_tree};
 use crate::helpers::{Redis, Vol, run_qsfs, s, strs};
@@ -95,6 +97,82 @@ fn restore_outvotes_rolled_back_truncated_forged_and_foreign_logs() {
     assert!(out.contains("run `qsfs repair`"), "{out}");
     v.ok(&["repair"]);
     v.ok(&["audit", "--full"]);
+}
+
+/// Snapshots are erasure-coded: each of six stores (4 + 2) holds its own piece, about a quarter of the compressed
+/// snapshot, not all of it. With store 2 serving a damaged piece and store 4 none, a restore from store 0 decodes
+/// the snapshot from the four that verify and names the two.
+#[test]
+fn restore_decodes_the_snapshot_around_a_damaged_and_a_missing_piece() {
+    let v = Vol::new();
+    let stores = init_on_outside_dir_stores(&v);
+    let src = v.scratch("src").join("tree");
+    standard_tree(&src, 64 * KIB, 0, 57);
+    for i in 0..300 {
+        random_file(&src.join(format!("many/file-{i:03}")), 100 + i, 1000 + i);
+    }
+    v.ok(&["put", s(&src), "/t"]);
+    // A take-over starts a new epoch with a fresh snapshot, holding the tree, and deletes the first one.
+    v.ok(&["take-over"]);
+    let key = back_up_key(&v);
+
+    let pieces: Vec<_> = (0..6)
+        .map(|i| snapshot_pieces(&stores.join(i.to_string())))
+        .collect();
+    let sealed: u64 = pieces[0].iter().map(|p| p.2).sum();
+    let chunks = pieces[0].len() as u64;
+    assert!(
+        sealed > 8 * KIB,
+        "a snapshot of {sealed} bytes is too small to measure"
+    );
+    for (i, held) in pieces.iter().enumerate() {
+        let bytes: u64 = held.iter().map(|p| p.3).sum();
+        eprintln!(
+            "store {i}: {bytes} bytes of snapshot pieces; the sealed snapshot is {sealed} bytes"
+        );
+        let piece_ids: Vec<u32> = held.iter().map(|p| p.1).collect();
+        assert!(
+            piece_ids.iter().all(|&p| p == i as u32),
+            "store {i} holds pieces {piece_ids:?}"
+        );
+        assert!(
+            bytes >= sealed / 4 && bytes <= sealed / 4 + chunks * (48 + 2),
+            "store {i} holds {bytes} bytes of a {sealed}-byte snapshot: not a quarter"
+        );
+    }
+    let whole_chunks = crate::helpers::stores::all_files(&stores)
+        .into_iter()
+        .filter(|f| fs::read(f).is_ok_and(|b| b.starts_with(b"QSFSSNP1")))
+        .count();
+    assert_eq!(
+        whole_chunks, 0,
+        "no whole-chunk snapshot objects are written any more"
+    );
+    crate::helpers::stores::flip_bytes(&pieces[2][0].0, 3);
+    fs::remove_file(&pieces[4][0].0).unwrap();
+
+    lose_machine(&v);
+    let out = restore(
+        &v,
+        &format!("dir:{}", stores.join("0").display()),
+        &key,
+        &[],
+    )
+    .ok();
+    let named = |store: &str, what: &str| {
+        out.lines().any(|l| {
+            l.contains("disagreed") && l.contains(&format!("{store} ")) && l.contains(what)
+        })
+    };
+    assert!(named("store 2", "does not match the manifest"), "{out}");
+    assert!(named("store 4", "lacks its piece"), "{out}");
+    for store in ["store 0", "store 1", "store 3", "store 5"] {
+        assert!(!named(store, ""), "{store} is honest:\n{out}");
+    }
+    let got = v.fresh_path("got");
+    v.ok(&["get", "/t", s(&got)]);
+    assert_same_tree(&src, &got);
+    assert!(v.ok(&["fsck"]).contains("clean"));
 }
 
 /// A passphrase volume on six redis-servers; the machine is lost and M = 2 servers die: restore from one server's

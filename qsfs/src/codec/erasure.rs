@@ -1,5 +1,6 @@
 //! The availability half of the segment codec: how a sealed segment is cut into k equal data shards and how the
-//! m parity shards are computed and used (reed-solomon-simd).
+//! m parity shards are computed and used (reed-solomon-simd). The metadata log's snapshots are coded with the same
+//! functions (`replica::snapshot`), so both have one erasure code.
 //!
 //! Layout: the sealed bytes (ciphertext + tag) fill the data shards in order and the tail of the last ones is zero
 //! padding up to `k * shard_len`. `shard_len` is the smallest even length (at least 2, reed-solomon-simd's rule) that
@@ -18,13 +19,13 @@ pub fn shard_len_for(stored_len: u64, k: usize) -> u64 {
 }
 
 /// True when reed-solomon-simd can code `k` data and `m` parity shards.
-pub(super) fn supports(k: usize, m: usize) -> bool {
+pub(crate) fn supports(k: usize, m: usize) -> bool {
     ReedSolomonEncoder::supports(k, m)
 }
 
 /// Computes the `m` parity shards of the `k` data shards (each `shard_len` bytes) and hands each to `each` with
 /// its parity index (0-based), straight from the encoder's buffers.
-pub(super) fn for_each_parity(
+pub(crate) fn for_each_parity(
     k: usize,
     m: usize,
     shard_len: usize,
@@ -46,7 +47,7 @@ pub(super) fn for_each_parity(
 }
 
 /// The `m` parity shards of the `k` data shards, owned (for rebuilds, which need only some of them).
-pub(super) fn parity(
+pub(crate) fn parity(
     k: usize,
     m: usize,
     shard_len: usize,
@@ -60,7 +61,7 @@ pub(super) fn parity(
 /// Fills in every missing data shard (indexes `0..k`) of `shards` (`k + m` entries, present ones already verified
 /// and `shard_len` long). Does nothing when all data shards are present. Uses data shards first and only as many
 /// parity shards as needed to reach `k`.
-pub(super) fn restore_data_shards(
+pub(crate) fn restore_data_shards(
     segment: u64,
     k: usize,
     m: usize,

@@ -19,7 +19,7 @@
 //! Everything here is pure CPU work with no I/O; a [`SegmentCodec`] is `Send + Sync` and is shared in an `Arc` by
 //! the codec worker pool.
 
-mod erasure;
+pub(crate) mod erasure;
 mod seal;
 #[cfg(test)]
 mod tests;

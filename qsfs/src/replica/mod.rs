@@ -7,15 +7,18 @@
 //! durability point (`Volume::replicate_metadata`: fsync, a durable close, the end of `put`/`rm`) ships everything
 //! pending as one record `seq + 1` to every store that can find objects by name, and returns once the write quorum
 //! of stores holds it: concurrent callers share that one store write (group commit). Records are replicated whole,
-//! not erasure-coded: they are small, and any one store then holds the whole log.
+//! not erasure-coded: they are small and frequent, and with every store holding every record a reader can compare
+//! the stores' chains record by record (see `chain`).
 //!
 //! Snapshots. When the log since the last snapshot grows past `SNAPSHOT_RECORDS` records or `SNAPSHOT_BYTES` bytes
 //! (and once at the start), the database is copied (`VACUUM INTO`, under the writer lock), local-only tables are
-//! emptied, and the image is zstd-compressed, sealed and stored in chunks replicated whole on every store that
-//! holds the log, like the records (not erasure-coded: so that any one store alone restores the metadata, and so
-//! that snapshots need no entry in the metadata they describe); a `Snapshot` record says how many chunks. Only once
-//! that record and the head hint pointing at it are on the write quorum are the records before it and the previous
-//! snapshot's chunks deleted.
+//! emptied, and the image is zstd-compressed, sealed, cut into chunks and erasure-coded like data (`snapshot`): K
+//! data and n − K parity pieces per chunk over the n stores that hold the log, one piece per store, so a snapshot
+//! costs n/K × its compressed size instead of n ×, and any K of those stores restore it. With fewer than K + M such
+//! stores the chunks are stored whole on each instead. Snapshots need no entry in the metadata they describe: a
+//! `Snapshot` record carries their manifest (layout and every piece's hash), sealed, chained and replicated like
+//! any record. Only once that record and the head hint pointing at it are on the write quorum are the records
+//! before it and the previous snapshot's pieces deleted.
 //!
 //! Invariants this module keeps: a record is never acknowledged before the write quorum holds it; a snapshot image
 //! contains exactly the changes up to the pending id it was cut at, and those pending entries are dropped in the
@@ -26,16 +29,16 @@ pub mod descriptor;
 pub mod lease;
 pub mod record;
 pub mod restore;
+pub mod snapshot;
 
 use std::sync::Mutex;
-
-use serde::{Deserialize, Serialize};
 
 use crate::error::{QsfsError, Result};
 use crate::meta;
 use crate::meta::journal::{self, LogState};
 use crate::volume::Volume;
 use record::{Head, LogKeys, Record, RecordKind};
+pub use snapshot::SnapshotManifest;
 
 /// A snapshot is due after this many records since the last one...
 const SNAPSHOT_RECORDS: u64 = 2000;
@@ -67,20 +70,6 @@ impl MetaReplica {
         &self.keys
     }
 }
-
-/// What a `Snapshot` record's body says: how big the image is and in how many chunks it is stored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SnapshotManifest {
-    pub format: u32,
-    /// Bytes of the SQLite image.
-    pub db_len: u64,
-    /// Bytes of the sealed, compressed image the chunks add up to.
-    pub sealed_len: u64,
-    pub chunks: u32,
-}
-
-/// Bytes of sealed image per snapshot chunk: within every store's value limit (0-db: 8 MiB).
-const SNAPSHOT_CHUNK: usize = 4 << 20;
 
 impl Volume {
     /// Stores that take part in the metadata log, and how many must hold a record before it counts.
@@ -213,20 +202,21 @@ impl Volume {
         let st = self.meta().read(journal::log_state)?;
         let (epoch, seq) = (new_epoch.unwrap_or(st.epoch), st.seq + 1);
         let keys = &self.replica().keys;
-        let chunks = keys.seal_snapshot(epoch, seq, &compressed, SNAPSHOT_CHUNK);
-        let manifest = SnapshotManifest {
-            format: 1,
-            db_len: image.len() as u64,
-            sealed_len: chunks.iter().map(|c| c.len() as u64 - 32).sum(),
-            chunks: chunks.len() as u32,
-        };
-        for (i, chunk) in chunks.iter().enumerate() {
-            self.io().block_on(self.stores().replicate(
-                &keys.snapshot_chunk_key(epoch, seq, i as u32),
-                chunk,
-                self.log_quorum(),
-            ))?;
-        }
+        let sealed = keys.seal_snapshot(epoch, seq, &compressed);
+        let layout = snapshot::Layout::choose(
+            self.config().data_shards,
+            self.config().parity_shards,
+            self.stores().named_slots().len(),
+        );
+        let mut manifest = self.io().block_on(snapshot::store(
+            self.stores(),
+            keys,
+            (epoch, seq),
+            &sealed,
+            layout,
+            self.log_quorum(),
+        ))?;
+        manifest.db_len = image.len() as u64;
         let manifest = serde_json::to_vec(&manifest).expect("the manifest serialises");
         let body = zstd::bulk::compress(&manifest, 3)
             .map_err(|e| QsfsError::io("compressing the snapshot manifest", e))?;
@@ -259,7 +249,7 @@ impl Volume {
     }
 
     /// Deletes what the newest snapshot made unnecessary: the records from the previous snapshot (its own record
-    /// included) up to the last one before the new snapshot, and the previous snapshot's chunks.
+    /// included) up to the last one before the new snapshot, and every piece of the previous snapshot.
     fn forget_superseded(&self, before: &LogState) -> Result<()> {
         let keys = &self.replica().keys;
         let first = before.snapshot_seq.max(1);
@@ -274,14 +264,12 @@ impl Volume {
         };
         let old: SnapshotManifest = serde_json::from_slice(old)
             .map_err(|e| QsfsError::MetaLog(format!("stored snapshot manifest: {e}")))?;
-        for i in 0..old.chunks {
-            self.io()
-                .block_on(self.stores().delete_named(&keys.snapshot_chunk_key(
-                    before.epoch,
-                    before.snapshot_seq,
-                    i,
-                )));
-        }
+        self.io().block_on(snapshot::delete(
+            self.stores(),
+            keys,
+            (before.epoch, before.snapshot_seq),
+            &old,
+        ));
         Ok(())
     }
 

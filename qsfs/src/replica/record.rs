@@ -15,8 +15,8 @@
 //! - record: `QSFSLOG1` ‖ epoch u64 ‖ seq u64 ‖ nonce[24] ‖ sealed(prev[32] ‖ time_ns i64 ‖ kind u8 ‖ body)
 //! - head:   `QSFSHED1` ‖ nonce[24] ‖ sealed(snapshot_seq u64 ‖ seq u64 ‖ epoch u64 ‖ time_ns i64)
 //! - lease:  `QSFSLSE1` ‖ nonce[24] ‖ sealed(epoch u64 ‖ holder[32] ‖ taken_ns i64 ‖ description)
-//! - snapshot chunk: `QSFSSNP1` ‖ epoch u64 ‖ seq u64 ‖ index u32 ‖ count u32 ‖ a piece of
-//!   nonce[24] ‖ sealed(zstd(SQLite image)); the pieces, in order, are the sealed image
+//! - snapshot image: nonce[24] ‖ sealed(zstd(SQLite image)), cut into chunks and stored as `snapshot` describes
+//!   (`QSFSSNP2` pieces; `QSFSSNP1` whole chunks in volumes written before snapshots were erasure-coded)
 //!
 //! Epochs. Each writer that takes the volume over (see `lease`) starts a new epoch; records are named and sealed
 //! by (epoch, seq), so a stale writer that has not yet noticed can only add records to its own, abandoned epoch,
@@ -32,9 +32,6 @@ use crate::error::{QsfsError, Result};
 const RECORD_MAGIC: &[u8; 8] = b"QSFSLOG1";
 const HEAD_MAGIC: &[u8; 8] = b"QSFSHED1";
 const LEASE_MAGIC: &[u8; 8] = b"QSFSLSE1";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"QSFSSNP1";
-/// Bytes of a snapshot chunk header: magic, epoch, seq, index, count.
-const CHUNK_HEADER: usize = 32;
 pub(super) const DESCRIPTOR_MAGIC: &[u8; 8] = b"QSFSVOL1";
 const NONCE: usize = 24;
 /// A record body larger than this is refused before it is decrypted: bounds what a lying store can make us buffer.
@@ -45,7 +42,7 @@ pub const MAX_RECORD: usize = 64 << 20;
 pub enum RecordKind {
     /// zstd-compressed, length-prefixed SQLite changesets, applied in order.
     Changes = 1,
-    /// A snapshot manifest: the whole database as of this record, in chunks replicated on the stores.
+    /// A snapshot manifest: the whole database as of this record, in chunks on the stores (see `snapshot`).
     Snapshot = 2,
 }
 
@@ -111,6 +108,7 @@ impl LogKeys {
         ShardKey(*blake3::keyed_hash(&self.naming, b"head").as_bytes())
     }
 
+    /// Where every store keeps chunk `index` of a format-1 snapshot whole (read and deleted, no longer written).
     pub fn snapshot_chunk_key(&self, epoch: u64, seq: u64, index: u32) -> ShardKey {
         let mut h = blake3::Hasher::new_keyed(&self.naming);
         h.update(b"snapshot");
@@ -120,57 +118,21 @@ impl LogKeys {
         ShardKey(*h.finalize().as_bytes())
     }
 
-    /// The sealed snapshot image of record (`epoch`, `seq`), cut into chunks of at most `chunk` bytes, each
-    /// with its header.
-    pub fn seal_snapshot(
-        &self,
-        epoch: u64,
-        seq: u64,
-        compressed: &[u8],
-        chunk: usize,
-    ) -> Vec<Vec<u8>> {
-        let sealed = self.seal_at(b"snapshot", epoch, seq, compressed);
-        let pieces: Vec<&[u8]> = sealed.chunks(chunk.max(1)).collect();
-        let count = pieces.len() as u32;
-        pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, piece)| {
-                let mut out = Vec::with_capacity(CHUNK_HEADER + piece.len());
-                out.extend_from_slice(SNAPSHOT_MAGIC);
-                out.extend_from_slice(&epoch.to_le_bytes());
-                out.extend_from_slice(&seq.to_le_bytes());
-                out.extend_from_slice(&(i as u32).to_le_bytes());
-                out.extend_from_slice(&count.to_le_bytes());
-                out.extend_from_slice(piece);
-                out
-            })
-            .collect()
+    /// Where every store keeps its piece of chunk `index` of a format-2 snapshot (see `snapshot`): one name for all
+    /// pieces of a chunk, each store holding its own piece under it, so deleting the name everywhere deletes them
+    /// all.
+    pub fn snapshot_piece_key(&self, epoch: u64, seq: u64, index: u32) -> ShardKey {
+        let mut h = blake3::Hasher::new_keyed(&self.naming);
+        h.update(b"snapshot piece");
+        h.update(&epoch.to_le_bytes());
+        h.update(&seq.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        ShardKey(*h.finalize().as_bytes())
     }
 
-    /// The piece a snapshot chunk carries, checking its header names this chunk.
-    pub fn chunk_piece<'a>(
-        &self,
-        epoch: u64,
-        seq: u64,
-        index: u32,
-        count: u32,
-        bytes: &'a [u8],
-    ) -> Result<&'a [u8]> {
-        let what = format!("snapshot {seq} of epoch {epoch}, chunk {index}");
-        if bytes.len() < CHUNK_HEADER || &bytes[..8] != SNAPSHOT_MAGIC {
-            return Err(QsfsError::MetaLog(format!(
-                "{what}: not a qsfs snapshot chunk"
-            )));
-        }
-        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let half = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-        if (word(8), word(16), half(24), half(28)) != (epoch, seq, index, count) {
-            return Err(QsfsError::MetaLog(format!(
-                "{what}: the store served another chunk"
-            )));
-        }
-        Ok(&bytes[CHUNK_HEADER..])
+    /// The sealed snapshot image of record (`epoch`, `seq`): `nonce ‖ sealed(compressed)`.
+    pub fn seal_snapshot(&self, epoch: u64, seq: u64, compressed: &[u8]) -> Vec<u8> {
+        self.seal_at(b"snapshot", epoch, seq, compressed)
     }
 
     /// Opens a reassembled sealed snapshot image.
@@ -421,7 +383,6 @@ mod tests {
             prop_assert!(k.open_head(&bytes).is_err());
             prop_assert!(k.open_lease(&bytes).is_err());
             prop_assert!(k.open_snapshot(1, seq, &bytes).is_err());
-            let _ = k.chunk_piece(1, seq, 0, 1, &bytes);
             let _ = unpack_changes(seq, &bytes);
             let _ = crate::replica::descriptor::read_public(&bytes);
         }
@@ -481,21 +442,16 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_round_trip_through_chunks_and_refuse_swaps() {
+    fn snapshot_images_refuse_another_record_or_volume() {
         let k = keys(1);
         let image: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let chunks = k.seal_snapshot(2, 9, &image, 1000);
-        assert!(chunks.len() > 5);
-        let count = chunks.len() as u32;
-        let mut sealed = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
-            sealed.extend_from_slice(k.chunk_piece(2, 9, i as u32, count, c).unwrap());
-        }
+        let sealed = k.seal_snapshot(2, 9, &image);
         assert_eq!(k.open_snapshot(2, 9, &sealed).unwrap(), image);
-        // A chunk served for another index, or the image under another record, is refused.
-        assert!(k.chunk_piece(2, 9, 1, count, &chunks[0]).is_err());
         assert!(k.open_snapshot(2, 10, &sealed).is_err());
+        assert!(k.open_snapshot(3, 9, &sealed).is_err());
         assert!(keys(2).open_snapshot(2, 9, &sealed).is_err());
+        assert_ne!(k.snapshot_piece_key(2, 9, 0), k.snapshot_chunk_key(2, 9, 0));
+        assert_ne!(k.snapshot_piece_key(2, 9, 0), k.snapshot_piece_key(2, 9, 1));
     }
 
     #[test]

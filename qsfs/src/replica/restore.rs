@@ -6,7 +6,8 @@
 //!    for the stores they prove (by identity marker) to be, which is how passwords the descriptor never holds are
 //!    supplied.
 //! 3. The newest verifying chain of the metadata log (`chain`) gives a snapshot and the records after it: the
-//!    snapshot's chunks are read from any store that serves them, the records' changesets applied in order.
+//!    snapshot's pieces are read from every reachable store, verified and decoded (`snapshot`), the records'
+//!    changesets applied in order.
 //! 4. `meta.db`, the key file (for key-file volumes) and last `qsfs.toml` are written durably, and the volume is
 //!    opened and checked with fsck.
 //!
@@ -23,6 +24,7 @@ use super::chain::{Chain, newest_chain};
 use super::descriptor;
 use super::lease::Writer;
 use super::record::{LogKeys, RecordKind, unpack_changes};
+use super::snapshot;
 use crate::config::{KeySource, VolumeConfig};
 use crate::durable;
 use crate::error::{QsfsError, Result};
@@ -139,8 +141,15 @@ fn restore_into(
     })?;
     let tmp = root.join("meta.db.restore.tmp");
     let _ = std::fs::remove_file(&tmp);
+    let mut disagreements = chain.disagreements.clone();
     let built = rt.block_on(build_database(
-        &tmp, &chain, &stores, &keys, &config, progress,
+        &tmp,
+        &chain,
+        &stores,
+        &keys,
+        &config,
+        progress,
+        &mut disagreements,
     ));
     let (applied, manifest) = match built {
         Ok(v) => v,
@@ -205,7 +214,7 @@ fn restore_into(
         last_seq: last.record.seq,
         newest_record_ns: last.record.time_ns,
         stores_down,
-        disagreements: chain.disagreements,
+        disagreements,
         fsck_problems: fsck.metadata_problems(),
         shards_missing: fsck.problems.iter().filter(|p| p.missing_shard).count(),
         fsck_findings: fsck.problems.iter().map(|p| p.what.clone()).collect(),
@@ -297,7 +306,7 @@ async fn read_descriptor(
 }
 
 /// Writes the snapshot's image to `tmp` and applies every record after it; returns the records applied and the
-/// snapshot's manifest (JSON).
+/// snapshot's manifest (JSON). Stores that lacked or damaged their part of the snapshot are added to `notes`.
 async fn build_database(
     tmp: &Path,
     chain: &Chain,
@@ -305,6 +314,7 @@ async fn build_database(
     keys: &LogKeys,
     config: &VolumeConfig,
     progress: &RestoreProgress<'_>,
+    notes: &mut Vec<String>,
 ) -> Result<(u64, Vec<u8>)> {
     let snap = &chain.records[0];
     let (epoch, seq) = (snap.record.epoch, snap.record.seq);
@@ -312,12 +322,15 @@ async fn build_database(
         .map_err(|e| QsfsError::MetaLog(format!("snapshot record {seq}: {e}")))?;
     let manifest: SnapshotManifest = serde_json::from_slice(&manifest_json)
         .map_err(|e| QsfsError::MetaLog(format!("snapshot record {seq}: {e}")))?;
-    let mut sealed = Vec::with_capacity(manifest.sealed_len.min(1 << 30) as usize);
-    for i in 0..manifest.chunks {
-        progress("reading the snapshot", i as u64, manifest.chunks as u64);
-        sealed.extend_from_slice(&read_chunk(stores, keys, epoch, seq, i, manifest.chunks).await?);
-    }
-    let compressed = keys.open_snapshot(epoch, seq, &sealed)?;
+    let compressed = snapshot::read(
+        stores,
+        keys,
+        (epoch, seq),
+        &manifest,
+        &|done, total| progress("reading the snapshot", done, total),
+        notes,
+    )
+    .await?;
     let image = zstd::bulk::decompress(&compressed, manifest.db_len as usize)
         .map_err(|e| QsfsError::MetaLog(format!("snapshot {seq}: {e}")))?;
     std::fs::write(tmp, &image).map_err(|e| QsfsError::io("writing the restored metadata", e))?;
@@ -366,34 +379,6 @@ async fn build_database(
     f.sync_all()
         .map_err(|e| QsfsError::io("syncing the restored metadata", e))?;
     Ok((applied, manifest_json))
-}
-
-/// Chunk `index` of a snapshot, from the first store that serves it intact (the chunk's header must name it; the
-/// whole image is authenticated once reassembled).
-async fn read_chunk(
-    stores: &StoreSet,
-    keys: &LogKeys,
-    epoch: u64,
-    seq: u64,
-    index: u32,
-    count: u32,
-) -> Result<Vec<u8>> {
-    let key = keys.snapshot_chunk_key(epoch, seq, index);
-    let mut tried = Vec::new();
-    for slot in stores.named_slots().iter().filter(|s| s.is_up()) {
-        match stores.read_named(slot, &key).await {
-            Ok(Some(blob)) => match keys.chunk_piece(epoch, seq, index, count, &blob) {
-                Ok(piece) => return Ok(piece.to_vec()),
-                Err(e) => tried.push(format!("store {}: {e}", slot.id)),
-            },
-            Ok(None) => tried.push(format!("store {}: missing", slot.id)),
-            Err(e) => tried.push(format!("store {}: {e}", slot.id)),
-        }
-    }
-    Err(QsfsError::MetaLog(format!(
-        "snapshot {seq} chunk {index}: no store serves it ({})",
-        tried.join("; ")
-    )))
 }
 
 /// Applies one changeset; any conflict means the log does not describe this database, which is an error.
