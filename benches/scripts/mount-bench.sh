@@ -13,7 +13,7 @@
 #   FIO_RUNTIME    seconds per fio job (default 20)
 #   TAR_SRC        directory to archive for the `tar x` workload (default: the tokio crate's sources from
 #                  ~/.cargo/registry if there, else this repository's tracked files)
-#   QSFS_MOUNT_OPTS  extra `qsfs mount` options, e.g. "--writeback" or "--cache-size 1GiB"
+#   QSFS_MOUNT_OPTS  extra `qsfs mount` options, e.g. "--sync-close" or "--cache-size 1GiB"
 #   BENCH_DIR      parent of the temporary directory (default $TMPDIR or /tmp); needs about 6x SIZE_MIB free
 #
 # Workloads, each timed on wall clock and followed by `sync`:

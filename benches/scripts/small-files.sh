@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Small-file creates through a qsfs mount (each file: create, write 1 KiB, close — every close durable), on two
+# Small-file creates through a qsfs mount (each file: create, write 1 KiB, close), on two
 # volumes side by side: the embedded default (six dir stores on this disk) and six local redis-servers
 # (`appendonly yes`, `appendfsync always`, data in tmpfs: stores that do not share the volume's disk), each
-# mounted by default and with `--writeback`. Not part of the test suite: it needs root (FUSE).
+# mounted by default (local-first close) and with `--sync-close` (every close durable on the stores). Not part of the test suite: it needs root (FUSE).
 #
 #   sudo bash benches/scripts/small-files.sh            # 1,500 files per run
 #   FILES=300 bash benches/scripts/small-files.sh       # a quick look
@@ -53,7 +53,7 @@ mkdir -p "$work/mnt"
 # run VOLUME MODE -> files/s
 run() {
     local vol=$1 mode=$2 opts=()
-    [[ $mode == writeback ]] && opts=(--writeback)
+    [[ $mode == sync-close ]] && opts=(--sync-close)
     "$qsfs" --volume "$work/$vol" mount "$work/mnt" "${opts[@]}" >&2
     local dir="$work/mnt/run-$mode"
     mkdir "$dir"
@@ -69,9 +69,9 @@ run() {
 }
 
 echo
-echo "## qsfs small-file creates ($files files of 1 KiB, each closed durably), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "## qsfs small-file creates ($files files of 1 KiB; default: local-first close; --sync-close: each close durable on the stores), $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "| stores | default mount | --writeback |"
+echo "| stores | default mount | --sync-close |"
 echo "| --- | ---: | ---: |"
-echo "| six dir stores on this disk (embedded default) | $(run dir-vol default) | $(run dir-vol writeback) |"
-echo "| six local redis-servers, AOF fsync always, data in tmpfs | $(run redis-vol default) | $(run redis-vol writeback) |"
+echo "| six dir stores on this disk (embedded default) | $(run dir-vol default) | $(run dir-vol sync-close) |"
+echo "| six local redis-servers, AOF fsync always, data in tmpfs | $(run redis-vol default) | $(run redis-vol sync-close) |"
