@@ -37,6 +37,24 @@ fn engine(vol: Volume, sync_close: bool) -> Arc<Engine> {
     eng
 }
 
+/// A volume of 4 KiB segments whose stores are each wrapped in a `FaultyStore`, and those wrappers.
+fn faulty_volume(dir: &std::path::Path) -> (Volume, Vec<Arc<qsfs_backends::FaultyStore>>) {
+    use qsfs_backends::{FaultyStore, ShardStore};
+    let opts = InitOptions {
+        segment_size: ByteSize(SEG),
+        ..InitOptions::default()
+    };
+    Volume::init(dir, &opts).unwrap();
+    let faulty = std::sync::Mutex::new(Vec::new());
+    let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
+        let f = Arc::new(FaultyStore::wrap(store));
+        faulty.lock().unwrap().push(f.clone());
+        f
+    };
+    let vol = Volume::open_with_store_wrapper(dir, &wrap).unwrap();
+    (vol, faulty.into_inner().unwrap())
+}
+
 fn read_all(eng: &Engine, cell: &super::engine::Cell, size: u64) -> Vec<u8> {
     eng.read(cell, 0, size as u32 + 100).unwrap()
 }
@@ -184,24 +202,13 @@ fn flushed_data_survives_a_crash() {
 
 #[test]
 fn a_failed_seal_never_puts_older_bytes_over_newer_ones() {
-    use qsfs_backends::{Fault, FaultPlan, FaultyStore, Op, ShardStore, Trigger};
+    use qsfs_backends::{Fault, FaultPlan, Op, Trigger};
 
     let dir = tempfile::tempdir().unwrap();
-    let opts = InitOptions {
-        segment_size: ByteSize(SEG),
-        ..InitOptions::default()
-    };
-    Volume::init(dir.path(), &opts).unwrap();
-    let faulty = std::sync::Mutex::new(Vec::new());
-    let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
-        let f = Arc::new(FaultyStore::wrap(store));
-        faulty.lock().unwrap().push(f.clone());
-        f
-    };
-    let vol = Volume::open_with_store_wrapper(dir.path(), &wrap).unwrap();
+    let (vol, faulty) = faulty_volume(dir.path());
     let ino = new_file(&vol, "f");
     // Every upload hangs a moment, then fails: the first snapshot is still in flight when the second write lands.
-    for f in faulty.lock().unwrap().iter() {
+    for f in &faulty {
         f.set_plan(
             FaultPlan::none()
                 .with(
@@ -247,26 +254,15 @@ fn a_failed_seal_never_puts_older_bytes_over_newer_ones() {
 
 #[test]
 fn a_local_first_close_succeeds_offline_and_uploads_once_the_stores_answer() {
-    use qsfs_backends::{Fault, FaultPlan, FaultyStore, Op, ShardStore, Trigger};
+    use qsfs_backends::{Fault, FaultPlan, Op, Trigger};
 
     let dir = tempfile::tempdir().unwrap();
-    let opts = InitOptions {
-        segment_size: ByteSize(SEG),
-        ..InitOptions::default()
-    };
-    Volume::init(dir.path(), &opts).unwrap();
-    let faulty = std::sync::Mutex::new(Vec::new());
-    let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
-        let f = Arc::new(FaultyStore::wrap(store));
-        faulty.lock().unwrap().push(f.clone());
-        f
-    };
-    let vol = Volume::open_with_store_wrapper(dir.path(), &wrap).unwrap();
+    let (vol, faulty) = faulty_volume(dir.path());
     let ino = new_file(&vol, "f");
     let eng = engine(vol, false);
     eng.fsync_wait_ms
         .store(1500, std::sync::atomic::Ordering::Relaxed);
-    for f in faulty.lock().unwrap().iter() {
+    for f in &faulty {
         f.set_plan(FaultPlan::none().with(&[Op::Put], Fault::Unavailable, Trigger::Always));
     }
     let cell = eng.open(ino).unwrap();
@@ -285,7 +281,7 @@ fn a_local_first_close_succeeds_offline_and_uploads_once_the_stores_answer() {
         eng.vol.meta().read(meta::queue_len).unwrap() > 0,
         "the closed data stays queued"
     );
-    for f in faulty.lock().unwrap().iter() {
+    for f in &faulty {
         f.set_plan(FaultPlan::none());
     }
     eng.fsync_wait_ms
