@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The test command of the project: `bash integration/run-tests.sh` (from any directory).
 #
-# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose, libclang-dev) and the pjdfstest and fsx tools,
+# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose, systemd, libclang-dev) and the pjdfstest and fsx tools,
 # then runs, in order and stopping at the first failure: rustfmt check, clippy with warnings denied, the qsfs
 # binary build, every test of the workspace (the integration tests drive target/debug/qsfs against real
 # redis-servers, a 0-db test server and real FUSE mounts), pjdfstest and fsx on fresh `qsfs mount`s, and the
-# offline check of the compose file. Each step prints how long it took.
+# offline checks of the compose file and the systemd unit. Each step prints how long it took.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +25,7 @@ declare -A wanted=(
     [fusermount3]=fuse3
     [sqlite3]=sqlite3
     [docker-compose]=docker-compose
+    [systemd-analyze]=systemd
 )
 missing=()
 for bin in "${!wanted[@]}"; do
@@ -315,6 +316,22 @@ fi
 if [[ -f docker-compose.yml ]]; then
     step "docker-compose -f docker-compose.yml config -q"
     docker-compose -f docker-compose.yml config -q
+fi
+
+# The systemd unit, with its ExecStart pointed at the binary under test (verify checks that it exists); verify
+# reports unit errors as warnings and still exits 0, so any line naming the unit fails the step.
+step "systemd-analyze verify deploy/systemd/qsfs@.service"
+unit_dir=$(mktemp -d "${TMPDIR:-/tmp}/qsfs-unit.XXXXXX")
+qsfs_bin_abs=$(realpath "${QSFS_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/debug/qsfs}")
+sed "s#/usr/local/bin/qsfs#$qsfs_bin_abs#g" deploy/systemd/qsfs@.service >"$unit_dir/qsfs@mnt-qsfs.service"
+verify_out=$(systemd-analyze verify "$unit_dir/qsfs@mnt-qsfs.service" 2>&1) || {
+    echo "$verify_out"
+    exit 1
+}
+rm -rf "$unit_dir"
+if grep -q 'qsfs@' <<<"$verify_out"; then
+    echo "$verify_out"
+    exit 1
 fi
 
 step "all checks passed in $SECONDS s"

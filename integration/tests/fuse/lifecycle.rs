@@ -243,3 +243,46 @@ fn fsck_finds_and_repairs_metadata_damage() {
     super::assert_diff_r_clean(&src, &m.path("tree"));
     m.umount();
 }
+
+/// Under systemd (`Type=notify`): the mount tells the socket in NOTIFY_SOCKET `READY=1` once the mountpoint
+/// serves, and `STOPPING=1` after `qsfs umount` has drained it. The socket here is the test's own datagram socket,
+/// standing in for systemd's.
+#[test]
+fn mount_notifies_systemd_when_ready_and_when_stopping() {
+    if !fuse_available("mount_notifies_systemd_when_ready_and_when_stopping") {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let mut v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let socket_path = v.scratch("notify").join("sd.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    v.envs
+        .push(("NOTIFY_SOCKET".into(), s(&socket_path).to_string()));
+    let mp = v.scratch("mnt");
+    let m = Mount::start(&v, &mp, &[]);
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a READY message within 60 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        ready.lines().any(|l| l == "READY=1"),
+        "first notification: {ready:?}"
+    );
+    assert!(
+        is_fuse_mount(&mp),
+        "READY=1 was sent, so the mount must be up"
+    );
+    fs::write(m.path("f"), b"served").unwrap();
+    m.umount();
+    let n = socket
+        .recv(&mut buf)
+        .expect("a STOPPING message after umount");
+    let stopping = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        stopping.lines().any(|l| l == "STOPPING=1"),
+        "notification after umount: {stopping:?}"
+    );
+}

@@ -92,7 +92,17 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
                 mp.display()
             );
         }
+        // Under systemd (`Type=notify`, NOTIFY_SOCKET set) the unit is started only now that the mount serves;
+        // elsewhere this does nothing.
+        if let Err(e) = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("serving {}", mp.display())),
+        ]) {
+            tracing::warn!(error = %e, "could not tell systemd the mount is ready");
+        }
     })?;
+    // The session ended (unmounted or signalled) and the uploads are drained.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
 }
 
