@@ -5,6 +5,7 @@
 
 mod audit;
 mod fuse;
+mod gc;
 mod helpers;
 mod loss;
 mod restore;

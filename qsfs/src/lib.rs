@@ -22,4 +22,4 @@ pub mod store_set;
 pub mod volume;
 
 pub use error::{QsfsError, Result};
-pub use volume::{InitOptions, Volume};
+pub use volume::{GcReport, InitOptions, StoreGc, Volume};

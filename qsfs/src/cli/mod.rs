@@ -4,6 +4,7 @@
 mod audit;
 mod format;
 mod fsck;
+mod gc;
 mod mount;
 mod progress;
 mod repair;
@@ -105,6 +106,15 @@ enum Command {
         /// Treat stores unreachable for longer than this as lost (default: audit.lost_store_grace, 15m).
         #[arg(long, value_name = "DURATION")]
         grace: Option<HumanDuration>,
+    },
+    /// Delete the shards of replaced or removed segments and orphan shards no metadata names (left by failed
+    /// writes), reporting what each store got back.
+    Gc {
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Add, drain (retire) or re-admit a store.
     Store {
@@ -315,6 +325,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Repair { json, grace } => {
             let vol = open_volume(&dir)?;
             let result = repair::run(&vol, json, grace);
+            finish_reading(&vol, result)
+        }
+        Command::Gc { dry_run, json } => {
+            let vol = open_volume(&dir)?;
+            let result = gc::run(&vol, dry_run, json);
             finish_reading(&vol, result)
         }
         Command::Store { command } => {

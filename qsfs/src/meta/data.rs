@@ -306,3 +306,17 @@ pub fn segment_health(
 pub fn new_segment_id() -> u64 {
     (rand::random::<u64>() >> 1).max(1)
 }
+
+/// Every locator on `store` that metadata names: live shards and recorded garbage (what `gc` must not call an
+/// orphan).
+pub fn locators_on_store(
+    conn: &Connection,
+    store: u32,
+) -> Result<std::collections::HashSet<Vec<u8>>> {
+    let mut st = conn.prepare_cached(
+        "SELECT locator FROM shards WHERE store_id = ?1 AND locator IS NOT NULL
+         UNION SELECT locator FROM garbage WHERE store_id = ?1",
+    )?;
+    let rows = st.query_map([store], |r| r.get::<_, Vec<u8>>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

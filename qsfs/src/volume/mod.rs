@@ -8,6 +8,7 @@
 //! volume is complete.
 
 mod files;
+mod gc;
 mod lock;
 mod segments;
 mod status;
@@ -31,6 +32,7 @@ use crate::runtime::IoRuntime;
 use crate::store_set::StoreSet;
 
 pub use files::PutOptions;
+pub use gc::{GcReport, StoreGc};
 pub use lock::VolumeLock;
 pub use status::{StoreStatus, VolumeStatus};
 
