@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the project: `bash integration/run-tests.sh` (from any directory).
 #
-# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose, systemd, libclang-dev) and the pjdfstest and fsx tools,
+# Installs missing system packages (redis-server, fuse3, sqlite3, docker-compose, systemd, prometheus, curl,
+# libclang-dev) and the pjdfstest and fsx tools,
 # then runs, in order and stopping at the first failure: rustfmt check, clippy with warnings denied, the qsfs
 # binary build, every test of the workspace (the integration tests drive target/debug/qsfs against real
 # redis-servers, a 0-db test server and real FUSE mounts), pjdfstest and fsx on fresh `qsfs mount`s, and the
@@ -26,6 +27,8 @@ declare -A wanted=(
     [sqlite3]=sqlite3
     [docker-compose]=docker-compose
     [systemd-analyze]=systemd
+    [prometheus]=prometheus
+    [curl]=curl
 )
 missing=()
 for bin in "${!wanted[@]}"; do

@@ -12,6 +12,7 @@ pub mod fsck;
 pub mod fuse;
 pub mod keys;
 pub mod meta;
+pub mod metrics;
 pub mod pipeline;
 pub mod read_cache;
 pub mod repair;

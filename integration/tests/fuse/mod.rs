@@ -14,6 +14,7 @@ pub mod mount;
 
 mod crash;
 mod lifecycle;
+mod metrics;
 mod redis;
 mod sqlite;
 mod trees;

@@ -144,6 +144,9 @@ enum Command {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 8, value_name = "N")]
         threads: usize,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Unmount, waiting until pending uploads are done.
     Umount {
@@ -263,6 +266,7 @@ pub fn run(cli: Cli) -> Result<()> {
             sync_close,
             writeback,
             threads,
+            metrics,
         } => {
             if writeback {
                 eprintln!(
@@ -278,6 +282,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     cache_size,
                     sync_close,
                     threads,
+                    metrics,
                 },
             )
         }

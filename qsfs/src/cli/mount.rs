@@ -11,6 +11,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use qsfs::config::ByteSize;
@@ -30,6 +31,7 @@ pub struct MountArgs {
     pub cache_size: ByteSize,
     pub sync_close: bool,
     pub threads: usize,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
@@ -63,12 +65,24 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     }
     // Before the volume starts its runtime threads, so they all inherit the mask (see fuse::block_signals).
     fuse::block_signals()?;
-    let vol = Volume::open_replicated(volume)?;
+    let metrics = args.metrics.map(|_| qsfs::metrics::Metrics::new());
+    let vol = match &metrics {
+        Some(m) => Volume::open_replicated_with_store_wrapper(volume, &|id, store| {
+            Arc::new(qsfs::metrics::store::MeteredStore::wrap(
+                id,
+                store,
+                m.clone(),
+            ))
+        })?,
+        None => Volume::open_replicated(volume)?,
+    };
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,
         sync_close: args.sync_close,
         threads: args.threads,
+        metrics_addr: args.metrics,
+        metrics,
     };
     let mp = args.mountpoint.clone();
     fuse::mount(vol, &args.mountpoint, &opts, |report| {
@@ -80,6 +94,9 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
                 "qsfs: deleted {} files unlinked while open before a crash",
                 report.orphans_deleted
             );
+        }
+        if let Some(addr) = report.metrics_addr {
+            eprintln!("qsfs: metrics at http://{addr}/metrics");
         }
         if report.uploads_resumed > 0 {
             eprintln!("qsfs: resuming {} queued uploads", report.uploads_resumed);
@@ -126,6 +143,9 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
         .arg(args.threads.to_string());
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(addr) = args.metrics {
+        cmd.arg("--metrics").arg(addr.to_string());
     }
     if args.sync_close {
         cmd.arg("--sync-close");

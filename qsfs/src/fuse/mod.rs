@@ -20,6 +20,7 @@ mod engine;
 mod files;
 mod flush;
 mod nodes;
+mod op_metrics;
 mod ops;
 mod seal;
 mod session;
@@ -68,6 +69,8 @@ pub struct QsfsFs {
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
     statfs_cache: Mutex<Option<(Instant, attr::Capacity)>>,
+    /// Where request metrics go (`--metrics`), if anywhere.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl QsfsFs {

@@ -69,6 +69,7 @@ pub(super) fn respond<R: Refuse, T>(
         Ok(v) => ok(reply, v),
         Err(e) => {
             log_err(op, &e);
+            super::op_metrics::note_failure();
             reply.refuse(errno(&e))
         }
     }
@@ -113,10 +114,12 @@ impl Filesystem for QsfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timer = self.op_timer("lookup");
         entry(reply, self.lookup_name(parent.0, name.as_bytes()), "lookup");
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = self.op_timer("getattr");
         respond(reply, "getattr", self.inode(ino.0), |r, i| {
             r.attr(&TTL, &attr::to_attr(&i))
         });
@@ -140,6 +143,7 @@ impl Filesystem for QsfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timer = self.op_timer("setattr");
         let changes = AttrChanges {
             mode,
             uid,
@@ -155,6 +159,7 @@ impl Filesystem for QsfsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timer = self.op_timer("readlink");
         respond(reply, "readlink", self.read_link(ino.0), |r, t| r.data(&t));
     }
 
@@ -168,6 +173,7 @@ impl Filesystem for QsfsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.op_timer("mknod");
         let res = match attr::kind_from_mode(mode) {
             Some(kind) => self.make_node(req, parent.0, name.as_bytes(), kind, mode, rdev, None),
             None => Err(QsfsError::Invalid("mknod: unknown file type".into())),
@@ -184,6 +190,7 @@ impl Filesystem for QsfsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.op_timer("mkdir");
         let res = self.make_node(
             req,
             parent.0,
@@ -197,6 +204,7 @@ impl Filesystem for QsfsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.op_timer("unlink");
         empty(
             reply,
             self.remove(parent.0, name.as_bytes(), false),
@@ -205,6 +213,7 @@ impl Filesystem for QsfsFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.op_timer("rmdir");
         empty(reply, self.remove(parent.0, name.as_bytes(), true), "rmdir");
     }
 
@@ -216,6 +225,7 @@ impl Filesystem for QsfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _timer = self.op_timer("symlink");
         let res = self.make_node(
             req,
             parent.0,
@@ -238,6 +248,7 @@ impl Filesystem for QsfsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("rename");
         let res = if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             Err(QsfsError::Invalid("RENAME_WHITEOUT".into()))
         } else {
@@ -264,6 +275,7 @@ impl Filesystem for QsfsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _timer = self.op_timer("link");
         entry(
             reply,
             self.hard_link(ino.0, newparent.0, newname.as_bytes()),
@@ -272,6 +284,7 @@ impl Filesystem for QsfsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.op_timer("open");
         respond(reply, "open", self.open_file(ino.0, flags.0), |r, fh| {
             r.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
         });
@@ -288,6 +301,7 @@ impl Filesystem for QsfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timer = self.op_timer("read");
         respond(
             reply,
             "read",
@@ -308,6 +322,7 @@ impl Filesystem for QsfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timer = self.op_timer("write");
         respond(
             reply,
             "write",
@@ -324,6 +339,7 @@ impl Filesystem for QsfsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("flush");
         empty(reply, self.flush_file(fh.0, false), "flush");
     }
 
@@ -337,6 +353,7 @@ impl Filesystem for QsfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("release");
         empty(reply, self.release_file(fh.0), "release");
     }
 
@@ -348,10 +365,12 @@ impl Filesystem for QsfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("fsync");
         empty(reply, self.flush_file(fh.0, true), "fsync");
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.op_timer("opendir");
         respond(reply, "opendir", self.open_dir(ino.0), |r, fh| {
             r.opened(FileHandle(fh), FopenFlags::empty())
         });
@@ -365,6 +384,7 @@ impl Filesystem for QsfsFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let _timer = self.op_timer("readdir");
         self.read_dir(fh.0, offset, reply);
     }
 
@@ -376,6 +396,7 @@ impl Filesystem for QsfsFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let _timer = self.op_timer("readdirplus");
         self.read_dir_plus(fh.0, offset, reply);
     }
 
@@ -387,6 +408,7 @@ impl Filesystem for QsfsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("releasedir");
         self.release_dir(fh.0);
         reply.ok();
     }
@@ -399,6 +421,7 @@ impl Filesystem for QsfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("fsyncdir");
         // Directory changes are SQLite commits: hardening the log makes every one so far durable.
         let synced = self
             .eng
@@ -410,6 +433,7 @@ impl Filesystem for QsfsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timer = self.op_timer("statfs");
         let c = self.capacity();
         reply.statfs(
             c.blocks,
@@ -433,6 +457,7 @@ impl Filesystem for QsfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("setxattr");
         empty(
             reply,
             self.set_xattr(ino.0, name.as_bytes(), value, flags),
@@ -441,6 +466,7 @@ impl Filesystem for QsfsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _timer = self.op_timer("getxattr");
         respond(
             reply,
             "getxattr",
@@ -450,12 +476,14 @@ impl Filesystem for QsfsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _timer = self.op_timer("listxattr");
         respond(reply, "listxattr", self.list_xattr(ino.0), |r, v| {
             xattr_reply(r, &v, size)
         });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.op_timer("removexattr");
         empty(
             reply,
             self.remove_xattr(ino.0, name.as_bytes()),
@@ -473,6 +501,7 @@ impl Filesystem for QsfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timer = self.op_timer("create");
         let res = self.create_file(req, parent.0, name.as_bytes(), mode, flags);
         respond(reply, "create", res, |r, (i, fh)| {
             r.created(
@@ -496,6 +525,7 @@ impl Filesystem for QsfsFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _timer = self.op_timer("ioctl");
         // No device-style controls here; ENOTTY is what a plain file answers (isatty, TCGETS).
         reply.error(Errno::ENOTTY);
     }
@@ -510,6 +540,7 @@ impl Filesystem for QsfsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.op_timer("fallocate");
         empty(
             reply,
             self.allocate(fh.0, offset, length, mode),

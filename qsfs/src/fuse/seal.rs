@@ -72,6 +72,11 @@ impl Engine {
         }
     }
 
+    /// Queued segments waiting for their next upload attempt (stores away).
+    pub fn retrying_uploads(&self) -> usize {
+        self.retrying.load(Ordering::Acquire)
+    }
+
     /// Makes a writer wait while too many snapshots are in flight.
     pub(super) fn wait_for_capacity(&self) {
         let (m, cv) = &self.inflight;

@@ -39,6 +39,10 @@ pub struct MountOptions {
     pub sync_close: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Serve Prometheus metrics on this address (`--metrics`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The metrics the volume's stores were wrapped to count into (see `crate::metrics::store`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for MountOptions {
@@ -48,6 +52,8 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             sync_close: false,
             threads: 8,
+            metrics_addr: None,
+            metrics: None,
         }
     }
 }
@@ -58,6 +64,32 @@ pub struct MountReport {
     pub stale_cleaned: bool,
     pub orphans_deleted: usize,
     pub uploads_resumed: usize,
+    /// Where the metrics are served, when they are.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Starts the metrics endpoint with gauges read from the live mount at each scrape; returns its address.
+fn serve_metrics(
+    m: &Arc<crate::metrics::Metrics>,
+    addr: std::net::SocketAddr,
+    eng: &Arc<Engine>,
+) -> Result<std::net::SocketAddr> {
+    let live = eng.clone();
+    m.set_refresh(Box::new(move |m| {
+        for slot in live.vol.stores().slots() {
+            let labels = crate::metrics::StoreLabels {
+                store: slot.id.to_string(),
+            };
+            m.store_up
+                .get_or_create(&labels)
+                .set(i64::from(slot.is_up()));
+        }
+        if let Ok(n) = live.vol.meta().read(meta::queue_len) {
+            m.upload_queue.set(n as i64);
+        }
+        m.upload_retrying.set(live.retrying_uploads() as i64);
+    }));
+    m.serve(addr, eng.vol.io().handle())
 }
 
 /// The signals that end a mount. Call `block_signals` on the main thread before anything starts threads (the
@@ -97,6 +129,13 @@ pub fn mount(
     let (orphans, resumed) = eng.recover()?;
     report.orphans_deleted = orphans;
     report.uploads_resumed = resumed;
+    let metrics = match (&opts.metrics_addr, &opts.metrics) {
+        (Some(addr), Some(m)) => {
+            report.metrics_addr = Some(serve_metrics(m, *addr, &eng)?);
+            Some(m.clone())
+        }
+        _ => None,
+    };
 
     let fs = QsfsFs {
         eng: eng.clone(),
@@ -104,6 +143,7 @@ pub fn mount(
         dirs: Default::default(),
         next_fh: std::sync::atomic::AtomicU64::new(1),
         statfs_cache: Default::default(),
+        metrics,
     };
     let mut config = Config::default();
     let root_str = root.display().to_string();

@@ -304,7 +304,15 @@ impl Volume {
     /// existed), writes the descriptor and the first snapshot. Failing that (too few stores) is not fatal here:
     /// the volume still opens, and the next open tries again.
     pub fn open_replicated(root: &Path) -> Result<Volume> {
-        let vol = Volume::open(root)?;
+        Self::open_replicated_with_store_wrapper(root, &|_, store| store)
+    }
+
+    /// `open_replicated` with every store passed through `wrap` (the mount's metrics wrapper).
+    pub fn open_replicated_with_store_wrapper(
+        root: &Path,
+        wrap: &crate::store_set::StoreWrapper<'_>,
+    ) -> Result<Volume> {
+        let vol = Volume::open_with_store_wrapper(root, wrap)?;
         if let Err(e) = vol.ensure_replicated() {
             tracing::warn!(error = %e, "metadata not yet replicated to the stores");
         }
