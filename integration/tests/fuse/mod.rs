@@ -15,6 +15,7 @@ pub mod mount;
 mod crash;
 mod lifecycle;
 mod metrics;
+mod posix;
 mod redis;
 mod sqlite;
 mod trees;

@@ -31,6 +31,7 @@ impl QsfsFs {
             append: flags & libc::O_APPEND != 0,
             read_only: flags & libc::O_ACCMODE == libc::O_RDONLY,
             atime_checked: std::sync::atomic::AtomicBool::new(false),
+            privs_checked: std::sync::atomic::AtomicBool::new(false),
         });
         self.files
             .lock()
@@ -84,8 +85,20 @@ impl QsfsFs {
         Ok(())
     }
 
-    pub(super) fn write_file(&self, fh: u64, offset: u64, data: &[u8]) -> Result<()> {
+    pub(super) fn write_file(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        caller: &super::privs::Caller,
+    ) -> Result<()> {
         let h = self.file(fh)?;
+        if !h
+            .privs_checked
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.drop_privs(h.ino, caller)?;
+        }
         self.eng.write(&h.cell, offset, data, h.append)?;
         Ok(())
     }

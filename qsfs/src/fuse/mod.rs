@@ -22,6 +22,7 @@ mod flush;
 mod nodes;
 mod op_metrics;
 mod ops;
+mod privs;
 mod seal;
 mod session;
 #[cfg(test)]
@@ -50,6 +51,8 @@ struct FileHandle {
     read_only: bool,
     /// relatime: the access time is considered once per handle, on its first read.
     atime_checked: AtomicBool,
+    /// Set-ID bits are checked once per handle, on its first write (see `privs`).
+    privs_checked: AtomicBool,
 }
 
 /// An open directory: the page of entries last read, so sequential readdir calls continue by name instead of
@@ -71,6 +74,9 @@ pub struct QsfsFs {
     statfs_cache: Mutex<Option<(Instant, attr::Capacity)>>,
     /// Where request metrics go (`--metrics`), if anywhere.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Tells the kernel about changes it did not ask for (a mode the filesystem changed itself); set once the
+    /// session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl QsfsFs {

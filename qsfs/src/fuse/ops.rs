@@ -127,7 +127,7 @@ impl Filesystem for QsfsFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -152,7 +152,13 @@ impl Filesystem for QsfsFs {
             mtime_ns: time_ns(mtime),
             ctime_ns: ctime.map(attr::ns),
         };
-        let res = self.set_attr(ino.0, &changes, size, fh.map(|f| f.0));
+        let mut res = self.set_attr(ino.0, &changes, size, fh.map(|f| f.0));
+        // A truncate by an unprivileged caller drops set-ID bits, as a write does.
+        if size.is_some() && res.is_ok() {
+            res = self
+                .drop_privs(ino.0, &super::privs::Caller::of(req))
+                .and_then(|()| self.inode(ino.0));
+        }
         respond(reply, "setattr", res, |r, i| {
             r.attr(&TTL, &attr::to_attr(&i))
         });
@@ -312,7 +318,7 @@ impl Filesystem for QsfsFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -326,7 +332,7 @@ impl Filesystem for QsfsFs {
         respond(
             reply,
             "write",
-            self.write_file(fh.0, offset, data),
+            self.write_file(fh.0, offset, data, &super::privs::Caller::of(req)),
             |r, ()| r.written(data.len() as u32),
         );
     }

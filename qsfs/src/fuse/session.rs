@@ -137,6 +137,7 @@ pub fn mount(
         _ => None,
     };
 
+    let notifier = Arc::new(std::sync::OnceLock::new());
     let fs = QsfsFs {
         eng: eng.clone(),
         files: Default::default(),
@@ -144,6 +145,7 @@ pub fn mount(
         next_fh: std::sync::atomic::AtomicU64::new(1),
         statfs_cache: Default::default(),
         metrics,
+        notifier: notifier.clone(),
     };
     let mut config = Config::default();
     let root_str = root.display().to_string();
@@ -174,6 +176,7 @@ pub fn mount(
         };
         QsfsError::io(format!("mounting {}{hint}", mountpoint.display()), e)
     })?;
+    let _ = notifier.set(session.notifier());
     ready(&report);
     raise_readahead(mountpoint.to_path_buf());
 
