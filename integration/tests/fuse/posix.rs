@@ -94,3 +94,39 @@ fn unprivileged_write_and_truncate_drop_set_id_bits_like_ext4() {
     );
     m.umount();
 }
+
+/// fallocate promises space: past what statfs reports free it fails with ENOSPC (and changes nothing), within it
+/// it succeeds.
+#[test]
+fn fallocate_past_free_space_is_enospc() {
+    if !fuse_available("fallocate_past_free_space_is_enospc") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let mp = v.scratch("mnt");
+    let m = Mount::start(&v, &mp, &[]);
+    let st = nix::sys::statvfs::statvfs(&mp).unwrap();
+    let free = st.blocks_available() * st.fragment_size();
+    assert!(free > 0, "statfs reports no free space");
+    let f = m.path("big");
+    let too_much = (free + (1 << 30)).to_string();
+    let out = sh("fallocate", &["-l", &too_much, s(&f)]);
+    assert!(
+        !out.success(),
+        "fallocate of {too_much} bytes with {free} free succeeded"
+    );
+    assert!(
+        out.describe().contains("No space left"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        fs::metadata(&f).map(|m| m.len()).unwrap_or(0),
+        0,
+        "a refused fallocate changes nothing"
+    );
+    sh("fallocate", &["-l", "1048576", s(&f)]).ok();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 1 << 20);
+    m.umount();
+}

@@ -81,6 +81,9 @@ pub struct Capacity {
     pub blocks: u64,
     pub free: u64,
     pub files: u64,
+    /// Every store that answered said how much room it has (redis, say, cannot): only then does `free` bound
+    /// what fits.
+    pub free_known: bool,
 }
 
 pub const STATFS_BSIZE: u64 = 4096;
@@ -99,6 +102,10 @@ pub fn capacity(vol: &Volume) -> Capacity {
         out
     });
     let (mut free, mut used) = (0u64, 0u64);
+    let free_known = !probes.is_empty()
+        && probes
+            .iter()
+            .all(|h| h.as_ref().is_some_and(|h| h.free_bytes.is_some()));
     for h in probes.into_iter().flatten() {
         free = free.saturating_add(h.free_bytes.unwrap_or(0));
         used = used.saturating_add(h.used_bytes.unwrap_or(0));
@@ -114,5 +121,6 @@ pub fn capacity(vol: &Volume) -> Capacity {
         blocks: scale(free.saturating_add(used)),
         free: scale(free),
         files,
+        free_known,
     }
 }

@@ -145,6 +145,19 @@ impl QsfsFs {
             return Err(QsfsError::Unsupported("fallocate mode".into()));
         }
         let size = h.cell.lock().size;
+        // Allocating promises the space: refuse what the stores (as statfs reports them) cannot hold.
+        let grow = if keep_size && zeroing {
+            0
+        } else {
+            end.saturating_sub(size)
+        };
+        let room = self.capacity();
+        if room.free_known && grow > room.free.saturating_mul(super::attr::STATFS_BSIZE) {
+            return Err(QsfsError::NoSpace(format!(
+                "fallocate of {grow} bytes: the stores have room for {}",
+                room.free * super::attr::STATFS_BSIZE
+            )));
+        }
         if zeroing {
             let zend = if keep_size { end.min(size) } else { end };
             let mut pos = offset;
