@@ -130,3 +130,80 @@ fn fallocate_past_free_space_is_enospc() {
     assert_eq!(fs::metadata(&f).unwrap().len(), 1 << 20);
     m.umount();
 }
+
+/// Every file under `dir` with its size and modification time: what a read-only mount must leave as it was.
+fn listing(dir: &Path) -> Vec<(String, u64, i64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push((
+                    e.path().display().to_string(),
+                    m.len(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `qsfs mount --read-only`: files read back, every change is refused with EROFS, and neither the metadata
+/// (its SQL dump) nor any store file changes.
+#[test]
+fn read_only_mount_serves_reads_and_changes_nothing() {
+    if !fuse_available("read_only_mount_serves_reads_and_changes_nothing") {
+        return;
+    }
+    let v = Vol::new();
+    let stores = crate::restore::init_on_outside_dir_stores(&v);
+    let src = v.scratch("src").join("tree");
+    crate::helpers::tree::standard_tree(&src, 64 * 1024, 1, 91);
+    v.ok(&["put", s(&src), "/tree"]);
+    let dump = || sh("sqlite3", &[s(&v.path.join("meta.db")), ".dump"]).ok();
+    let (meta_before, stores_before) = (dump(), listing(&stores));
+
+    let mp = v.scratch("mnt");
+    let m = Mount::start(&v, &mp, &["--read-only"]);
+    crate::helpers::tree::assert_same_tree(&src, &m.path("tree"));
+    for (what, res) in [
+        ("create", fs::write(m.path("new"), b"x")),
+        (
+            "append",
+            fs::OpenOptions::new()
+                .append(true)
+                .open(m.path("tree/one-byte"))
+                .map(|_| ()),
+        ),
+        ("mkdir", fs::create_dir(m.path("d"))),
+        ("unlink", fs::remove_file(m.path("tree/one-byte"))),
+        (
+            "chmod",
+            fs::set_permissions(m.path("tree/one-byte"), fs::Permissions::from_mode(0o600)),
+        ),
+    ] {
+        let e = res.expect_err(&format!("{what} on a read-only mount succeeded"));
+        assert_eq!(
+            e.raw_os_error(),
+            Some(nix::errno::Errno::EROFS as i32),
+            "{what}: {e}"
+        );
+    }
+    m.umount();
+    assert_eq!(
+        listing(&stores),
+        stores_before,
+        "a read-only mount changed store files"
+    );
+    assert!(
+        dump() == meta_before,
+        "a read-only mount changed the metadata"
+    );
+    v.ok(&["fsck"]);
+}

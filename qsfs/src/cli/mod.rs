@@ -144,6 +144,9 @@ enum Command {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 8, value_name = "N")]
         threads: usize,
+        /// Mount read-only: reads, nothing written to the metadata or the stores (writes fail with EROFS).
+        #[arg(long)]
+        read_only: bool,
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
@@ -266,6 +269,7 @@ pub fn run(cli: Cli) -> Result<()> {
             sync_close,
             writeback,
             threads,
+            read_only,
             metrics,
         } => {
             if writeback {
@@ -282,6 +286,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     cache_size,
                     sync_close,
                     threads,
+                    read_only,
                     metrics,
                 },
             )

@@ -31,6 +31,7 @@ pub struct MountArgs {
     pub cache_size: ByteSize,
     pub sync_close: bool,
     pub threads: usize,
+    pub read_only: bool,
     pub metrics: Option<std::net::SocketAddr>,
 }
 
@@ -66,21 +67,32 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     // Before the volume starts its runtime threads, so they all inherit the mask (see fuse::block_signals).
     fuse::block_signals()?;
     let metrics = args.metrics.map(|_| qsfs::metrics::Metrics::new());
-    let vol = match &metrics {
-        Some(m) => Volume::open_replicated_with_store_wrapper(volume, &|id, store| {
-            Arc::new(qsfs::metrics::store::MeteredStore::wrap(
+    let wrap = |id, store| -> Arc<dyn qsfs_backends::ShardStore> {
+        match &metrics {
+            Some(m) => Arc::new(qsfs::metrics::store::MeteredStore::wrap(
                 id,
                 store,
                 m.clone(),
-            ))
-        })?,
-        None => Volume::open_replicated(volume)?,
+            )),
+            None => store,
+        }
+    };
+    let vol = if args.read_only {
+        // Nothing written: no first snapshot or descriptor either (a read-write open adds them when missing).
+        Volume::open_read_only(
+            volume,
+            &wrap,
+            "the volume is mounted read-only (--read-only)",
+        )?
+    } else {
+        Volume::open_replicated_with_store_wrapper(volume, &wrap)?
     };
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,
         sync_close: args.sync_close,
         threads: args.threads,
+        read_only: args.read_only,
         metrics_addr: args.metrics,
         metrics,
     };
@@ -146,6 +158,9 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     }
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
+    }
+    if args.read_only {
+        cmd.arg("--read-only");
     }
     if args.sync_close {
         cmd.arg("--sync-close");

@@ -62,8 +62,12 @@ impl QsfsFs {
     pub(super) fn read_file(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.file(fh)?;
         let data = self.eng.read(&h.cell, offset, size)?;
-        if !h.atime_checked.swap(true, Ordering::Relaxed) {
-            self.touch_atime(h.ino)?;
+        // The access time is best effort: a read-only mount or copy keeps it, and no read fails for it.
+        if !h.atime_checked.swap(true, Ordering::Relaxed)
+            && let Err(e) = self.touch_atime(h.ino)
+            && !matches!(e, QsfsError::ReadOnly(_))
+        {
+            tracing::warn!(ino = h.ino, error = %e, "access time not updated");
         }
         Ok(data)
     }

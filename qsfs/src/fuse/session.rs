@@ -39,6 +39,9 @@ pub struct MountOptions {
     pub sync_close: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Mounted read-only (`--read-only`): the kernel refuses writes with EROFS, and the volume (already made
+    /// read-only by the caller) changes nothing on the stores or in the metadata.
+    pub read_only: bool,
     /// Serve Prometheus metrics on this address (`--metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The metrics the volume's stores were wrapped to count into (see `crate::metrics::store`).
@@ -52,6 +55,7 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             sync_close: false,
             threads: 8,
+            read_only: false,
             metrics_addr: None,
             metrics: None,
         }
@@ -126,7 +130,12 @@ pub fn mount(
     let vol = Arc::new(vol);
     let eng = Engine::new(vol.clone(), opts.cache_size, opts.sync_close)?;
     eng.start_workers(default_workers());
-    let (orphans, resumed) = eng.recover()?;
+    // A read-only mount resumes nothing: the queue and orphans wait for the next read-write mount.
+    let (orphans, resumed) = if opts.read_only {
+        (0, 0)
+    } else {
+        eng.recover()?
+    };
     report.orphans_deleted = orphans;
     report.uploads_resumed = resumed;
     let metrics = match (&opts.metrics_addr, &opts.metrics) {
@@ -158,7 +167,11 @@ pub fn mount(
         MountOption::FSName(fsname),
         MountOption::Subtype("qsfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::RW,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
     config.acl = if opts.allow_other {
         SessionACL::All

@@ -182,6 +182,11 @@ impl Volume {
         self.replica().lease.set(writer);
     }
 
+    /// Makes this copy read-only for the rest of its life (a `--read-only` mount), whatever the lease says.
+    pub fn make_read_only(&self, why: &str) {
+        self.apply_writer(Writer::ReadOnly(why.to_string()));
+    }
+
     /// Where the lease's holder is (host and volume path), when a store says.
     pub fn lease_holder(&self) -> Option<String> {
         self.newest_lease().0.map(|l| l.description)

@@ -217,6 +217,24 @@ impl Volume {
         root: &Path,
         wrap: &crate::store_set::StoreWrapper<'_>,
     ) -> Result<Volume> {
+        Self::open_impl(root, wrap, None)
+    }
+
+    /// Opens the volume read-only for good (`why` says so in every refusal): nothing is written to the metadata
+    /// or the stores, not even the stores' health bookkeeping or a first writer lease.
+    pub fn open_read_only(
+        root: &Path,
+        wrap: &crate::store_set::StoreWrapper<'_>,
+        why: &str,
+    ) -> Result<Volume> {
+        Self::open_impl(root, wrap, Some(why))
+    }
+
+    fn open_impl(
+        root: &Path,
+        wrap: &crate::store_set::StoreWrapper<'_>,
+        read_only: Option<&str>,
+    ) -> Result<Volume> {
         let config_path = root.join(CONFIG_FILE);
         if !config_path.exists() {
             return Err(QsfsError::NoVolume {
@@ -267,7 +285,9 @@ impl Volume {
             &config.volume_id,
             wrap,
         ))?);
-        meta.write(|c| {
+        meta.set_read_only(read_only.map(str::to_string));
+        // The stores' health bookkeeping (what a read-only open leaves alone).
+        let record_states = |c: &rusqlite::Connection| {
             for slot in stores.slots() {
                 meta::sync_store(c, slot.id, &slot.uri)?;
                 let state = slot.state();
@@ -280,7 +300,10 @@ impl Volume {
                 meta::note_store_reachability(c, slot.id, err.is_none())?;
             }
             Ok(())
-        })?;
+        };
+        if read_only.is_none() {
+            meta.write(record_states)?;
+        }
         let vol = Volume {
             root,
             config,
@@ -294,7 +317,9 @@ impl Volume {
         };
         // Which copy writes (see `crate::replica::lease`); a copy that cannot tell (too few stores) finds out
         // when its writes fail for lack of stores anyway.
-        if let Err(e) = vol.claim_lease() {
+        if let Some(why) = read_only {
+            vol.make_read_only(why);
+        } else if let Err(e) = vol.claim_lease() {
             tracing::warn!(error = %e, "the writer lease could not be checked");
         }
         Ok(vol)
