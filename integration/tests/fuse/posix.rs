@@ -207,3 +207,44 @@ fn read_only_mount_serves_reads_and_changes_nothing() {
     );
     v.ok(&["fsck"]);
 }
+
+/// What a program sees of a directory replaced by `rename()` while it holds it open: `fstat` and `readdir` on
+/// its descriptor keep working (no names, no links) until it closes it, as on a local disk.
+const REPLACED_DIR_SCRIPT: &str = r#"
+import os, sys
+root = sys.argv[1]
+a, b = os.path.join(root, "a"), os.path.join(root, "b")
+os.mkdir(a)
+os.mkdir(b)
+fd = os.open(b, os.O_RDONLY | os.O_DIRECTORY)
+os.rename(a, b)
+st = os.fstat(fd)
+print("nlink", st.st_nlink, "dir", (st.st_mode & 0o170000) == 0o040000, "entries", os.listdir(fd))
+os.close(fd)
+print("b is a now", sorted(os.listdir(root)))
+"#;
+
+#[test]
+fn a_directory_replaced_while_open_lives_until_closed() {
+    if !fuse_available("a_directory_replaced_while_open_lives_until_closed") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let mp = v.scratch("mnt");
+    let local = v.scratch("local");
+    let m = Mount::start(&v, &mp, &[]);
+    let run = |dir: &Path| sh("python3", &["-c", REPLACED_DIR_SCRIPT, s(dir)]).ok();
+    let want = run(&local);
+    let got = run(&mp);
+    assert!(
+        want.contains("nlink 0 dir True entries []"),
+        "local disk: {want}"
+    );
+    assert_eq!(got, want, "mount vs local disk");
+    m.umount();
+    assert!(
+        v.ok(&["fsck"]).contains("clean"),
+        "the replaced directory is gone after close"
+    );
+}

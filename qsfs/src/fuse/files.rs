@@ -201,10 +201,32 @@ impl QsfsFs {
     }
 
     pub(super) fn release_dir(&self, fh: u64) {
-        self.dirs
+        let closed = self
+            .dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+        let Some(h) = closed else { return };
+        let ino = h.lock().unwrap_or_else(|p| p.into_inner()).ino;
+        // The last handle of a directory removed while open: now it goes.
+        let doomed = !self.dir_is_open(ino)
+            && self
+                .doomed_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ino);
+        if doomed && let Err(e) = self.eng.forget_inode(ino) {
+            tracing::warn!(ino, error = %e, "a removed directory was not deleted; the next mount deletes it");
+        }
+    }
+
+    /// Whether a handle of directory `ino` is open.
+    pub(super) fn dir_is_open(&self, ino: u64) -> bool {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| h.lock().unwrap_or_else(|p| p.into_inner()).ino == ino)
     }
 
     fn dir_handle(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>> {

@@ -77,6 +77,9 @@ pub struct QsfsFs {
     /// Tells the kernel about changes it did not ask for (a mode the filesystem changed itself); set once the
     /// session exists.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Directories removed (rmdir, or replaced by a rename) while open: they live on, with no name, until their
+    /// last handle closes, as files do.
+    doomed_dirs: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl QsfsFs {

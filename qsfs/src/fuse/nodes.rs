@@ -90,9 +90,22 @@ impl QsfsFs {
             .meta()
             .write_fast(|c| meta::remove_name(c, parent, name, dir))?;
         if nlink == 0 {
-            self.eng.forget_inode(ino)?;
+            self.forget_node(ino)?;
         }
         Ok(())
+    }
+
+    /// Deletes inode `ino`, which has no name left, once nothing holds it open: an open file waits in the engine,
+    /// an open directory here until its last `releasedir`.
+    fn forget_node(&self, ino: u64) -> Result<()> {
+        if self.dir_is_open(ino) {
+            self.doomed_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ino);
+            return Ok(());
+        }
+        self.eng.forget_inode(ino)
     }
 
     pub(super) fn rename_entry(
@@ -111,7 +124,7 @@ impl QsfsFs {
         if let Some(r) = replaced
             && r.nlink == 0
         {
-            self.eng.forget_inode(r.ino)?;
+            self.forget_node(r.ino)?;
         }
         Ok(())
     }

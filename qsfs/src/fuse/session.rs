@@ -155,6 +155,7 @@ pub fn mount(
         statfs_cache: Default::default(),
         metrics,
         notifier: notifier.clone(),
+        doomed_dirs: Default::default(),
     };
     let mut config = Config::default();
     let root_str = root.display().to_string();
