@@ -45,6 +45,8 @@ use conn::{Answer, LIMITS, ZdbConn, read_password};
 pub const ZDB_MAX_VALUE: u64 = 8 * 1024 * 1024;
 
 const IDENTITY_KEY: &[u8] = b"qsfs:identity";
+/// Most keys `list` accepts from one namespace (far above any volume's shard count; about 1 GB of locators).
+const MAX_LISTED: usize = 20_000_000;
 /// An identity marker is a few short lines; anything longer at its key is refused unread.
 const MARKER_MAX: u64 = 4096;
 /// The seq-mode marker's id: the first entry of the namespace.
@@ -130,6 +132,13 @@ impl ZdbStore {
         conn::server_error(&self.uri, what, msg)
     }
 
+    fn protocol(&self, reason: String) -> StoreError {
+        StoreError::Protocol {
+            uri: self.uri.clone(),
+            reason,
+        }
+    }
+
     async fn query(&self, args: &[&[u8]]) -> Result<Answer> {
         self.conn.query(args, &LIMITS).await
     }
@@ -183,6 +192,14 @@ impl ZdbStore {
             let (next, batch) = parse_scan_reply(v).map_err(|v| self.unexpected("SCAN", &v))?;
             if batch.is_empty() {
                 break;
+            }
+            // A server that never ends the walk (the same cursor again, or keys without end) must not make
+            // `list` loop or grow forever.
+            if cursor.as_ref() == Some(&next) {
+                return Err(self.protocol("SCAN returned the same cursor again".into()));
+            }
+            if keys.len() + batch.len() > MAX_LISTED {
+                return Err(self.protocol(format!("SCAN listed more than {MAX_LISTED} keys")));
             }
             keys.extend(batch);
             cursor = Some(next);

@@ -116,7 +116,8 @@ fn broken_and_malformed_input_is_an_error() {
 fn weight(r: &Reply) -> (u64, u64) {
     match r {
         Reply::Bulk(b) => (b.len() as u64, 1),
-        Reply::Status(s) | Reply::Error(s) => (s.len() as u64, 1),
+        // Counted in chars: invalid UTF-8 is shown as U+FFFD, one char (three bytes) per input byte.
+        Reply::Status(s) | Reply::Error(s) => (s.chars().count() as u64, 1),
         Reply::Array(items) => items
             .iter()
             .map(weight)

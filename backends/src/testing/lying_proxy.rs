@@ -156,8 +156,8 @@ fn stream(to: &mut TcpStream, head: &[u8], chunk: &[u8]) -> io::Result<()> {
 }
 
 /// Reads one RESP value from an honest peer: its raw bytes and, for an array of bulk strings (a command), the
-/// strings.
-fn read_value(r: &mut BufReader<TcpStream>) -> io::Result<(Vec<u8>, Vec<Vec<u8>>)> {
+/// strings. Test servers use it to read the commands a client sends.
+pub fn read_value(r: &mut BufReader<TcpStream>) -> io::Result<(Vec<u8>, Vec<Vec<u8>>)> {
     let mut line = Vec::new();
     if r.read_until(b'\n', &mut line)? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
