@@ -6,6 +6,7 @@
 mod audit;
 mod fuse;
 mod helpers;
+mod hostile;
 mod loss;
 mod restore;
 
