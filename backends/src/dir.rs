@@ -35,6 +35,8 @@ use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 const MARKER: &str = "qsfs-store.id";
 const SHARDS: &str = "shards";
 const TMP_PREFIX: &str = ".tmp-";
+/// An identity marker is a few short lines: anything bigger at its path is not one (and is not read).
+const MARKER_MAX: u64 = 4096;
 /// Temp files older than this are leftovers of a crash (no put takes an hour), so `list` removes them.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
@@ -195,11 +197,21 @@ impl Inner {
         }
     }
 
-    /// Opens a shard for reading; a missing file is `NotFound` unless the whole store is missing.
-    fn open_shard(&self, loc: &Locator) -> Result<File> {
+    fn refused(&self, reason: String) -> StoreError {
+        StoreError::Refused {
+            uri: self.uri.clone(),
+            reason,
+        }
+    }
+
+    /// Opens a shard for reading and returns it with its size; a missing file is `NotFound` unless the whole store
+    /// is missing. Nothing at the path is trusted: a symlink is not followed, a FIFO or device is opened without
+    /// blocking and refused, and the type and size come from the open descriptor (no race with a swap).
+    fn open_shard(&self, loc: &Locator) -> Result<(File, u64)> {
         let path = self.shard_path(loc).ok_or_else(|| self.not_found())?;
-        match File::open(&path) {
-            Ok(f) => Ok(f),
+        match open_regular(&path) {
+            Ok(Ok(opened)) => Ok(opened),
+            Ok(Err(what)) => Err(self.refused(format!("{} is {what}", path.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.check_present()?;
                 Err(self.not_found())
@@ -271,10 +283,15 @@ impl Inner {
         Ok(loc)
     }
 
-    fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
-        let f = self.open_shard(loc)?;
-        let len = f.metadata().map_err(|e| self.io(e))?.len();
-        // read_to_end fills the spare capacity without zero-filling it first.
+    fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
+        let (f, len) = self.open_shard(loc)?;
+        if len > max_len {
+            return Err(self.refused(format!(
+                "shard file holds {len} bytes, more than the {max_len} expected"
+            )));
+        }
+        // read_to_end fills the spare capacity without zero-filling it first; `take` keeps a file that grows
+        // while read within the bound.
         let mut buf = Vec::with_capacity(len as usize);
         (&f).take(len)
             .read_to_end(&mut buf)
@@ -292,8 +309,7 @@ impl Inner {
     }
 
     fn get_range(&self, loc: &Locator, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let f = self.open_shard(loc)?;
-        let size = f.metadata().map_err(|e| self.io(e))?.len();
+        let (f, size) = self.open_shard(loc)?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(StoreError::RangeOutOfBounds {
                 uri: self.uri.clone(),
@@ -413,8 +429,22 @@ impl Inner {
     }
 
     fn read_identity(&self) -> Result<Option<StoreIdentity>> {
-        match fs::read(self.root.join(MARKER)) {
-            Ok(bytes) => {
+        let marker = self.root.join(MARKER);
+        let read = open_regular(&marker).and_then(|opened| match opened {
+            Ok((f, len)) if len <= MARKER_MAX => {
+                let mut bytes = Vec::new();
+                (&f).take(MARKER_MAX).read_to_end(&mut bytes)?;
+                Ok(Ok(bytes))
+            }
+            Ok((_, len)) => Ok(Err(format!("{len} bytes"))),
+            Err(what) => Ok(Err(what.to_string())),
+        });
+        match read {
+            Ok(Err(what)) => Err(self.refused(format!(
+                "{} is not a qsfs identity marker ({what})",
+                marker.display()
+            ))),
+            Ok(Ok(bytes)) => {
                 StoreIdentity::decode(&bytes)
                     .map(Some)
                     .ok_or_else(|| StoreError::Protocol {
@@ -432,6 +462,41 @@ impl Inner {
             Err(e) => Err(self.io(e)),
         }
     }
+}
+
+/// Opens `path` for reading if it is a regular file: `Ok(Err(what it is))` for a symlink, FIFO, device, socket or
+/// directory. O_NOFOLLOW refuses a symlink (ELOOP); O_NONBLOCK makes opening a FIFO with no writer return at once
+/// instead of hanging (it changes nothing for regular files); fstat on the descriptor gives the type and size of
+/// what was actually opened.
+fn open_regular(path: &Path) -> io::Result<std::result::Result<(File, u64), &'static str>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Ok(Err("a symlink")),
+        // Opening a FIFO for reading never blocks with O_NONBLOCK; ENXIO is the write-side answer, kept for devices.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => return Ok(Err("a special file")),
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(Ok((f, meta.len())));
+    }
+    Ok(Err(if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -488,9 +553,9 @@ impl ShardStore for DirStore {
         self.run(move |i| i.put(&key, &data)).await
     }
 
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
         let loc = loc.clone();
-        self.run(move |i| i.get(&loc)).await
+        self.run(move |i| i.get(&loc, max_len)).await
     }
 
     async fn get_range(&self, loc: &Locator, offset: u64, len: u64) -> Result<Vec<u8>> {

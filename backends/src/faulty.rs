@@ -353,9 +353,9 @@ impl ShardStore for FaultyStore {
         }
     }
 
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
         let fault = self.enter(Op::Get).await?;
-        let mut data = self.inner.get(loc).await?;
+        let mut data = self.inner.get(loc, max_len).await?;
         if let Some(f) = fault {
             self.damage(&f, &mut data);
         }

@@ -133,8 +133,8 @@ impl ShardStore for LazyStore {
         self.inner().await?.put(key, data).await
     }
 
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
-        self.inner().await?.get(loc).await
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
+        self.inner().await?.get(loc, max_len).await
     }
 
     async fn get_range(&self, loc: &Locator, offset: u64, len: u64) -> Result<Vec<u8>> {

@@ -16,6 +16,7 @@ mod fanout;
 pub mod faulty;
 pub mod lazy;
 pub mod redis;
+pub mod resp;
 mod shard_file;
 pub mod store;
 pub mod uri;
@@ -25,7 +26,7 @@ pub mod zdb;
 pub mod testing;
 
 pub use dir::DirStore;
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, sanitize};
 pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
 pub use lazy::{LazyStore, open_store_or_lazy};
 pub use redis::RedisStore;

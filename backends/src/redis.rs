@@ -12,6 +12,9 @@
 //! `appendfsync always` (Redis 7.0 has no `WAITAOF` to demand it per command). `probe` logs a warning once when
 //! the server runs without an append-only file.
 //!
+//! Shard reads (`get`) do not go through the redis crate but over `resp` connections of their own, whose replies
+//! are bounded by the shard length the caller expects (see `get`).
+//!
 //! Also home to the RESP error helpers the 0-db store shares.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +27,7 @@ use redis::{
 };
 
 use crate::error::{Result, StoreError};
+use crate::resp::{Limits, Pool, Reply, RespConn};
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 use crate::uri::StoreUri;
 
@@ -37,7 +41,19 @@ const IDENTITY_KEY: &str = "qsfs:identity";
 pub struct RedisStore {
     uri: String,
     conn: ConnectionManager,
+    /// Where shard reads connect: they go over `resp` connections whose replies are bounded (see `get`).
+    target: Target,
+    reads: Pool,
     warned_no_aof: AtomicBool,
+}
+
+/// What a raw shard-read connection needs to reach and log in to the server.
+struct Target {
+    host: String,
+    port: u16,
+    db: i64,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -95,6 +111,14 @@ impl RedisStore {
         Ok(RedisStore {
             uri: shown,
             conn,
+            target: Target {
+                host: host.clone(),
+                port: *port,
+                db: *db,
+                username: username.clone(),
+                password: password.clone(),
+            },
+            reads: Pool::new(),
             warned_no_aof: AtomicBool::new(false),
         })
     }
@@ -124,6 +148,47 @@ impl RedisStore {
     fn unexpected(&self, what: &str, v: &Value) -> StoreError {
         unexpected_reply(&self.uri, what, v)
     }
+
+    /// A new logged-in connection for shard reads (AUTH and SELECT as configured).
+    async fn read_conn(&self) -> Result<RespConn> {
+        let t = &self.target;
+        let mut conn = RespConn::tcp(
+            &t.host,
+            t.port,
+            &self.uri,
+            CONNECT_TIMEOUT,
+            RESPONSE_TIMEOUT,
+        )
+        .await?;
+        let ok = Limits::bulk(0);
+        if let Some(pw) = &t.password {
+            let reply = match &t.username {
+                Some(u) => {
+                    conn.request(&[b"AUTH", u.as_bytes(), pw.as_bytes()], &ok)
+                        .await?
+                }
+                None => conn.request(&[b"AUTH", pw.as_bytes()], &ok).await?,
+            };
+            self.expect_ok("AUTH", reply)?;
+        }
+        if t.db != 0 {
+            let db = t.db.to_string();
+            let reply = conn.request(&[b"SELECT", db.as_bytes()], &ok).await?;
+            self.expect_ok("SELECT", reply)?;
+        }
+        Ok(conn)
+    }
+
+    fn expect_ok(&self, what: &str, reply: Reply) -> Result<()> {
+        match reply {
+            Reply::Status(s) if s == "OK" => Ok(()),
+            Reply::Error(m) => Err(classify_server_message(self.uri.clone(), m)),
+            other => Err(StoreError::Protocol {
+                uri: self.uri.clone(),
+                reason: format!("unexpected reply to {what}: {other:?}"),
+            }),
+        }
+    }
 }
 
 /// The whole text of a server error reply (`-CODE detail`), which the redis crate splits into code and detail.
@@ -151,7 +216,7 @@ pub(crate) fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
-pub(crate) fn unexpected_reply(uri: &str, what: &str, v: &Value) -> StoreError {
+pub(crate) fn unexpected_reply(uri: &str, what: &str, v: &dyn std::fmt::Debug) -> StoreError {
     let mut shown = format!("{v:?}");
     if shown.len() > 200 {
         let mut cut = 200;
@@ -188,6 +253,11 @@ fn map_redis_error(uri: &str, e: RedisError) -> StoreError {
             reason: e.to_string(),
         };
     };
+    classify_server_message(uri, msg)
+}
+
+/// Maps a server error reply's text (`CODE detail`) to the store error that says what a caller can do about it.
+fn classify_server_message(uri: String, msg: String) -> StoreError {
     let upper = msg.to_ascii_uppercase();
     if upper.starts_with("OOM") {
         StoreError::Full { uri }
@@ -268,16 +338,39 @@ impl ShardStore for RedisStore {
         }
     }
 
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
-        match self
-            .query(redis::cmd("GET").arg(Self::shard_key(loc)))
-            .await?
-        {
-            Value::BulkString(b) => Ok(b),
-            Value::Nil => Err(StoreError::NotFound {
+    /// Over a `resp` connection, not the redis crate: the crate buffers a whole reply before anyone can look at
+    /// its length, so a lying server's `$4000000000` would cost gigabytes. Here the bulk length is checked against
+    /// `max_len` as soon as its header arrives. (GETRANGE 0 max_len-1 would bound an honest server only: a liar
+    /// or a man in the middle answers what it likes, so the reply has to be bounded by the reader anyway.)
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
+        let args: [&[u8]; 2] = [b"GET", &Self::shard_key(loc)];
+        let limits = Limits::bulk(max_len);
+        let pooled = self.reads.take();
+        let was_pooled = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.read_conn().await?,
+        };
+        let reply = match conn.request(&args, &limits).await {
+            // An idle connection the server closed meanwhile: GET is idempotent, so one fresh try at once.
+            Err(e) if was_pooled && e.is_retryable() => {
+                conn = self.read_conn().await?;
+                conn.request(&args, &limits).await?
+            }
+            other => other?,
+        };
+        // The reply was read whole: the connection is in a known state and can serve the next read.
+        self.reads.give(conn);
+        match reply {
+            Reply::Bulk(b) => Ok(b),
+            Reply::Nil => Err(StoreError::NotFound {
                 uri: self.uri.clone(),
             }),
-            v => Err(self.unexpected("GET", &v)),
+            Reply::Error(m) => Err(classify_server_message(self.uri.clone(), m)),
+            other => Err(StoreError::Protocol {
+                uri: self.uri.clone(),
+                reason: format!("unexpected reply to GET: {other:?}"),
+            }),
         }
     }
 

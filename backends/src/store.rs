@@ -119,8 +119,11 @@ pub trait ShardStore: Send + Sync + fmt::Debug {
     /// bytes is not an error.
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator>;
 
-    /// The whole blob. `NotFound` when absent.
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>>;
+    /// The whole blob, if it is at most `max_len` bytes long. `NotFound` when absent; `Refused` when the store
+    /// holds or sends more than `max_len` bytes (or something that is not a blob), checked before the bytes are
+    /// buffered: a hostile store cannot make a reader allocate more than it expects. Callers know each shard's
+    /// length from metadata and pass it (plus a little slack, so a slightly extended blob reaches verification).
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>>;
 
     /// `len` bytes from `offset`. `RangeUnsupported` on stores that cannot; `RangeOutOfBounds` past the end.
     async fn get_range(&self, loc: &Locator, offset: u64, len: u64) -> Result<Vec<u8>>;

@@ -10,8 +10,8 @@
 //!   names); the caller records the locator it got, and `gc` finds the spare copy through `list`.
 //!
 //! Wire details that matter:
-//! - Connections are lazy and our own (a multiplexed redis-crate connection, no `CLIENT SETINFO`, RESP2, so
-//!   nothing but our commands reaches a server that rejects unknown ones). Every new connection starts in
+//! - Connections are lazy and our own (the bounded `resp` client, RESP2, so nothing but our commands reaches a
+//!   server that rejects unknown ones, and no reply is buffered past what the command can legitimately return). Every new connection starts in
 //!   namespace `default`, so each one runs `AUTH SECURE CHALLENGE` + `SELECT ns SECURE sha1("nonce:password")`
 //!   (or a plain `SELECT ns` without a password) before use; a broken connection is dropped and the next call
 //!   reconnects and authenticates again.
@@ -33,18 +33,22 @@ mod conn;
 use std::fmt;
 
 use async_trait::async_trait;
-use redis::{Cmd, Value};
 
 use crate::error::{Result, StoreError};
 use crate::redis::{info_field, unexpected_reply};
+use crate::resp::{Limits, Reply as Value};
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 use crate::uri::StoreUri;
-use conn::{Reply, ZdbConn, read_password};
+use conn::{Answer, LIMITS, ZdbConn, read_password};
 
 /// 0-db's largest value (`REDIS_MAX_PAYLOAD`, 8 MiB, inclusive).
 pub const ZDB_MAX_VALUE: u64 = 8 * 1024 * 1024;
 
 const IDENTITY_KEY: &[u8] = b"qsfs:identity";
+/// Most keys `list` accepts from one namespace (far above any volume's shard count; about 1 GB of locators).
+const MAX_LISTED: usize = 20_000_000;
+/// An identity marker is a few short lines; anything longer at its key is refused unread.
+const MARKER_MAX: u64 = 4096;
 /// The seq-mode marker's id: the first entry of the namespace.
 const SEQ_MARKER_ID: [u8; 8] = [0; 8];
 
@@ -128,8 +132,15 @@ impl ZdbStore {
         conn::server_error(&self.uri, what, msg)
     }
 
-    async fn query(&self, cmd: &Cmd) -> Result<Reply> {
-        self.conn.query(cmd).await
+    fn protocol(&self, reason: String) -> StoreError {
+        StoreError::Protocol {
+            uri: self.uri.clone(),
+            reason,
+        }
+    }
+
+    async fn query(&self, args: &[&[u8]]) -> Result<Answer> {
+        self.conn.query(args, &LIMITS).await
     }
 
     fn check_size(&self, data: &[u8]) -> Result<()> {
@@ -143,9 +154,14 @@ impl ZdbStore {
         Ok(())
     }
 
-    async fn get_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.query(redis::cmd("GET").arg(key)).await? {
-            Ok(Value::BulkString(b)) => Ok(Some(b)),
+    /// The value under `key` if it is at most `max_len` bytes (`Refused` beyond, before it is buffered).
+    async fn get_key(&self, key: &[u8], max_len: u64) -> Result<Option<Vec<u8>>> {
+        match self
+            .conn
+            .query(&[b"GET", key], &Limits::bulk(max_len))
+            .await?
+        {
+            Ok(Value::Bulk(b)) => Ok(Some(b)),
             Ok(Value::Nil) => Ok(None),
             Ok(v) => Err(self.unexpected("GET", &v)),
             Err(m) => Err(self.server_error("GET", m)),
@@ -164,9 +180,9 @@ impl ZdbStore {
         let mut keys = Vec::new();
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let mut cmd = redis::cmd("SCAN");
+            let mut cmd: Vec<&[u8]> = vec![b"SCAN"];
             if let Some(c) = &cursor {
-                cmd.arg(c.as_slice());
+                cmd.push(c.as_slice());
             }
             let v = match self.query(&cmd).await? {
                 Ok(v) => v,
@@ -176,6 +192,14 @@ impl ZdbStore {
             let (next, batch) = parse_scan_reply(v).map_err(|v| self.unexpected("SCAN", &v))?;
             if batch.is_empty() {
                 break;
+            }
+            // A server that never ends the walk (the same cursor again, or keys without end) must not make
+            // `list` loop or grow forever.
+            if cursor.as_ref() == Some(&next) {
+                return Err(self.protocol("SCAN returned the same cursor again".into()));
+            }
+            if keys.len() + batch.len() > MAX_LISTED {
+                return Err(self.protocol(format!("SCAN listed more than {MAX_LISTED} keys")));
             }
             keys.extend(batch);
             cursor = Some(next);
@@ -189,8 +213,7 @@ fn parse_scan_reply(v: Value) -> std::result::Result<(Vec<u8>, Vec<Vec<u8>>), Va
     let Value::Array(parts) = &v else {
         return Err(v);
     };
-    let (Some(Value::BulkString(cursor)), Some(Value::Array(entries))) =
-        (parts.first(), parts.get(1))
+    let (Some(Value::Bulk(cursor)), Some(Value::Array(entries))) = (parts.first(), parts.get(1))
     else {
         return Err(v);
     };
@@ -198,7 +221,7 @@ fn parse_scan_reply(v: Value) -> std::result::Result<(Vec<u8>, Vec<Vec<u8>>), Va
     for e in entries {
         match e {
             Value::Array(fields) => match fields.first() {
-                Some(Value::BulkString(k)) => keys.push(k.clone()),
+                Some(Value::Bulk(k)) => keys.push(k.clone()),
                 _ => return Err(v.clone()),
             },
             _ => return Err(v.clone()),
@@ -231,32 +254,29 @@ impl ShardStore for ZdbStore {
     async fn put(&self, key: &ShardKey, data: &[u8]) -> Result<Locator> {
         self.check_size(data)?;
         match self.mode {
-            ZdbMode::User => match self
-                .query(redis::cmd("SET").arg(&key.0[..]).arg(data))
-                .await?
-            {
+            ZdbMode::User => match self.query(&[b"SET", &key.0[..], data]).await? {
                 // The key echoed back, or nil: the identical value was already there.
-                Ok(Value::BulkString(_) | Value::Nil) => Ok(Locator::from_key(key)),
+                Ok(Value::Bulk(_) | Value::Nil) => Ok(Locator::from_key(key)),
                 Ok(v) => Err(self.unexpected("SET", &v)),
                 // A worm namespace refuses even an identical rewrite; identical content is still success.
                 Err(m) if m.starts_with("Namespace is protected by worm mode") => {
-                    match self.get_key(&key.0).await? {
+                    match self.get_key(&key.0, data.len() as u64).await? {
                         Some(existing) if existing == data => Ok(Locator::from_key(key)),
                         _ => Err(self.server_error("SET", m)),
                     }
                 }
                 Err(m) => Err(self.server_error("SET", m)),
             },
-            ZdbMode::Seq => match self.query(redis::cmd("SET").arg("").arg(data)).await? {
-                Ok(Value::BulkString(id)) if id.len() == 8 => Ok(Locator(id)),
+            ZdbMode::Seq => match self.query(&[b"SET", b"", data]).await? {
+                Ok(Value::Bulk(id)) if id.len() == 8 => Ok(Locator(id)),
                 Ok(v) => Err(self.unexpected("SET", &v)),
                 Err(m) => Err(self.server_error("SET", m)),
             },
         }
     }
 
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
-        self.get_key(&loc.0)
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
+        self.get_key(&loc.0, max_len)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 uri: self.uri.clone(),
@@ -270,8 +290,8 @@ impl ShardStore for ZdbStore {
     }
 
     async fn delete(&self, loc: &Locator) -> Result<()> {
-        match self.query(redis::cmd("DEL").arg(loc.0.as_slice())).await? {
-            Ok(Value::Okay) => Ok(()),
+        match self.query(&[b"DEL", loc.0.as_slice()]).await? {
+            Ok(Value::Status(s)) if s == "OK" => Ok(()),
             Ok(v) => Err(self.unexpected("DEL", &v)),
             Err(m) if m.starts_with("Key not found") => Ok(()),
             Err(m) => Err(self.server_error("DEL", m)),
@@ -279,10 +299,7 @@ impl ShardStore for ZdbStore {
     }
 
     async fn exists(&self, loc: &Locator) -> Result<bool> {
-        match self
-            .query(redis::cmd("EXISTS").arg(loc.0.as_slice()))
-            .await?
-        {
+        match self.query(&[b"EXISTS", loc.0.as_slice()]).await? {
             Ok(Value::Int(n)) => Ok(n > 0),
             Ok(v) => Err(self.unexpected("EXISTS", &v)),
             Err(m) => Err(self.server_error("EXISTS", m)),
@@ -290,11 +307,8 @@ impl ShardStore for ZdbStore {
     }
 
     async fn probe(&self) -> Result<StoreHealth> {
-        let text = match self
-            .query(redis::cmd("NSINFO").arg(&self.namespace))
-            .await?
-        {
-            Ok(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+        let text = match self.query(&[b"NSINFO", self.namespace.as_bytes()]).await? {
+            Ok(Value::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
             Ok(v) => return Err(self.unexpected("NSINFO", &v)),
             Err(m) => return Err(self.server_error("NSINFO", m)),
         };
@@ -348,7 +362,7 @@ impl ShardStore for ZdbStore {
     }
 
     async fn write_identity(&self, identity: &StoreIdentity) -> Result<()> {
-        if let Some(existing) = self.get_key(self.identity_key()).await? {
+        if let Some(existing) = self.get_key(self.identity_key(), MARKER_MAX).await? {
             return Err(match StoreIdentity::decode(&existing) {
                 Some(found) => StoreError::IdentityExists { uri: self.uri.clone(), volume: found.volume_id, store: found.store_id },
                 None => StoreError::Protocol {
@@ -359,17 +373,14 @@ impl ShardStore for ZdbStore {
         }
         let marker = identity.encode();
         match self.mode {
-            ZdbMode::User => match self
-                .query(redis::cmd("SET").arg(IDENTITY_KEY).arg(marker))
-                .await?
-            {
-                Ok(Value::BulkString(_) | Value::Nil) => Ok(()),
+            ZdbMode::User => match self.query(&[b"SET", IDENTITY_KEY, &marker]).await? {
+                Ok(Value::Bulk(_) | Value::Nil) => Ok(()),
                 Ok(v) => Err(self.unexpected("SET", &v)),
                 Err(m) => Err(self.server_error("SET", m)),
             },
-            ZdbMode::Seq => match self.query(redis::cmd("SET").arg("").arg(marker)).await? {
-                Ok(Value::BulkString(id)) if id == SEQ_MARKER_ID => Ok(()),
-                Ok(Value::BulkString(id)) => {
+            ZdbMode::Seq => match self.query(&[b"SET", b"", &marker]).await? {
+                Ok(Value::Bulk(id)) if id == SEQ_MARKER_ID => Ok(()),
+                Ok(Value::Bulk(id)) => {
                     // Ids are never reused: once a namespace had entries, id 0 can no longer be the marker.
                     let _ = self.delete(&Locator(id.clone())).await;
                     Err(StoreError::Protocol {
@@ -388,7 +399,7 @@ impl ShardStore for ZdbStore {
     }
 
     async fn read_identity(&self) -> Result<Option<StoreIdentity>> {
-        match self.get_key(self.identity_key()).await? {
+        match self.get_key(self.identity_key(), MARKER_MAX).await? {
             None => Ok(None),
             Some(bytes) => {
                 StoreIdentity::decode(&bytes)
@@ -415,13 +426,13 @@ mod tests {
     fn scan_reply_shapes() {
         let entry = |k: &[u8]| {
             Value::Array(vec![
-                Value::BulkString(k.to_vec()),
+                Value::Bulk(k.to_vec()),
                 Value::Int(3),
                 Value::Int(1700000000),
             ])
         };
         let v = Value::Array(vec![
-            Value::BulkString(vec![1, 2, 3]),
+            Value::Bulk(vec![1, 2, 3]),
             Value::Array(vec![entry(b"a"), entry(b"bb")]),
         ]);
         let (cursor, keys) = parse_scan_reply(v).unwrap();

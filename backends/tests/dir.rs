@@ -60,7 +60,7 @@ async fn vanished_disk_is_unavailable_not_writes_on_root() {
     let err = store.put(&ShardKey([8; 32]), b"after").await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
     assert!(matches!(
-        store.get(&Locator::from_key(&key)).await,
+        store.get(&Locator::from_key(&key), 1 << 24).await,
         Err(StoreError::Unavailable { .. })
     ));
     assert!(matches!(
@@ -102,7 +102,10 @@ async fn puts_recreate_a_removed_fanout_dir_but_never_a_vanished_disk() {
     let second = ShardKey(second);
     store.put(&second, b"two").await.unwrap();
     assert_eq!(
-        store.get(&Locator::from_key(&second)).await.unwrap(),
+        store
+            .get(&Locator::from_key(&second), 1 << 24)
+            .await
+            .unwrap(),
         b"two"
     );
     // Same fan-out directory, but the whole disk is gone: unavailable, nothing written on the bare mount point.
@@ -178,7 +181,7 @@ async fn temp_files_are_not_listed_and_stale_ones_are_cleaned() {
     assert_eq!(store.list().await.unwrap(), vec![loc.clone()]);
     assert!(fresh.exists(), "an in-flight temp file must not be removed");
     assert!(!stale.exists(), "a stale temp file should be cleaned");
-    assert_eq!(store.get(&loc).await.unwrap(), b"data");
+    assert_eq!(store.get(&loc, 1 << 24).await.unwrap(), b"data");
 }
 
 #[tokio::test]
@@ -199,7 +202,7 @@ async fn put_replaces_whole_file_and_ranges_read_positioned() {
     // Locators this store never issues are simply absent.
     let odd = Locator(vec![1, 2, 3]);
     assert!(matches!(
-        store.get(&odd).await,
+        store.get(&odd, 1 << 24).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(!store.exists(&odd).await.unwrap());

@@ -39,7 +39,7 @@ async fn unavailable_and_permanent() {
 
     faulty.set_plan(FaultPlan::none().with(&[Op::Get], Fault::Permanent, Trigger::Always));
     let loc = faulty.put(&ShardKey([1; 32]), b"x").await.unwrap();
-    let err = faulty.get(&loc).await.unwrap_err();
+    let err = faulty.get(&loc, 1 << 24).await.unwrap_err();
     assert!(!err.is_retryable(), "{err}");
     assert!(faulty.exists(&loc).await.unwrap(), "rule is limited to Get");
     let c = faulty.counts();
@@ -69,7 +69,10 @@ async fn dropped_put_claims_success_but_stores_nothing() {
     assert_eq!(loc, Locator::from_key(&key));
     assert!(!inner.exists(&loc).await.unwrap());
     assert!(
-        matches!(faulty.get(&loc).await, Err(StoreError::NotFound { .. })),
+        matches!(
+            faulty.get(&loc, 1 << 24).await,
+            Err(StoreError::NotFound { .. })
+        ),
         "DropPut must not affect reads"
     );
     assert_eq!(faulty.counts().dropped_puts, 1);
@@ -82,7 +85,7 @@ async fn corruption_on_read_and_on_store() {
     let loc = faulty.put(&ShardKey([4; 32]), &data).await.unwrap();
 
     faulty.set_plan(FaultPlan::none().with(&Op::READS, Fault::Corrupt, Trigger::Always));
-    let got = faulty.get(&loc).await.unwrap();
+    let got = faulty.get(&loc, 1 << 24).await.unwrap();
     assert_eq!(got.len(), data.len());
     assert_eq!(
         got.iter().zip(&data).filter(|(a, b)| a != b).count(),
@@ -92,14 +95,14 @@ async fn corruption_on_read_and_on_store() {
     let range = faulty.get_range(&loc, 10, 20).await.unwrap();
     assert_ne!(range, data[10..30]);
     assert_eq!(
-        inner.get(&loc).await.unwrap(),
+        inner.get(&loc, 1 << 24).await.unwrap(),
         data,
         "read corruption must not touch the stored copy"
     );
 
     faulty.set_plan(FaultPlan::none().with(&[Op::Put], Fault::Corrupt, Trigger::Always));
     let loc2 = faulty.put(&ShardKey([5; 32]), &data).await.unwrap();
-    let stored = inner.get(&loc2).await.unwrap();
+    let stored = inner.get(&loc2, 1 << 24).await.unwrap();
     assert_eq!(stored.iter().zip(&data).filter(|(a, b)| a != b).count(), 1);
     assert_eq!(faulty.counts().corrupted, 3);
 }
@@ -110,16 +113,16 @@ async fn truncation_on_read_and_on_store() {
     let data = vec![9u8; 100];
     faulty.set_plan(FaultPlan::none().with(&[Op::Put], Fault::Truncate, Trigger::Nth(1)));
     let loc = faulty.put(&ShardKey([6; 32]), &data).await.unwrap();
-    assert_eq!(inner.get(&loc).await.unwrap().len(), 50);
+    assert_eq!(inner.get(&loc, 1 << 24).await.unwrap().len(), 50);
     let loc2 = faulty.put(&ShardKey([7; 32]), &data).await.unwrap();
     assert_eq!(
-        inner.get(&loc2).await.unwrap().len(),
+        inner.get(&loc2, 1 << 24).await.unwrap().len(),
         100,
         "Nth(1) fires once"
     );
 
     faulty.set_plan(FaultPlan::none().with(&[Op::Get], Fault::Truncate, Trigger::Always));
-    assert_eq!(faulty.get(&loc2).await.unwrap().len(), 50);
+    assert_eq!(faulty.get(&loc2, 1 << 24).await.unwrap().len(), 50);
     assert_eq!(faulty.counts().truncated, 2);
 }
 

@@ -60,7 +60,7 @@ async fn opening_does_no_io_and_a_dead_server_is_unavailable() {
     let store = store_for(&format!("redis://127.0.0.1:{port}/0")).await;
     let start = Instant::now();
     let err = store
-        .get(&Locator::from_key(&ShardKey([1; 32])))
+        .get(&Locator::from_key(&ShardKey([1; 32])), 1 << 24)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
@@ -81,7 +81,7 @@ async fn killed_server_is_unavailable_then_recovers_with_data() {
 
     server.kill();
     let start = Instant::now();
-    let err = store.get(&loc).await.unwrap_err();
+    let err = store.get(&loc, 1 << 24).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
     assert!(err.is_retryable());
     let err = store.put(&ShardKey([3; 32]), b"x").await.unwrap_err();
@@ -96,7 +96,7 @@ async fn killed_server_is_unavailable_then_recovers_with_data() {
     server.restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match store.get(&loc).await {
+        match store.get(&loc, 1 << 24).await {
             Ok(v) => {
                 assert_eq!(v, b"durable");
                 break;

@@ -103,7 +103,7 @@ async fn wrong_password_is_a_clear_auth_error() {
     // No password at all on a private namespace: say a password is needed.
     let err = store(&srv.uri("private", None))
         .await
-        .get(&Locator(vec![0; 32]))
+        .get(&Locator(vec![0; 32]), 1 << 24)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Auth { .. }), "{err}");
@@ -116,7 +116,7 @@ async fn public_protected_namespace_without_password_is_read_only() {
     srv.create_namespace("pub", Some("pw")).unwrap();
     let s = store(&srv.uri("pub", None)).await;
     assert!(matches!(
-        s.get(&Locator(vec![9; 32])).await,
+        s.get(&Locator(vec![9; 32]), 1 << 24).await,
         Err(StoreError::NotFound { .. })
     ));
     let err = s.put(&ShardKey([1; 32]), b"x").await.unwrap_err();
@@ -164,7 +164,10 @@ async fn eight_mib_limit_is_checked_before_sending() {
         .put(&ShardKey([2; 32]), &vec![7; ZDB_MAX_VALUE as usize])
         .await
         .unwrap();
-    assert_eq!(s.get(&loc).await.unwrap().len(), ZDB_MAX_VALUE as usize);
+    assert_eq!(
+        s.get(&loc, 1 << 24).await.unwrap().len(),
+        ZDB_MAX_VALUE as usize
+    );
     assert!(matches!(
         s.get_range(&loc, 0, 1).await,
         Err(StoreError::RangeUnsupported { .. })
@@ -191,7 +194,7 @@ async fn reconnect_authenticates_again() {
     // re-run the challenge, so a retry reaches our namespace, not `default`.
     let mut got = None;
     for _ in 0..3 {
-        match s.get(&loc).await {
+        match s.get(&loc, 1 << 24).await {
             Ok(v) => {
                 got = Some(v);
                 break;
@@ -214,13 +217,13 @@ async fn down_server_is_unavailable_then_recovers() {
     srv.set_down(true);
     let start = Instant::now();
     for _ in 0..2 {
-        let err = s.get(&loc).await.unwrap_err();
+        let err = s.get(&loc, 1 << 24).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
         assert!(err.is_retryable());
     }
     assert!(start.elapsed() < Duration::from_secs(10));
     srv.set_down(false);
-    assert_eq!(s.get(&loc).await.unwrap(), b"kept");
+    assert_eq!(s.get(&loc, 1 << 24).await.unwrap(), b"kept");
 
     // A stopped server (port closed) is Unavailable too, promptly.
     drop(srv);

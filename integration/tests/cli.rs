@@ -7,6 +7,7 @@ mod audit;
 mod fuse;
 mod gc;
 mod helpers;
+mod hostile;
 mod loss;
 mod restore;
 

@@ -25,6 +25,12 @@ pub const REVIVE_INTERVAL: Duration = Duration::from_secs(30);
 const NAMED_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A revival check is on the write/read path: it must give up quickly on a store that does not answer.
 const REVIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many bytes past a shard's recorded length a read accepts: a slightly extended blob still reaches
+/// verification (and is reported corrupt there); anything longer is refused by the store before it is buffered.
+pub const READ_SLACK: u64 = 4096;
+/// The largest well-known object (a metadata log record; snapshot chunks and the descriptor are smaller) plus
+/// slack: a named read never buffers more, whatever a store claims.
+pub const NAMED_MAX: u64 = crate::replica::record::MAX_RECORD as u64 + 64 * 1024;
 /// Backoff between attempts of a retryable store operation.
 const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(50),
@@ -50,9 +56,52 @@ pub struct StoreSlot {
     /// When the state was last set or checked: revival checks are rate-limited by it.
     checked: Mutex<Instant>,
     identity: StoreIdentity,
+    /// Recent shard-read latencies: when a read takes much longer, the reader hedges with another shard.
+    latency: Mutex<Latency>,
+}
+
+/// The last few successful shard-read times of one store.
+#[derive(Default)]
+struct Latency {
+    samples: [u32; LATENCY_SAMPLES],
+    seen: usize,
+}
+
+const LATENCY_SAMPLES: usize = 16;
+/// No hedge sooner than this: below it a second read costs more than the wait it saves.
+pub const HEDGE_FLOOR: Duration = Duration::from_millis(50);
+/// Before a store has answered any read: long enough for a first connection to a remote server.
+const HEDGE_COLD: Duration = Duration::from_millis(250);
+
+impl Latency {
+    fn record(&mut self, took: Duration) {
+        let us = took.as_micros().min(u32::MAX as u128) as u32;
+        self.samples[self.seen % LATENCY_SAMPLES] = us;
+        self.seen += 1;
+    }
+
+    /// How long a read may take before it counts as slow: 3× the median of recent reads, at least `HEDGE_FLOOR`.
+    fn hedge_after(&self) -> Duration {
+        let n = self.seen.min(LATENCY_SAMPLES);
+        if n == 0 {
+            return HEDGE_COLD;
+        }
+        let mut recent = self.samples[..n].to_vec();
+        recent.sort_unstable();
+        let median = Duration::from_micros(recent[n / 2] as u64);
+        (median * 3).max(HEDGE_FLOOR)
+    }
 }
 
 impl StoreSlot {
+    /// How long a shard read from this store may take before the reader asks another store too.
+    pub fn hedge_after(&self) -> Duration {
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hedge_after()
+    }
+
     pub fn state(&self) -> StoreState {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -143,6 +192,7 @@ impl StoreSet {
                     volume_id: volume_id.to_string(),
                     store_id: c.id,
                 },
+                latency: Mutex::new(Latency::default()),
             }));
         }
         let mut checks = JoinSet::new();
@@ -482,11 +532,26 @@ impl StoreSet {
         }
     }
 
-    /// Reads one shard blob, retrying transient failures. A store that stays unreachable is marked down.
-    pub async fn fetch(&self, store_id: u32, locator: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// Reads one shard blob of `blob_len` bytes (as metadata records it; the store refuses more than
+    /// `READ_SLACK` beyond), retrying transient failures. A store that stays unreachable is marked down; the time
+    /// a successful read took feeds the store's latency estimate.
+    pub async fn fetch(
+        &self,
+        store_id: u32,
+        locator: &[u8],
+        blob_len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
         let slot = self.up_slot(store_id)?;
         let loc = Locator(locator.to_vec());
-        let res = with_retry(|| slot.store.get(&loc)).await;
+        let max_len = blob_len.saturating_add(READ_SLACK);
+        let start = Instant::now();
+        let res = with_retry(|| slot.store.get(&loc, max_len)).await;
+        if res.is_ok() {
+            slot.latency
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(start.elapsed());
+        }
         if let Err(e) = &res
             && e.is_retryable()
         {
@@ -508,7 +573,7 @@ async fn read_named(slot: &StoreSlot, key: &ShardKey) -> Result<Option<Vec<u8>>,
     let Some(loc) = slot.store.locate(key) else {
         return Ok(None);
     };
-    let read = with_retry(|| slot.store.get(&loc));
+    let read = with_retry(|| slot.store.get(&loc, NAMED_MAX));
     match tokio::time::timeout(NAMED_READ_TIMEOUT, read).await {
         Ok(Ok(blob)) => Ok(Some(blob)),
         Ok(Err(StoreError::NotFound { .. })) => Ok(None),

@@ -1,33 +1,38 @@
-//! The 0-db connection of a `ZdbStore`: made lazily, authenticated on every new connection (each one starts
-//! in namespace `default`), replaced when it breaks; plus the mapping of 0-db's error replies.
+//! The 0-db connections of a `ZdbStore`: made lazily over the bounded `resp` client, authenticated on every new
+//! connection (each one starts in namespace `default`), dropped when they break; plus the mapping of 0-db's error
+//! replies.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value,
-};
 use sha1::{Digest, Sha1};
-use tokio::sync::Mutex;
 
 use crate::error::{Result, StoreError};
-use crate::redis::{
-    CONNECT_TIMEOUT, RESPONSE_TIMEOUT, is_connection_error, server_message, unexpected_reply,
-};
+use crate::redis::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, unexpected_reply};
+use crate::resp::{Limits, Pool, Reply, RespConn};
 
 /// A server error reply's text, kept apart from transport failures so callers can match on 0-db's messages.
-pub(super) type Reply = std::result::Result<Value, String>;
+/// `Ok` never holds `Reply::Error`.
+pub(super) type Answer = std::result::Result<Reply, String>;
 
+/// What any 0-db reply may hold: one value up to 0-db's 8 MiB limit (plus slack for a marker or NSINFO text),
+/// SCAN batches of a few hundred `[key, size, timestamp]` entries. Shard reads ask for less (`Limits::bulk`).
+pub(super) const LIMITS: Limits = Limits {
+    max_bulk: super::ZDB_MAX_VALUE + 64 * 1024,
+    max_array: 100_000,
+    max_depth: 3,
+    max_elements: 400_000,
+};
+
+/// The 0-db connections of one store, over the bounded `resp` client: a server or a man in the middle cannot make
+/// a reply cost more than the caller's limits. Several requests run at once on separate connections (a small pool
+/// of idle ones is kept); each new connection is authenticated and selects the namespace before use.
 pub(super) struct ZdbConn {
     uri: String,
-    client: redis::Client,
+    host: String,
+    port: u16,
     namespace: String,
     password: Option<String>,
-    /// The current authenticated connection and its generation (so a failed request drops only the connection
-    /// it failed on, not a fresh one another task just made).
-    slot: Mutex<Option<(u64, MultiplexedConnection)>>,
-    generation: AtomicU64,
+    pool: Pool,
 }
 
 impl ZdbConn {
@@ -38,34 +43,17 @@ impl ZdbConn {
         namespace: &str,
         password: Option<String>,
     ) -> Result<ZdbConn> {
-        let invalid = |e: redis::RedisError| StoreError::InvalidUri {
-            uri: uri.clone(),
-            reason: e.to_string(),
-        };
-        // RESP2, db 0, no password and no CLIENT SETINFO: the crate sends nothing on connect.
-        let info = ConnectionAddr::Tcp(host.to_string(), port)
-            .into_connection_info()
-            .map_err(invalid)?
-            .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name());
-        let client = redis::Client::open(info).map_err(invalid)?;
         Ok(ZdbConn {
             uri,
-            client,
+            host: host.to_string(),
+            port,
             namespace: namespace.to_string(),
             password,
-            slot: Mutex::new(None),
-            generation: AtomicU64::new(0),
+            pool: Pool::new(),
         })
     }
 
-    fn unavailable(&self, reason: impl Into<String>) -> StoreError {
-        StoreError::Unavailable {
-            uri: self.uri.clone(),
-            reason: reason.into(),
-        }
-    }
-
-    fn unexpected(&self, what: &str, v: &Value) -> StoreError {
+    fn unexpected(&self, what: &str, v: &Reply) -> StoreError {
         unexpected_reply(&self.uri, what, v)
     }
 
@@ -73,47 +61,50 @@ impl ZdbConn {
         server_error(&self.uri, what, msg)
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    async fn connect(&self) -> Result<RespConn> {
         let setup = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(|e| self.unavailable(format!("connect: {e}")))?;
+            let mut conn = RespConn::tcp(
+                &self.host,
+                self.port,
+                &self.uri,
+                CONNECT_TIMEOUT,
+                RESPONSE_TIMEOUT,
+            )
+            .await?;
             self.authenticate(&mut conn).await?;
             Ok(conn)
         };
         // Bound the whole handshake, not just the TCP connect: a wedged server must not hang the caller.
         match tokio::time::timeout(CONNECT_TIMEOUT * 3, setup).await {
             Ok(r) => r,
-            Err(_) => Err(self.unavailable("connection handshake timed out")),
+            Err(_) => Err(StoreError::Unavailable {
+                uri: self.uri.clone(),
+                reason: "connection handshake timed out".into(),
+            }),
         }
     }
 
     /// Selects our namespace on a fresh connection, with the SECURE challenge when we have a password.
-    async fn authenticate(&self, conn: &mut MultiplexedConnection) -> Result<()> {
-        let mut select = redis::cmd("SELECT");
-        select.arg(&self.namespace);
+    async fn authenticate(&self, conn: &mut RespConn) -> Result<()> {
+        let small = Limits::bulk(4096);
+        let mut select: Vec<Vec<u8>> =
+            vec![b"SELECT".to_vec(), self.namespace.clone().into_bytes()];
         if let Some(password) = &self.password {
-            let nonce = match raw(
-                conn,
-                redis::cmd("AUTH").arg("SECURE").arg("CHALLENGE"),
-                &self.uri,
-            )
-            .await?
-            {
-                Ok(Value::SimpleString(n)) => n,
+            let nonce = match answer(
+                conn.request(&[b"AUTH", b"SECURE", b"CHALLENGE"], &small)
+                    .await?,
+            ) {
+                Ok(Reply::Status(n)) => n,
                 Ok(v) => return Err(self.unexpected("AUTH SECURE CHALLENGE", &v)),
                 Err(m) => return Err(self.server_error("AUTH SECURE CHALLENGE", m)),
             };
             let digest = Sha1::digest(format!("{nonce}:{password}").as_bytes());
-            select.arg("SECURE").arg(hex::encode(digest));
+            select.push(b"SECURE".to_vec());
+            select.push(hex::encode(digest).into_bytes());
         }
-        match raw(conn, &select, &self.uri).await? {
-            Ok(Value::Okay) => Ok(()),
+        let args: Vec<&[u8]> = select.iter().map(|a| a.as_slice()).collect();
+        match answer(conn.request(&args, &small).await?) {
+            Ok(Reply::Status(s)) if s == "OK" => Ok(()),
             Ok(v) => Err(self.unexpected("SELECT", &v)),
             Err(m) if m.starts_with("Namespace not found") => Err(StoreError::Protocol {
                 uri: self.uri.clone(),
@@ -140,56 +131,47 @@ impl ZdbConn {
         }
     }
 
-    async fn connection(&self) -> Result<(u64, MultiplexedConnection)> {
-        let mut slot = self.slot.lock().await;
-        if let Some((generation, conn)) = slot.as_ref() {
-            return Ok((*generation, conn.clone()));
+    /// Sends one command on an authenticated connection: `Ok(Ok(reply))`, `Ok(Err(server message))`, or a
+    /// transport failure (`Unavailable`) or a refused reply (`Refused`), after which that connection is dropped.
+    pub(super) async fn query(&self, args: &[&[u8]], limits: &Limits) -> Result<Answer> {
+        let pooled = self.pool.take();
+        let was_pooled = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let reply = match conn.request(args, limits).await {
+            // An idle connection the server closed meanwhile (a restart): one fresh try at once. Only for reads:
+            // a write may have landed before the connection broke.
+            Err(e) if was_pooled && e.is_retryable() && is_read(args) => {
+                conn = self.connect().await?;
+                conn.request(args, limits).await?
+            }
+            other => other?,
+        };
+        let reply = answer(reply);
+        // A server restarted under us answers this on the old connection: drop it and reconnect next time.
+        let stale =
+            matches!(&reply, Err(m) if m.starts_with("Your active namespace is not available"));
+        if !stale {
+            self.pool.give(conn);
         }
-        let conn = self.connect().await?;
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *slot = Some((generation, conn.clone()));
-        Ok((generation, conn))
-    }
-
-    async fn drop_connection(&self, generation: u64) {
-        let mut slot = self.slot.lock().await;
-        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *slot = None;
-        }
-    }
-
-    /// Sends one command on the authenticated connection: `Ok(Ok(value))`, `Ok(Err(server message))`, or a
-    /// transport failure as `Unavailable` (after which the next call reconnects).
-    pub(super) async fn query(&self, cmd: &Cmd) -> Result<Reply> {
-        let (generation, mut conn) = self.connection().await?;
-        let reply = raw(&mut conn, cmd, &self.uri).await;
-        if let Ok(Err(m)) = &reply
-            && m.starts_with("Your active namespace is not available")
-        {
-            self.drop_connection(generation).await;
-        }
-        if reply.is_err() {
-            self.drop_connection(generation).await;
-        }
-        reply
+        Ok(reply)
     }
 }
 
-/// Sends `cmd` and separates server error replies (returned as their text) from transport failures.
-async fn raw(conn: &mut MultiplexedConnection, cmd: &Cmd, uri: &str) -> Result<Reply> {
-    match cmd.query_async::<Value>(conn).await {
-        Ok(v) => Ok(Ok(v)),
-        Err(e) if is_connection_error(&e) => Err(StoreError::Unavailable {
-            uri: uri.to_string(),
-            reason: e.to_string(),
-        }),
-        Err(e) => match server_message(&e) {
-            Some(m) => Ok(Err(m)),
-            None => Err(StoreError::Protocol {
-                uri: uri.to_string(),
-                reason: e.to_string(),
-            }),
-        },
+fn is_read(args: &[&[u8]]) -> bool {
+    matches!(
+        args.first(),
+        Some(&(b"GET" | b"EXISTS" | b"SCAN" | b"NSINFO"))
+    )
+}
+
+/// Separates a server error reply (returned as its text) from the other replies.
+fn answer(reply: Reply) -> Answer {
+    match reply {
+        Reply::Error(m) => Err(m),
+        other => Ok(other),
     }
 }
 

@@ -113,6 +113,8 @@ fn classify(e: &StoreError) -> Outcome {
     match e {
         StoreError::NotFound { .. } => Outcome::Missing,
         StoreError::RangeOutOfBounds { .. } => Outcome::Corrupt(format!("truncated: {e}")),
+        // Oversized, or not a shard at all (a FIFO, a reply of the wrong shape): the copy on the store is bad.
+        StoreError::Refused { .. } => Outcome::Corrupt(e.to_string()),
         // A disk that fails to read the file: the shard is unreadable, whatever the cause.
         StoreError::Io { .. } if !e.is_retryable() => Outcome::Corrupt(format!("unreadable: {e}")),
         // Everything else is about the store, not the shard (down, refusing us, talking nonsense).
@@ -212,7 +214,8 @@ pub async fn check_shard(
     }
     throttle.admit(t.blob_len).await?;
     let start = Instant::now();
-    match with_retry(store.uri(), || store.get(&loc)).await {
+    let max_len = t.blob_len.saturating_add(crate::store_set::READ_SLACK);
+    match with_retry(store.uri(), || store.get(&loc, max_len)).await {
         Ok(blob) => {
             let outcome = match ShardBlob::open(&blob, &t.root, t.data_len) {
                 Ok(_) => Outcome::Passed,

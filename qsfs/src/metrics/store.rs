@@ -97,8 +97,8 @@ impl ShardStore for MeteredStore {
         res
     }
 
-    async fn get(&self, loc: &Locator) -> Result<Vec<u8>> {
-        let res = self.timed("get", self.inner.get(loc)).await;
+    async fn get(&self, loc: &Locator, max_len: u64) -> Result<Vec<u8>> {
+        let res = self.timed("get", self.inner.get(loc, max_len)).await;
         self.count_read(&res);
         res
     }

@@ -48,7 +48,7 @@ async fn fetch_one(vol: &Volume, rec: &SegmentRecord, row: &ShardRow) -> Fetched
     let (Some(store), Some(loc)) = (row.store_id, &row.locator) else {
         return Fetched::Bad(ShardState::Missing, "never placed".into());
     };
-    match vol.stores().fetch(store, loc).await {
+    match vol.stores().fetch(store, loc, row.blob_len).await {
         Ok(blob) => match vol
             .codec()
             .verify_shard(rec.id, &rec.info, row.index, &blob)
@@ -62,6 +62,7 @@ async fn fetch_one(vol: &Volume, rec: &SegmentRecord, row: &ShardRow) -> Fetched
         Err(e) if matches!(e, StoreError::Io { .. }) && !e.is_retryable() => {
             Fetched::Bad(ShardState::Corrupt, format!("unreadable: {e}"))
         }
+        Err(e @ StoreError::Refused { .. }) => Fetched::Bad(ShardState::Corrupt, e.to_string()),
         Err(e) => Fetched::Unreachable(e.to_string()),
     }
 }

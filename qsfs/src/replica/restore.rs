@@ -253,7 +253,7 @@ async fn read_descriptor(
             ));
             continue;
         };
-        match store.get(&loc).await {
+        match store.get(&loc, crate::store_set::NAMED_MAX).await {
             Ok(blob) => found = Some(blob),
             Err(qsfs_backends::StoreError::NotFound { .. }) => {
                 tried.push(format!("{parsed}: holds no qsfs volume descriptor"))

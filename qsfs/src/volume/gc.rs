@@ -143,7 +143,9 @@ async fn shard_blob_len(slot: &StoreSlot, loc: &Locator) -> Result<Option<u64>> 
     let head = if slot.store.supports_range() {
         slot.store.get_range(loc, 0, magic_len).await
     } else {
-        slot.store.get(loc).await
+        // Whole objects (0-db): none is larger than the store's value limit.
+        let limit = slot.store.max_value_size().unwrap_or(64 << 20);
+        slot.store.get(loc, limit).await
     };
     let head = match head {
         Ok(b) => b,

@@ -2,6 +2,7 @@
 //! and deleting garbage shards after the transaction that dropped them has committed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use qsfs_backends::StoreError;
 use tokio::task::JoinSet;
@@ -129,6 +130,11 @@ impl Volume {
 
 /// Fetches shards until `k` have verified, starting with the data shards; returns the verified shard data (by
 /// index) and the shards found missing or corrupt.
+///
+/// Hedged: a fetch slower than its store's recent latency allows (`StoreSlot::hedge_after`) does not hold the read
+/// up. Another candidate (a parity shard on another store) is fetched alongside, and whichever `k` verified shards
+/// arrive first are used; the slow fetches still in flight are then dropped. A stalled store costs one hedge delay
+/// (tens of milliseconds), not its timeout times its retries.
 async fn fetch_verified(
     stores: &Arc<StoreSet>,
     codec: &Arc<SegmentCodec>,
@@ -136,7 +142,6 @@ async fn fetch_verified(
     k: usize,
 ) -> (Vec<Option<Vec<u8>>>, Vec<(usize, ShardState)>) {
     stores.revive_due().await;
-    let total = rec.shards.len();
     let mut candidates: Vec<&ShardRow> = rec
         .shards
         .iter()
@@ -149,40 +154,33 @@ async fn fetch_verified(
         .collect();
     // Data shards first (no decoding needed when they all arrive), then parity.
     candidates.sort_by_key(|s| s.index);
-    let mut queue = candidates.into_iter();
-    let mut verified: Vec<Option<Vec<u8>>> = vec![None; total];
-    let mut bad = Vec::new();
-    let mut in_flight = JoinSet::new();
-    let spawn = |set: &mut JoinSet<(usize, Result<Vec<u8>, StoreError>)>, row: &ShardRow| {
-        let stores = stores.clone();
-        let (store_id, loc) = (
-            row.store_id.expect("filtered"),
-            row.locator.clone().expect("filtered"),
-        );
-        let index = row.index;
-        set.spawn(async move { (index, stores.fetch(store_id, &loc).await) });
-    };
-    for row in queue.by_ref().take(k) {
-        spawn(&mut in_flight, row);
+    let mut reads = Reads::new(stores, rec.shards.len(), candidates.into_iter());
+    for _ in 0..k {
+        reads.spawn_next();
     }
     let mut good = 0;
-    while let Some(joined) = in_flight.join_next().await {
-        let Ok((index, res)) = joined else { continue };
+    while let Some((index, res)) = reads.next_result().await {
         let ok = match res {
             Ok(blob) => match codec.verify_shard(rec.id, &rec.info, index, &blob) {
                 Ok(data) => {
-                    verified[index] = Some(data);
+                    reads.verified[index] = Some(data);
                     true
                 }
                 Err(e) => {
                     tracing::warn!(segment = rec.id, shard = index, error = %e, "corrupt shard ignored");
-                    bad.push((index, ShardState::Corrupt));
+                    reads.bad.push((index, ShardState::Corrupt));
                     false
                 }
             },
             Err(StoreError::NotFound { uri }) => {
                 tracing::warn!(segment = rec.id, shard = index, store = %uri, "shard missing from its store");
-                bad.push((index, ShardState::Missing));
+                reads.bad.push((index, ShardState::Missing));
+                false
+            }
+            // More bytes than the shard has, or something that is no shard: the copy on the store is bad.
+            Err(e @ StoreError::Refused { .. }) => {
+                tracing::warn!(segment = rec.id, shard = index, error = %e, "shard refused");
+                reads.bad.push((index, ShardState::Corrupt));
                 false
             }
             Err(e) => {
@@ -194,12 +192,222 @@ async fn fetch_verified(
         if ok {
             good += 1;
             if good == k {
-                in_flight.abort_all();
                 break;
             }
-        } else if let Some(next) = queue.next() {
-            spawn(&mut in_flight, next);
+        } else {
+            reads.spawn_next();
         }
     }
-    (verified, bad)
+    reads.in_flight.abort_all();
+    (reads.verified, reads.bad)
+}
+
+type FetchResult = (usize, Result<Vec<u8>, StoreError>);
+
+/// The shard fetches of one segment read: those in flight with the time each may take before it is hedged, and
+/// the candidates not yet asked.
+struct Reads<'a, I: Iterator<Item = &'a ShardRow>> {
+    stores: &'a Arc<StoreSet>,
+    queue: I,
+    in_flight: JoinSet<FetchResult>,
+    /// (shard index, when it counts as slow) of fetches in flight not yet hedged.
+    deadlines: Vec<(usize, Instant)>,
+    verified: Vec<Option<Vec<u8>>>,
+    bad: Vec<(usize, ShardState)>,
+}
+
+impl<'a, I: Iterator<Item = &'a ShardRow>> Reads<'a, I> {
+    fn new(stores: &'a Arc<StoreSet>, total: usize, queue: I) -> Self {
+        Reads {
+            stores,
+            queue,
+            in_flight: JoinSet::new(),
+            deadlines: Vec::new(),
+            verified: vec![None; total],
+            bad: Vec::new(),
+        }
+    }
+
+    /// Starts fetching the next candidate, if any is left.
+    fn spawn_next(&mut self) {
+        let Some(row) = self.queue.next() else {
+            return;
+        };
+        let stores = self.stores.clone();
+        let (store_id, loc, len) = (
+            row.store_id.expect("filtered"),
+            row.locator.clone().expect("filtered"),
+            row.blob_len,
+        );
+        let index = row.index;
+        let hedge_after = stores
+            .slot(store_id)
+            .map_or(crate::store_set::HEDGE_FLOOR, |s| s.hedge_after());
+        self.deadlines.push((index, Instant::now() + hedge_after));
+        self.in_flight
+            .spawn(async move { (index, stores.fetch(store_id, &loc, len).await) });
+    }
+
+    /// The next finished fetch. While waiting, each fetch that passes its hedge deadline starts one more
+    /// candidate. `None` when nothing is in flight.
+    async fn next_result(&mut self) -> Option<FetchResult> {
+        loop {
+            let earliest = self.deadlines.iter().map(|d| d.1).min();
+            let hedge = async {
+                match earliest {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = self.in_flight.join_next() => {
+                    let (index, res) = match joined? {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    };
+                    self.deadlines.retain(|d| d.0 != index);
+                    return Some((index, res));
+                }
+                () = hedge => {
+                    let now = Instant::now();
+                    let slow = self.deadlines.iter().filter(|d| d.1 <= now).count();
+                    self.deadlines.retain(|d| d.1 > now);
+                    for _ in 0..slow {
+                        tracing::debug!("shard read slower than its store's usual latency: hedging");
+                        self.spawn_next();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use qsfs_backends::{
+        DirStore, Fault, FaultPlan, FaultyStore, Locator, Op, ShardStore, Trigger,
+    };
+
+    use super::*;
+    use crate::volume::InitOptions;
+
+    /// A volume whose stores each sit behind a `FaultyStore`, and those wrappers (in store id order).
+    fn faulty_volume(dir: &std::path::Path) -> (Volume, Vec<Arc<FaultyStore>>) {
+        Volume::init(dir, &InitOptions::default()).unwrap();
+        let faulty = Mutex::new(Vec::new());
+        let wrap = |_id: u32, store: Arc<dyn ShardStore>| -> Arc<dyn ShardStore> {
+            let f = Arc::new(FaultyStore::wrap(store));
+            faulty.lock().unwrap().push(f.clone());
+            f
+        };
+        let vol = Volume::open_with_store_wrapper(dir, &wrap).unwrap();
+        (vol, faulty.into_inner().unwrap())
+    }
+
+    /// Places `data` as the first segment of a new file and commits it, as a write would.
+    fn committed_segment(vol: &Volume, data: &[u8]) -> SegmentRecord {
+        let ino = vol
+            .meta()
+            .write(|c| {
+                Ok(meta::create_node(c, meta::ROOT_INO, b"f", &meta::NewInode::test_file())?.ino)
+            })
+            .unwrap();
+        let rec = vol.encode_and_place(ino, 0, data).unwrap();
+        vol.meta()
+            .write(|c| meta::put_segment(c, ino, &rec))
+            .unwrap();
+        rec
+    }
+
+    fn states(vol: &Volume, rec: &SegmentRecord) -> Vec<ShardState> {
+        let (_, now) = vol
+            .meta()
+            .read(|c| meta::segment_by_id(c, rec.id))
+            .unwrap()
+            .unwrap();
+        let mut rows = now.shards;
+        rows.sort_by_key(|r| r.index);
+        rows.into_iter().map(|r| r.state).collect()
+    }
+
+    fn shard_row(rec: &SegmentRecord, index: usize) -> &ShardRow {
+        rec.shards.iter().find(|r| r.index == index).unwrap()
+    }
+
+    /// A store that stalls on reads costs one hedge delay, not its 30 s stall: the reader asks a parity shard on
+    /// another store and decodes from the first k verified shards.
+    #[test]
+    fn a_stalled_store_is_hedged_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, faults) = faulty_volume(dir.path());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let rec = committed_segment(&vol, &data);
+        // Warm every store's latency estimate, as a mount's earlier reads would.
+        for _ in 0..3 {
+            assert_eq!(vol.read_segment(&rec, "f").unwrap(), data);
+        }
+        let stalled = shard_row(&rec, 0).store_id.unwrap() as usize;
+        faults[stalled].set_plan(FaultPlan::none().with(
+            &[Op::Get],
+            Fault::Delay(Duration::from_secs(30)),
+            Trigger::Always,
+        ));
+        let start = std::time::Instant::now();
+        assert_eq!(vol.read_segment(&rec, "f").unwrap(), data);
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "read with one stalled store took {took:?}"
+        );
+        // The stall is the store's, not the shard's: nothing is recorded against it.
+        let states = states(&vol, &rec);
+        assert!(states.iter().all(|s| *s == ShardState::Ok), "{states:?}");
+    }
+
+    /// A shard file grown to 15 TB (sparse) or replaced by a FIFO is refused without allocating or blocking,
+    /// recorded corrupt, and the right bytes come from the other shards.
+    #[test]
+    fn oversized_and_special_shard_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, _faults) = faulty_volume(dir.path());
+        let data = vec![0x5au8; 100_000];
+        let rec = committed_segment(&vol, &data);
+        for (index, damage) in [(0usize, "huge"), (1, "fifo")] {
+            let row = shard_row(&rec, index);
+            let store_dir = dir
+                .path()
+                .join("stores")
+                .join(row.store_id.unwrap().to_string());
+            let store = vol.rt.block_on(DirStore::open(&store_dir, false)).unwrap();
+            let path = store
+                .shard_path(&Locator(row.locator.clone().unwrap()))
+                .unwrap();
+            std::fs::remove_file(&path).unwrap();
+            if damage == "huge" {
+                std::fs::File::create(&path)
+                    .unwrap()
+                    .set_len(15 << 40)
+                    .unwrap();
+            } else {
+                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .unwrap();
+            }
+        }
+        let start = std::time::Instant::now();
+        assert_eq!(vol.read_segment(&rec, "f").unwrap(), data);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+        let states = states(&vol, &rec);
+        assert_eq!(
+            states[..2],
+            [ShardState::Corrupt, ShardState::Corrupt],
+            "{states:?}"
+        );
+    }
 }

@@ -1,0 +1,207 @@
+//! Hostile stores end to end, one store kind at a time, through the real binary: one store of a 4+2 volume answers
+//! shard reads with oversized, stalled, swapped and escape-laden replies. `qsfs get` must serve the right bytes
+//! within a bounded time (hedged reads around the stall, bounded reads refusing the rest) and print no raw
+//! control character; where the damage is in the store's data, `qsfs audit` names that store and `qsfs repair`
+//! fixes it.
+//!
+//! - dir: shard files replaced by 15 TB sparse files and by FIFOs.
+//! - redis and 0-db: the store sits behind a `LyingProxy` that lies on reads (stall, `$4000000000`, endless
+//!   arrays, escape sequences, another shard's bytes); for the audit/repair part the damage is made real on the
+//!   server (values swapped, values grown past their length).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use qsfs_backends::testing::{Lie, LyingProxy, RedisServer, ZdbServerConfig, ZdbTestServer};
+
+use crate::audit::{assert_clean_full_audit, audit, num, repair};
+use crate::helpers::stores::shard_files;
+use crate::helpers::tree::{assert_same_tree, standard_tree};
+use crate::helpers::{Vol, s, strs};
+
+const KIB: u64 = 1024;
+/// How long one `qsfs get` of the test tree may take with one store lying (a debug build on a busy 2-core
+/// machine; each stalled shard read costs one hedge delay, not the 30 s response timeout x 4 attempts).
+const GET_BOUND: Duration = Duration::from_secs(40);
+
+/// A 4+2 volume of 64 KiB segments over `stores` (none: the embedded dir stores) with a standard tree at /data.
+fn volume(v: &Vol, stores: &[String]) -> PathBuf {
+    let mut args = vec!["--segment-size", "64KiB"];
+    let store_args: Vec<String> = stores
+        .iter()
+        .flat_map(|u| ["--store".to_string(), u.clone()])
+        .collect();
+    args.extend(strs(&store_args));
+    v.init(&args);
+    let src = v.scratch("src").join("tree");
+    standard_tree(&src, 64 * KIB, 0, 17);
+    v.ok(&["put", s(&src), "/data"]);
+    src
+}
+
+/// `qsfs get /data` into a fresh directory: right bytes, within `GET_BOUND`, no raw control character printed.
+/// Returns how long it took.
+#[track_caller]
+fn get_right_bytes(v: &Vol, src: &Path, what: &str) -> Duration {
+    let out = v.fresh_path(&format!("out-{}", rand::random::<u32>()));
+    let start = Instant::now();
+    let run = v.run(&["get", "/data", s(&out)]);
+    let took = start.elapsed();
+    let d = run.describe();
+    let printed = format!("{}{}", run.stdout, run.stderr);
+    run.ok();
+    assert_same_tree(src, &out);
+    assert!(took < GET_BOUND, "{what}: get took {took:?}\n{d}");
+    assert!(
+        !printed.chars().any(|c| c.is_control() && c != '\n'),
+        "{what}: raw control characters printed:\n{d}"
+    );
+    eprintln!("hostile: get with {what}: {took:?}");
+    took
+}
+
+/// The audit finds damage on store `bad` only, naming its URI; repair fixes it; a full audit is then clean.
+#[track_caller]
+fn audit_names_and_repair_fixes(v: &Vol, src: &Path, bad: usize, uri: &str) {
+    let (run, j) = audit(v, &["--full"]);
+    let d = run.describe();
+    run.failed();
+    for st in j["stores"].as_array().unwrap() {
+        let damaged = num(&st["missing"]) + num(&st["corrupt"]);
+        if num(&st["store_id"]) == bad as u64 {
+            assert!(damaged > 0, "audit found nothing on the lying store:\n{d}");
+            assert_eq!(st["uri"].as_str(), Some(uri), "{d}");
+        } else {
+            assert_eq!(damaged, 0, "audit blames an honest store:\n{d}");
+        }
+    }
+    let (run, r) = repair(v, &[]);
+    let d = run.describe();
+    run.ok();
+    assert!(num(&r["rebuilt"]) > 0, "{d}");
+    assert_eq!(num(&r["remaining"]), 0, "{d}");
+    get_right_bytes(v, src, "the repaired store");
+    assert_clean_full_audit(v);
+}
+
+#[test]
+fn dir_store_with_huge_and_fifo_shards() {
+    let v = Vol::new();
+    let src = volume(&v, &[]);
+    let files = shard_files(&v.store_dir(2));
+    assert!(
+        files.len() >= 4,
+        "too few shards on store 2: {}",
+        files.len()
+    );
+    for (i, f) in files.iter().enumerate() {
+        std::fs::remove_file(f).unwrap();
+        if i % 2 == 0 {
+            std::fs::File::create(f).unwrap().set_len(15 << 40).unwrap();
+        } else {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        }
+    }
+    get_right_bytes(&v, &src, "15 TB and FIFO shard files");
+    let uri = format!("dir:{}", v.store_dir(2).display());
+    audit_names_and_repair_fixes(&v, &src, 2, &uri);
+}
+
+/// The lies a proxy tells during reads, each followed by a `get` that must still be right and quick.
+fn lies(proxy: &LyingProxy, v: &Vol, src: &Path, other_shard: Vec<u8>) {
+    for lie in [
+        Lie::Stall,
+        Lie::HugeBulk,
+        Lie::HugeArray,
+        Lie::DeepArray,
+        Lie::Escapes,
+        Lie::Swap(other_shard),
+    ] {
+        proxy.set_lie(lie.clone());
+        let told = proxy.lies_told();
+        let what = match &lie {
+            Lie::Swap(_) => "Swap".to_string(),
+            l => format!("{l:?}"),
+        };
+        get_right_bytes(v, src, &format!("a store answering {what}"));
+        assert!(
+            proxy.lies_told() > told,
+            "{what}: the proxy was never asked"
+        );
+    }
+    proxy.set_lie(Lie::Honest);
+}
+
+#[test]
+fn redis_store_that_lies() {
+    let servers: Vec<RedisServer> = (0..6).map(|_| RedisServer::start().unwrap()).collect();
+    let proxy = LyingProxy::start(servers[0].addr()).unwrap();
+    let mut uris: Vec<String> = servers.iter().map(|r| r.uri()).collect();
+    uris[0] = format!("redis://127.0.0.1:{}/0", proxy.port());
+    let v = Vol::new();
+    let src = volume(&v, &uris);
+    let keys = redis_shard_keys(servers[0].port());
+    assert!(keys.len() >= 4, "too few shards on store 0");
+    let other = redis_cli(
+        servers[1].port(),
+        &["GET", &redis_shard_keys(servers[1].port())[0]],
+    );
+    lies(&proxy, &v, &src, other.into_bytes());
+
+    // Real damage on the server: values swapped with another shard's, values grown far past their length.
+    for (i, k) in keys.iter().enumerate() {
+        if i % 2 == 0 {
+            redis_cli(servers[0].port(), &["SETRANGE", k, "3000000", "x"]);
+        } else {
+            let j = (i + 1) % keys.len();
+            redis_cli(servers[0].port(), &["COPY", &keys[j], k, "REPLACE"]);
+        }
+    }
+    get_right_bytes(&v, &src, "oversized and swapped values on a redis store");
+    audit_names_and_repair_fixes(&v, &src, 0, &uris[0]);
+}
+
+#[test]
+fn zdb_store_that_lies() {
+    let server = ZdbTestServer::start(ZdbServerConfig::default()).unwrap();
+    for i in 0..6 {
+        server.create_namespace(&format!("ns{i}"), None).unwrap();
+    }
+    let proxy = LyingProxy::start(server.addr()).unwrap();
+    let mut uris: Vec<String> = (0..6)
+        .map(|i| server.uri(&format!("ns{i}"), None))
+        .collect();
+    uris[0] = uris[0].replace(
+        &format!(":{}/", server.port()),
+        &format!(":{}/", proxy.port()),
+    );
+    let v = Vol::new();
+    let src = volume(&v, &uris);
+    lies(&proxy, &v, &src, vec![0x42; 70_000]);
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// The shard keys of a redis server (not the metadata log's objects under the same prefix).
+fn redis_shard_keys(port: u16) -> Vec<String> {
+    let mut keys: Vec<String> = redis_cli(port, &["--scan", "--pattern", "qsfs:s:*"])
+        .lines()
+        .filter(|k| !k.is_empty())
+        .filter(|k| {
+            let head = redis_cli(port, &["GETRANGE", k, "0", "7"]);
+            !crate::helpers::stores::is_metadata_object(head.as_bytes())
+        })
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    keys
+}
