@@ -8,7 +8,20 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Started by mount(8) as /sbin/mount.fuse.qsfs: its calling convention, turned into `qsfs mount`.
+    let args = match argv.first() {
+        Some(a0) if cli::mount_helper::invoked_as_helper(a0) => {
+            match cli::mount_helper::translate(&argv) {
+                Ok(v) => cli::Cli::parse_from(v),
+                Err(e) => {
+                    eprintln!("qsfs: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => cli::Cli::parse(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("QSFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

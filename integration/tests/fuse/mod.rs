@@ -13,6 +13,7 @@
 pub mod mount;
 
 mod crash;
+mod fstab;
 mod lifecycle;
 mod metrics;
 mod posix;

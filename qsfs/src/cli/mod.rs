@@ -6,6 +6,7 @@ mod format;
 mod fsck;
 mod gc;
 mod mount;
+pub mod mount_helper;
 mod progress;
 mod repair;
 mod restore;
@@ -107,6 +108,13 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         grace: Option<HumanDuration>,
     },
+    /// Link /sbin/mount.fuse.qsfs to this binary, so `mount -t fuse.qsfs qsfs:VOLUME MP -o OPTIONS` and
+    /// /etc/fstab lines mount qsfs volumes.
+    InstallHelper {
+        /// Where mount(8) looks for helpers.
+        #[arg(long, default_value = "/sbin", value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Delete the shards of replaced or removed segments and orphan shards no metadata names (left by failed
     /// writes), reporting what each store got back.
     Gc {
@@ -144,6 +152,10 @@ enum Command {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 8, value_name = "N")]
         threads: usize,
+        /// Access times: relatime (written when older than the last change or a day old), noatime (never) or
+        /// strictatime (at each open file's first read).
+        #[arg(long, default_value = "relatime", value_name = "MODE")]
+        atime: qsfs::fuse::AtimeMode,
         /// Mount read-only: reads, nothing written to the metadata or the stores (writes fail with EROFS).
         #[arg(long)]
         read_only: bool,
@@ -269,6 +281,7 @@ pub fn run(cli: Cli) -> Result<()> {
             sync_close,
             writeback,
             threads,
+            atime,
             read_only,
             metrics,
         } => {
@@ -286,6 +299,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     cache_size,
                     sync_close,
                     threads,
+                    atime,
                     read_only,
                     metrics,
                 },
@@ -336,6 +350,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let vol = open_volume(&dir)?;
             let result = repair::run(&vol, json, grace);
             finish_reading(&vol, result)
+        }
+        Command::InstallHelper { dir } => {
+            let link = mount_helper::install(&dir)?;
+            println!(
+                "installed {link}: `mount -t fuse.qsfs qsfs:VOLUME MOUNTPOINT -o allow_other` and fstab lines now work",
+                link = link.display()
+            );
+            Ok(())
         }
         Command::Gc { dry_run, json } => {
             let vol = open_volume(&dir)?;

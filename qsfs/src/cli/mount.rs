@@ -31,6 +31,7 @@ pub struct MountArgs {
     pub cache_size: ByteSize,
     pub sync_close: bool,
     pub threads: usize,
+    pub atime: qsfs::fuse::AtimeMode,
     pub read_only: bool,
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -93,6 +94,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
         sync_close: args.sync_close,
         threads: args.threads,
         read_only: args.read_only,
+        atime: args.atime,
         metrics_addr: args.metrics,
         metrics,
     };
@@ -162,6 +164,7 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     if args.read_only {
         cmd.arg("--read-only");
     }
+    cmd.arg("--atime").arg(args.atime.to_string());
     if args.sync_close {
         cmd.arg("--sync-close");
     }

@@ -75,9 +75,13 @@ impl QsfsFs {
     /// relatime, as Linux mounts do by default: the access time is written only when it is older than the last
     /// modification or change, or a day old; so reading a file does not turn into a metadata write each time.
     fn touch_atime(&self, ino: u64) -> Result<()> {
+        if self.atime == super::AtimeMode::Noatime {
+            return Ok(());
+        }
         let i = self.inode(ino)?;
         let now = meta::now_ns();
-        if i.atime_ns <= i.mtime_ns
+        if self.atime == super::AtimeMode::Strictatime
+            || i.atime_ns <= i.mtime_ns
             || i.atime_ns <= i.ctime_ns
             || now - i.atime_ns > ATIME_REFRESH_NS
         {

@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use session::{
-    DEFAULT_CACHE_SIZE, MountEntry, MountOptions, MountReport, block_signals, find_mount,
-    is_stale_mount, mount, unmount, wait_for_exit,
+    AtimeMode, DEFAULT_CACHE_SIZE, MountEntry, MountOptions, MountReport, block_signals,
+    find_mount, is_stale_mount, mount, unmount, wait_for_exit,
 };
 
 use crate::error::QsfsError;
@@ -80,6 +80,8 @@ pub struct QsfsFs {
     /// Directories removed (rmdir, or replaced by a rename) while open: they live on, with no name, until their
     /// last handle closes, as files do.
     doomed_dirs: Mutex<std::collections::HashSet<u64>>,
+    /// When reads write the access time.
+    atime: AtimeMode,
 }
 
 impl QsfsFs {

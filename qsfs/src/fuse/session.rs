@@ -28,6 +28,28 @@ const QUEUE_DRAIN: Duration = Duration::from_secs(120);
 /// Housekeeping period: idle seals, garbage collection.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
+/// When a read writes the access time (the mount options of the same names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AtimeMode {
+    /// When the access time is older than the last modification or change, or a day old (Linux's default).
+    #[default]
+    Relatime,
+    /// Never.
+    Noatime,
+    /// At each open file's first read.
+    Strictatime,
+}
+
+impl std::fmt::Display for AtimeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AtimeMode::Relatime => "relatime",
+            AtimeMode::Noatime => "noatime",
+            AtimeMode::Strictatime => "strictatime",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct MountOptions {
     /// Let users other than the one mounting use the mount (`allow_other`; needs `user_allow_other` in
@@ -42,6 +64,8 @@ pub struct MountOptions {
     /// Mounted read-only (`--read-only`): the kernel refuses writes with EROFS, and the volume (already made
     /// read-only by the caller) changes nothing on the stores or in the metadata.
     pub read_only: bool,
+    /// When reads write the access time.
+    pub atime: AtimeMode,
     /// Serve Prometheus metrics on this address (`--metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The metrics the volume's stores were wrapped to count into (see `crate::metrics::store`).
@@ -56,6 +80,7 @@ impl Default for MountOptions {
             sync_close: false,
             threads: 8,
             read_only: false,
+            atime: AtimeMode::Relatime,
             metrics_addr: None,
             metrics: None,
         }
@@ -156,6 +181,7 @@ pub fn mount(
         metrics,
         notifier: notifier.clone(),
         doomed_dirs: Default::default(),
+        atime: opts.atime,
     };
     let mut config = Config::default();
     let root_str = root.display().to_string();
@@ -166,7 +192,13 @@ pub fn mount(
     };
     config.mount_options = vec![
         MountOption::FSName(fsname),
-        MountOption::Subtype("qsfs".into()),
+        // `fuse.qsfs` in /proc/mounts, mount(8) and df -T. fusermount3 (non-root) takes the subtype as its own
+        // option; fuser's direct mount (root) drops that one, so it goes to the kernel as a mount option.
+        if nix::unistd::geteuid().is_root() {
+            MountOption::CUSTOM("subtype=qsfs".into())
+        } else {
+            MountOption::Subtype("qsfs".into())
+        },
         MountOption::DefaultPermissions,
         if opts.read_only {
             MountOption::RO
