@@ -248,3 +248,37 @@ fn a_directory_replaced_while_open_lives_until_closed() {
         "the replaced directory is gone after close"
     );
 }
+
+/// name_to_handle_at(2) through ctypes: "ok" or the errno.
+const FILE_HANDLE_SCRIPT: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+fh = FileHandle()
+fh.handle_bytes = 128
+mount_id = ctypes.c_int()
+r = libc.name_to_handle_at(-100, sys.argv[1].encode(), ctypes.byref(fh), ctypes.byref(mount_id), 0)
+print("ok" if r == 0 else ctypes.get_errno())
+"#;
+
+/// File handles are refused up front (EOPNOTSUPP), not handed out and later answered with ESTALE for a file that
+/// still exists once the kernel has forgotten its inode.
+#[test]
+fn file_handles_are_refused_with_eopnotsupp() {
+    if !fuse_available("file_handles_are_refused_with_eopnotsupp") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let mp = v.scratch("mnt");
+    let m = Mount::start(&v, &mp, &[]);
+    fs::write(m.path("f"), b"x").unwrap();
+    let got = sh("python3", &["-c", FILE_HANDLE_SCRIPT, s(&m.path("f"))]).ok();
+    assert_eq!(
+        got.trim(),
+        (nix::errno::Errno::EOPNOTSUPP as i32).to_string(),
+        "name_to_handle_at on the mount"
+    );
+    m.umount();
+}

@@ -103,6 +103,10 @@ impl Filesystem for QsfsFs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // File handles (name_to_handle_at, NFS export) are refused with EOPNOTSUPP rather than handed out and
+            // then answered with ESTALE once the kernel has forgotten the inode: serving them would need lookups
+            // of "." and ".." by inode and generation numbers that are never reused.
+            InitFlags::FUSE_NO_EXPORT_SUPPORT,
         ] {
             let _ = config.add_capabilities(flag);
         }
