@@ -13,7 +13,19 @@ fn main() -> ExitCode {
     let args = match argv.first() {
         Some(a0) if cli::mount_helper::invoked_as_helper(a0) => {
             match cli::mount_helper::translate(&argv) {
-                Ok(v) => cli::Cli::parse_from(v),
+                Ok(cli::mount_helper::HelperCall::Mount(v)) => cli::Cli::parse_from(v),
+                Ok(cli::mount_helper::HelperCall::Remount {
+                    mountpoint,
+                    read_only,
+                }) => {
+                    return match cli::mount_helper::remount(&mountpoint, read_only) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("qsfs: {e:#}");
+                            ExitCode::from(1)
+                        }
+                    };
+                }
                 Err(e) => {
                     eprintln!("qsfs: {e}");
                     return ExitCode::from(2);

@@ -1,7 +1,8 @@
 //! qsfs through mount(8): `qsfs install-helper` links /sbin/mount.fuse.qsfs, after which
 //! `mount -t fuse.qsfs qsfs:VOLUME MP -o …` and an fstab line (read with `mount --fstab`) mount a volume, the
 //! kernel lists it as `fuse.qsfs` with source `qsfs:VOLUME` (findmnt -S finds it), mount options take effect
-//! (`ro`, `allow_other`, `noatime`, and `_netdev`/`nofail` passed over) and plain `umount` ends it.
+//! (`ro`, `allow_other`, `noatime`, and `_netdev`/`nofail` passed over), `remount,ro|rw` flips it (the serving
+//! process then writes nothing while read-only) and plain `umount` ends it.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -91,6 +92,25 @@ fn mount_t_fuse_qsfs_and_fstab_lines_work() {
     let old = atime(&f);
     assert_eq!(fs::read(&f).unwrap(), b"through mount(8)");
     assert_eq!(atime(&f), old, "noatime wrote the access time");
+
+    // remount,ro: the kernel refuses writes, and the serving process (within its next housekeeping round) writes
+    // nothing of its own: a strictatime-free read leaves the metadata as it was. remount,rw: writes work again.
+    sh("mount", &["-o", "remount,ro", s(&mp)]).ok();
+    let (_, _, opts) = proc_mount(&mp).unwrap();
+    assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    let e = fs::write(mp.join("h"), b"x").expect_err("a write after remount,ro");
+    assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::EROFS as i32));
+    std::thread::sleep(Duration::from_secs(2));
+    let dump = || sh("sqlite3", &[s(&vol.join("meta.db")), ".dump"]).ok();
+    let before = dump();
+    assert_eq!(fs::read(&f).unwrap(), b"through mount(8)");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        dump() == before,
+        "a mount remounted read-only changed its metadata"
+    );
+    sh("mount", &["-o", "remount,rw", s(&mp)]).ok();
+    fs::write(mp.join("h"), b"writable again").unwrap();
     umount_and_wait(&v, &mp);
 
     // An fstab line: ro, the default relatime (an access time older than a day is refreshed by a read).

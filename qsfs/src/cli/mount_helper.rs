@@ -7,7 +7,10 @@
 //! `metrics=ADDR`; the ones that only mean something to mount(8) or the boot (`defaults`, `auto`, `noauto`,
 //! `user`, `users`, `nouser`, `_netdev`, `nofail`, `x-*`, `comment=*`) and the kernel's usual flags (`suid`,
 //! `nosuid`, `dev`, `nodev`, `exec`, `noexec`) are accepted and passed over. Anything else is refused by name
-//! (`-s`, sloppy, passes it over too); `remount` is refused: unmount and mount again.
+//! (`-s`, sloppy, passes it over too). `remount` with `ro` or `rw` flips the kernel's read-only flag (through
+//! `mount -i`, which calls no helper); the serving process notices within a second and stops (or resumes)
+//! writing anything itself. Nothing else changes on a remount (mount(8) passes the mount's current options along
+//! with the new ones, so they are passed over): to change another option, unmount and mount again.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -25,8 +28,20 @@ pub fn invoked_as_helper(argv0: &std::ffi::OsStr) -> bool {
         .is_some_and(|n| HELPER_NAMES.contains(&n))
 }
 
-/// `mount.fuse.qsfs SOURCE MOUNTPOINT [-o OPTIONS] [-s] [-n] [-v] [-f]` → the `qsfs` arguments that mount it.
-pub fn translate(args: &[OsString]) -> Result<Vec<OsString>> {
+/// What mount(8) asked the helper for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelperCall {
+    /// Mount: the `qsfs` arguments that do it.
+    Mount(Vec<OsString>),
+    /// `-o remount,ro|rw` of a mounted volume.
+    Remount {
+        mountpoint: PathBuf,
+        read_only: bool,
+    },
+}
+
+/// `mount.fuse.qsfs SOURCE MOUNTPOINT [-o OPTIONS] [-s] [-n] [-v] [-f]` → what to do.
+pub fn translate(args: &[OsString]) -> Result<HelperCall> {
     let mut positional = Vec::new();
     let mut options = Vec::new();
     let mut sloppy = false;
@@ -50,6 +65,9 @@ pub fn translate(args: &[OsString]) -> Result<Vec<OsString>> {
     let [source, mountpoint] = positional.as_slice() else {
         bail!("usage: mount.fuse.qsfs qsfs:VOLUME MOUNTPOINT [-o OPTIONS]");
     };
+    if options.iter().any(|o| o == "remount") {
+        return remount_call(mountpoint, &options);
+    }
     let source = source.to_string_lossy();
     let volume = PathBuf::from(source.strip_prefix("qsfs:").unwrap_or(&source));
     let mut out: Vec<OsString> = vec!["qsfs".into(), "--volume".into(), volume.into()];
@@ -58,7 +76,46 @@ pub fn translate(args: &[OsString]) -> Result<Vec<OsString>> {
     for o in options.iter().filter(|o| !o.is_empty()) {
         out.extend(mount_flag(o, sloppy)?.into_iter().map(OsString::from));
     }
-    Ok(out)
+    Ok(HelperCall::Mount(out))
+}
+
+/// A remount changes only `ro`/`rw` (the last one given wins).
+fn remount_call(mountpoint: &OsString, options: &[String]) -> Result<HelperCall> {
+    let mut read_only = None;
+    for o in options {
+        match o.as_str() {
+            "ro" => read_only = Some(true),
+            "rw" => read_only = Some(false),
+            _ => {}
+        }
+    }
+    let read_only = read_only.context("a remount needs ro or rw")?;
+    Ok(HelperCall::Remount {
+        mountpoint: PathBuf::from(mountpoint),
+        read_only,
+    })
+}
+
+/// Flips the kernel's read-only flag of a mounted volume (`mount -i`: no helper is called again).
+pub fn remount(mountpoint: &Path, read_only: bool) -> Result<()> {
+    let status = std::process::Command::new("mount")
+        .arg("-i")
+        .arg("-o")
+        .arg(if read_only {
+            "remount,ro"
+        } else {
+            "remount,rw"
+        })
+        .arg(mountpoint)
+        .status()
+        .context("running mount -i")?;
+    if !status.success() {
+        bail!("remounting {} failed ({status})", mountpoint.display());
+    }
+    // The serving process follows the kernel's flag at its next housekeeping round (every half second): return
+    // once it has, so a write right after `remount,rw` is not refused and nothing is written after `remount,ro`.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    Ok(())
 }
 
 /// The `qsfs mount` flags for one mount option.
@@ -74,9 +131,6 @@ fn mount_flag(option: &str, sloppy: bool) -> Result<Vec<String>> {
         ("noatime" | "relatime" | "strictatime", None) => vec!["--atime".into(), name.into()],
         ("cache_size", Some(v)) => vec!["--cache-size".into(), v.into()],
         ("metrics", Some(v)) => vec!["--metrics".into(), v.into()],
-        ("remount", None) => {
-            bail!("qsfs mounts cannot be remounted: unmount, then mount again with the new options")
-        }
         (
             "rw" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
             | "nofail" | "suid" | "nosuid" | "dev" | "nodev" | "exec" | "noexec",
@@ -120,7 +174,10 @@ mod tests {
         s.split_whitespace().map(OsString::from).collect()
     }
 
-    fn joined(v: Vec<OsString>) -> String {
+    fn joined(call: HelperCall) -> String {
+        let HelperCall::Mount(v) = call else {
+            panic!("not a mount: {call:?}")
+        };
         v.iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -145,12 +202,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_options_and_remount_are_refused_by_name() {
+    fn unknown_options_are_refused_by_name_and_remount_only_flips_ro() {
         let e = translate(&args("mount.fuse.qsfs qsfs:/v /m -o bogus")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(translate(&args("mount.fuse.qsfs qsfs:/v /m -s -o bogus")).is_ok());
-        let e = translate(&args("mount.fuse.qsfs qsfs:/v /m -o remount,ro")).unwrap_err();
-        assert!(e.to_string().contains("remount"), "{e}");
+        assert_eq!(
+            translate(&args("mount.fuse.qsfs qsfs:/v /m -o remount,ro,_netdev")).unwrap(),
+            HelperCall::Remount {
+                mountpoint: "/m".into(),
+                read_only: true
+            }
+        );
+        assert!(translate(&args("mount.fuse.qsfs qsfs:/v /m -o remount")).is_err());
         assert!(translate(&args("mount.fuse.qsfs qsfs:/v")).is_err());
     }
 

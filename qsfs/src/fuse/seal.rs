@@ -130,7 +130,10 @@ impl Engine {
                     self.finish_job(cell, job, None, false);
                     return;
                 }
-                tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
+                // A read-only copy or mount uploads nothing until it may write again: no warning per try.
+                if !matches!(e, QsfsError::ReadOnly(_)) {
+                    tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
+                }
                 self.retry_later(cell.clone(), job.clone());
             }
             Err(e) => {

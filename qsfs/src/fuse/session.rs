@@ -247,11 +247,22 @@ pub fn mount(
     let stop = Arc::new(AtomicBool::new(false));
     let hk = {
         let (eng, stop) = (eng.clone(), stop.clone());
+        let (mp, read_write) = (mountpoint.to_path_buf(), !opts.read_only);
         std::thread::Builder::new()
             .name("qsfs-housekeeping".into())
             .spawn(move || {
+                let mut remounted_ro = false;
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(HOUSEKEEPING);
+                    // `mount -o remount,ro|rw` changes only the kernel's flag: follow it, so a read-only mount
+                    // writes nothing of its own either (uploads, access times, the metadata log).
+                    if read_write
+                        && let Some(m) = find_mount(&mp)
+                        && m.read_only != remounted_ro
+                    {
+                        remounted_ro = m.read_only;
+                        eng.vol.follow_remount(remounted_ro);
+                    }
                     eng.housekeeping(false);
                 }
             })
@@ -345,6 +356,8 @@ pub struct MountEntry {
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// The kernel's read-only flag for this mount (`ro` among its per-mount options).
+    pub read_only: bool,
 }
 
 impl MountEntry {
@@ -386,7 +399,9 @@ pub fn find_mount(mountpoint: &Path) -> Option<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let mp = unescape(left.split(' ').nth(4)?);
+            let mut l = left.split(' ').skip(4);
+            let mp = unescape(l.next()?);
+            let read_only = l.next()?.split(',').any(|o| o == "ro");
             let mut r = right.split(' ');
             let fstype = r.next()?.to_string();
             let source = unescape(r.next()?);
@@ -394,6 +409,7 @@ pub fn find_mount(mountpoint: &Path) -> Option<MountEntry> {
                 mountpoint: PathBuf::from(mp),
                 fstype,
                 source,
+                read_only,
             })
         })
         .rfind(|m| m.mountpoint == want)

@@ -187,6 +187,17 @@ impl Volume {
         self.apply_writer(Writer::ReadOnly(why.to_string()));
     }
 
+    /// A mount remounted read-only (`true`) or back read-write: read-only until then, and afterwards this copy is
+    /// the writer again if the lease says so.
+    pub fn follow_remount(&self, read_only: bool) {
+        if read_only {
+            tracing::warn!("remounted read-only: nothing is written until a remount read-write");
+            self.make_read_only("the mount was remounted read-only");
+        } else if let Err(e) = self.claim_lease() {
+            tracing::warn!(error = %e, "remounted read-write, but the writer lease could not be checked");
+        }
+    }
+
     /// Where the lease's holder is (host and volume path), when a store says.
     pub fn lease_holder(&self) -> Option<String> {
         self.newest_lease().0.map(|l| l.description)
