@@ -98,6 +98,12 @@ impl Engine {
                 .wait_timeout(st, left.min(Duration::from_millis(500)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            // Still waiting: the stores this data needs may have come back since the last look.
+            drop(st);
+            self.vol
+                .io()
+                .block_on(self.vol.stores().revive_checked_before(FSYNC_REVIVE_GAP));
+            st = cell.lock();
         }
         let own = waits
             .iter()

@@ -16,6 +16,8 @@ use crate::meta::{self, SegmentRecord};
 
 /// Snapshots in flight over all files before a writer waits: bounds staging disk use and store load.
 const MAX_INFLIGHT: usize = 32;
+/// A queued upload about to retry re-checks down stores last checked longer ago than this.
+const RETRY_REVIVE_GAP: Duration = Duration::from_secs(2);
 /// Dirty data untouched this long is sealed by the housekeeping thread.
 pub const IDLE_SEAL: Duration = Duration::from_secs(2);
 
@@ -156,6 +158,12 @@ impl Engine {
         let eng = self.self_arc();
         self.vol.io().handle().spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+            // Stores that were down may be back: ask now rather than at the background schedule, so closed data
+            // reaches them within seconds of their return.
+            eng.vol
+                .stores()
+                .revive_checked_before(RETRY_REVIVE_GAP)
+                .await;
             eng.retrying.fetch_sub(1, Ordering::AcqRel);
             eng.send(cell, job);
         });
