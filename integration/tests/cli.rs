@@ -6,6 +6,7 @@
 mod audit;
 mod fuse;
 mod helpers;
+mod local;
 mod loss;
 mod restore;
 

@@ -4,6 +4,7 @@
 mod audit;
 mod format;
 mod fsck;
+mod get;
 mod mount;
 mod progress;
 mod repair;
@@ -231,7 +232,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Get { src, dest } => {
             let vol = open_volume(&dir)?;
-            let result = transfer::get(&vol, &src, &dest);
+            let result = get::get(&vol, &src, &dest);
             finish_reading(&vol, result)
         }
         Command::Ls { long, path } => {

@@ -1,10 +1,8 @@
-//! `qsfs put` and `qsfs get`: copying trees between the local filesystem and the volume with `cp -r` semantics.
-//! A file being fetched is written to a temp name beside its destination and renamed only when every byte has
-//! been decoded and verified, so a failed get never leaves a file with wrong or partial contents under its name.
+//! `qsfs put`: copying local files and trees into the volume with `cp -r` semantics (`get` is in `get.rs`).
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -87,110 +85,6 @@ fn put_one(vol: &Volume, src: &Path, parent: u64, name: &[u8], pb: &ProgressBar)
     Ok(())
 }
 
-pub fn get(vol: &Volume, src: &str, dest: &Path) -> Result<()> {
-    let ino = vol
-        .meta()
-        .read(|c| meta::resolve(c, src))?
-        .ok_or_else(|| qsfs::QsfsError::NotFound(src.to_string()))?;
-    let name = meta::path_components(src)?.last().map(|s| s.to_string());
-    let target = match (&name, dest.is_dir()) {
-        (Some(n), true) => dest.join(n),
-        _ => dest.to_path_buf(),
-    };
-    let total = volume_tree_size(vol, ino)?;
-    let pb = progress::bar(total, "get");
-    let display = if src.starts_with('/') {
-        src.to_string()
-    } else {
-        format!("/{src}")
-    };
-    get_one(vol, ino, &display, &target, &pb)?;
-    pb.finish_and_clear();
-    Ok(())
-}
-
-fn get_one(vol: &Volume, ino: u64, vpath: &str, target: &Path, pb: &ProgressBar) -> Result<()> {
-    let (inode, children, link) = vol.meta().read(|c| {
-        let inode =
-            meta::get_inode(c, ino)?.ok_or_else(|| qsfs::QsfsError::NotFound(vpath.to_string()))?;
-        let children = if inode.kind == FileKind::Dir {
-            meta::list_dir(c, ino)?
-        } else {
-            Vec::new()
-        };
-        let link = if inode.kind == FileKind::Symlink {
-            meta::read_link(c, ino)?
-        } else {
-            None
-        };
-        Ok((inode, children, link))
-    })?;
-    match inode.kind {
-        FileKind::Dir => {
-            fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-            for child in children {
-                let name = String::from_utf8_lossy(&child.name).into_owned();
-                let child_vpath = if ino == ROOT_INO {
-                    format!("/{name}")
-                } else {
-                    format!("{vpath}/{name}")
-                };
-                get_one(
-                    vol,
-                    child.ino,
-                    &child_vpath,
-                    &target.join(std::ffi::OsStr::from_bytes(&child.name)),
-                    pb,
-                )?;
-            }
-            fs::set_permissions(target, fs::Permissions::from_mode(inode.mode))
-                .with_context(|| format!("{}", target.display()))?;
-        }
-        FileKind::Symlink => {
-            let link = link.unwrap_or_default();
-            if fs::symlink_metadata(target).is_ok() {
-                fs::remove_file(target)
-                    .with_context(|| format!("replacing {}", target.display()))?;
-            }
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), target)
-                .with_context(|| format!("creating {}", target.display()))?;
-        }
-        FileKind::File => {
-            let dir = target
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let tmp = dir.join(format!(".{base}.qsfs-partial"));
-            let result = (|| -> Result<()> {
-                let mut out = fs::File::create(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                vol.get_file(ino, &mut out, vpath, &mut |n| pb.inc(n))?;
-                out.set_permissions(fs::Permissions::from_mode(inode.mode))?;
-                let mtime = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_nanos(inode.mtime_ns.max(0) as u64);
-                out.set_modified(mtime)?;
-                out.sync_all()?;
-                fs::rename(&tmp, target)
-                    .with_context(|| format!("writing {}", target.display()))?;
-                Ok(())
-            })();
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            result?;
-        }
-        _ => tracing::warn!(
-            path = vpath,
-            "skipping a special file (fifo, socket or device)"
-        ),
-    }
-    Ok(())
-}
-
 /// `mkdir -p` inside the volume; returns the innermost directory.
 fn ensure_volume_dirs(vol: &Volume, path: &str) -> Result<u64> {
     let mut ino = ROOT_INO;
@@ -230,7 +124,7 @@ fn local_tree_size(path: &Path) -> u64 {
     }
 }
 
-fn volume_tree_size(vol: &Volume, ino: u64) -> Result<u64> {
+pub(super) fn volume_tree_size(vol: &Volume, ino: u64) -> Result<u64> {
     Ok(vol.meta().read(|c| {
         fn walk(c: &rusqlite::Connection, ino: u64) -> qsfs::Result<u64> {
             let Some(inode) = meta::get_inode(c, ino)? else {

@@ -1,0 +1,5 @@
+//! The local machine and the user's input as adversaries: symlinks planted where `get` writes, permissions of
+//! what qsfs leaves on disk, secrets that must never reach argv, a terminal or an error line, and inputs (paths,
+//! names, numbers, timestamps) that must give one clear error instead of a panic or a silent surprise.
+
+mod get;
