@@ -269,6 +269,57 @@ impl AuditConfig {
                 self.interval
             ));
         }
+        // The audit thread draws each wait as up to 1.5 × interval and adds it to a clock: the bound keeps that
+        // arithmetic far from overflow, and an interval of years audits nothing anyway.
+        if self.interval.0 > MAX_AUDIT_INTERVAL {
+            return Err(format!(
+                "key `audit.interval`: expected at most {}, found {}",
+                HumanDuration(MAX_AUDIT_INTERVAL),
+                self.interval
+            ));
+        }
+        if self.lost_store_grace.0 > MAX_AUDIT_INTERVAL {
+            return Err(format!(
+                "key `audit.lost_store_grace`: expected at most {}, found {}",
+                HumanDuration(MAX_AUDIT_INTERVAL),
+                self.lost_store_grace
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The longest `audit.interval` (and `audit.lost_store_grace`): one year.
+pub const MAX_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Bounds on a passphrase volume's argon2id costs. Memory is allocated in one piece before hashing, so the bound
+/// turns a mistyped `m_cost_kib` into a config error instead of an allocation abort; the time and lane bounds
+/// keep a mount from hanging for hours in key derivation.
+pub const MAX_ARGON2_M_COST_KIB: u32 = 4 << 20;
+pub const MAX_ARGON2_T_COST: u32 = 64;
+pub const MAX_ARGON2_P_COST: u32 = 64;
+
+impl Argon2Params {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.salt.len() < 16 || self.salt.len() > 128 || hex::decode(&self.salt).is_err() {
+            return Err("key `key.argon2.salt`: expected 16 to 128 hex digits".into());
+        }
+        for (key, value, min, max) in [
+            (
+                "m_cost_kib",
+                self.m_cost_kib,
+                8 * self.p_cost.max(1),
+                MAX_ARGON2_M_COST_KIB,
+            ),
+            ("t_cost", self.t_cost, 1, MAX_ARGON2_T_COST),
+            ("p_cost", self.p_cost, 1, MAX_ARGON2_P_COST),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "key `key.argon2.{key}`: expected {min} ..= {max}, found {value}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -377,6 +428,9 @@ impl VolumeConfig {
                 );
             }
             KeySource::Passphrase => {}
+        }
+        if let Some(a) = &self.key.argon2 {
+            a.validate()?;
         }
         Ok(())
     }

@@ -51,9 +51,18 @@ impl MasterKey {
             .map_err(|_| QsfsError::Invalid("config key `key.argon2.salt`: expected hex".into()))?;
         let p = argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
             .map_err(|e| QsfsError::Invalid(format!("config key `key.argon2`: {e}")))?;
+        // The work area is reserved fallibly: memory that cannot be had is an error, not an abort.
+        let mut memory: Vec<argon2::Block> = Vec::new();
+        memory.try_reserve_exact(p.block_count()).map_err(|_| {
+            QsfsError::Invalid(format!(
+                "config key `key.argon2.m_cost_kib`: cannot allocate {} KiB for key derivation",
+                params.m_cost_kib
+            ))
+        })?;
+        memory.resize(p.block_count(), argon2::Block::default());
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
         let mut out = [0u8; 32];
-        a.hash_password_into(passphrase, &salt, &mut out)
+        a.hash_password_into_with_memory(passphrase, &salt, &mut out, &mut memory)
             .map_err(|e| QsfsError::Invalid(format!("passphrase: {e}")))?;
         Ok(MasterKey(out))
     }

@@ -68,6 +68,72 @@ impl Default for InitOptions {
     }
 }
 
+impl InitOptions {
+    /// Checks the options before anything is created, naming the option (as `qsfs init` spells it) at fault —
+    /// the config file they would go into does not exist yet.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option, reason: String| Err(QsfsError::InitOption { option, reason });
+        let (k, m) = (self.data_shards, self.parity_shards);
+        if k == 0 {
+            return bad("data-shards", "expected at least 1, found 0".into());
+        }
+        if m == 0 {
+            return bad("parity-shards", "expected at least 1, found 0".into());
+        }
+        if k.saturating_add(m) > 255 {
+            return bad(
+                "parity-shards",
+                format!("data + parity shards must be at most 255 in all, found {k} + {m}"),
+            );
+        }
+        if let Some(q) = self.write_quorum
+            && !(k + 1..=k + m).contains(&q)
+        {
+            return bad(
+                "write-quorum",
+                format!(
+                    "expected {} ..= {} (more than the data shards, at most all shards), found {q}",
+                    k + 1,
+                    k + m
+                ),
+            );
+        }
+        let seg = self.segment_size.0;
+        if !(crate::config::MIN_SEGMENT_SIZE..=crate::config::MAX_SEGMENT_SIZE).contains(&seg) {
+            return bad(
+                "segment-size",
+                format!(
+                    "expected {} ..= {}, found {}",
+                    ByteSize(crate::config::MIN_SEGMENT_SIZE),
+                    ByteSize(crate::config::MAX_SEGMENT_SIZE),
+                    self.segment_size
+                ),
+            );
+        }
+        if !(-7..=22).contains(&self.zstd_level) {
+            return bad(
+                "zstd-level",
+                format!("expected -7 ..= 22, found {}", self.zstd_level),
+            );
+        }
+        if !self.stores.is_empty() && self.stores.len() < k + m {
+            return bad(
+                "store",
+                format!(
+                    "{} shards per segment need at least {} stores so that no two shards of a segment share one; {} given",
+                    k + m,
+                    k + m,
+                    self.stores.len()
+                ),
+            );
+        }
+        for uri in &self.stores {
+            qsfs_backends::StoreUri::parse(uri)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Volume {
     root: PathBuf,
     config: VolumeConfig,
@@ -86,6 +152,7 @@ impl Volume {
     /// Creates a new volume at `root`. Refuses if one exists; never overwrites a key. On failure, removes what it
     /// created locally.
     pub fn init(root: &Path, opts: &InitOptions) -> Result<PathBuf> {
+        opts.validate()?;
         if root.join(CONFIG_FILE).exists() || root.join(KEY_FILE).exists() {
             return Err(QsfsError::VolumeExists {
                 path: root.to_path_buf(),
