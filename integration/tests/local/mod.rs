@@ -3,3 +3,4 @@
 //! names, numbers, timestamps) that must give one clear error instead of a panic or a silent surprise.
 
 mod get;
+mod input;

@@ -1,12 +1,22 @@
 //! Command-line parsing and dispatch. Each subcommand opens the volume, does its work through `Volume`, prints a
 //! human summary (or JSON where asked) and returns an error for the one-line message in `main`.
 
+/// `println!` for command output, returning [`StdoutClosed`] from the enclosing function instead of panicking when
+/// the reader of stdout has gone (`qsfs status | head -n 1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::stdout_error)?
+    }};
+}
+
 mod audit;
 mod format;
 mod fsck;
 mod get;
 mod mount;
 mod progress;
+mod quote;
 mod repair;
 mod restore;
 mod store;
@@ -175,6 +185,20 @@ enum Command {
     },
 }
 
+/// Stdout was closed by its reader (EPIPE): `main` exits quietly, like coreutils killed by SIGPIPE.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+pub struct StdoutClosed;
+
+/// Classifies a failed write to stdout: a closed pipe is [`StdoutClosed`], anything else a real error.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
 pub fn volume_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(v) = arg {
         return Ok(v);
@@ -205,18 +229,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 passphrase_env: passphrase_env.clone(),
             };
             let root = Volume::init(&dir, &opts)?;
-            println!("created volume {}", root.display());
-            println!(
-                "  {data_shards} data + {parity_shards} parity shards, {segment_size} segments"
-            );
+            outln!("created volume {}", root.display());
+            outln!("  {data_shards} data + {parity_shards} parity shards, {segment_size} segments");
             match passphrase_env {
-                None => println!(
+                None => outln!(
                     "  key: {} — back it up somewhere safe: without it nothing in this volume can be read",
                     root.join(qsfs::volume::KEY_FILE).display()
                 ),
-                Some(var) => println!(
-                    "  key: derived from the passphrase in ${var}; remember the passphrase"
-                ),
+                Some(var) => {
+                    outln!("  key: derived from the passphrase in ${var}; remember the passphrase")
+                }
             }
             Ok(())
         }
@@ -292,11 +314,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TakeOver => {
             let vol = open_volume(&dir)?;
             match vol.take_over()? {
-                Some(previous) => println!(
+                Some(previous) => outln!(
                     "this copy ({}) is now the volume's writer; the copy at {previous} is read-only",
                     vol.root().display()
                 ),
-                None => println!(
+                None => outln!(
                     "this copy ({}) is the volume's writer",
                     vol.root().display()
                 ),
@@ -327,9 +349,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let vol = open_volume(&dir)?;
             let st = vol.status()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                format::print_status(&st);
+                format::print_status(&st)?;
             }
             Ok(())
         }
@@ -390,12 +412,16 @@ fn list(vol: &Volume, path: &str, long: bool) -> Result<()> {
         }
         Ok(rows)
     })?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for (name, inode, target) in rows {
-        let name = String::from_utf8_lossy(&name);
+        let name = quote::quote_name(&name, tty);
         if long {
-            println!("{}", format::long_line(&name, &inode, target.as_deref()));
+            outln!(
+                "{}",
+                format::long_line(&name, &inode, target.as_deref(), tty)
+            );
         } else {
-            println!("{name}");
+            outln!("{name}");
         }
     }
     Ok(())

@@ -45,11 +45,11 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     if !child && !volume.join(CONFIG_FILE).exists() {
         let root = Volume::init(volume, &InitOptions::default())
             .with_context(|| format!("creating the default volume at {}", volume.display()))?;
-        println!(
+        outln!(
             "created volume {} (4 data + 2 parity shards on local dir stores)",
             root.display()
         );
-        println!(
+        outln!(
             "  key: {} — back it up somewhere safe: without it nothing in this volume can be read",
             root.join(KEY_FILE).display()
         );
@@ -131,7 +131,7 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
     if line.trim() == READY {
-        println!(
+        outln!(
             "mounted {} at {} (pid {}, log {})",
             volume.display(),
             args.mountpoint.display(),
@@ -186,7 +186,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             wait_until_unlocked(&v.join("lock"));
         }
     }
-    println!("unmounted {}", mountpoint.display());
+    outln!("unmounted {}", mountpoint.display());
     Ok(())
 }
 
