@@ -16,6 +16,7 @@ mod fanout;
 pub mod faulty;
 pub mod lazy;
 pub mod redis;
+pub mod secret;
 mod shard_file;
 pub mod store;
 pub mod uri;

@@ -3,7 +3,7 @@
 //! context string, so no two purposes ever share key material. The config keeps only a key check value.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::config::Argon2Params;
@@ -116,13 +116,8 @@ impl MasterKey {
             path: path.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
-                path.display()
-            )));
+        if let Some(why) = qsfs_backends::secret::exposure(path).map_err(|e| bad(e.to_string()))? {
+            return Err(bad(why));
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let mut lines = text.lines();
@@ -153,6 +148,7 @@ pub fn new_argon2_params() -> Argon2Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn subkeys_are_distinct_and_deterministic() {

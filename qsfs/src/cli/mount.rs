@@ -99,7 +99,8 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
 fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the qsfs executable")?;
     let log_path = volume.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new()
+    // The log names files and stores: private like everything in the volume directory.
+    let log = qsfs::private::file_options()
         .create(true)
         .append(true)
         .open(&log_path)

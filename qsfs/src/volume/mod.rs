@@ -159,8 +159,7 @@ impl Volume {
             });
         }
         let existed = root.exists();
-        std::fs::create_dir_all(root)
-            .map_err(|e| QsfsError::io(format!("creating {}", root.display()), e))?;
+        crate::private::prepare_volume_dir(root)?;
         let root = root
             .canonicalize()
             .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
@@ -251,8 +250,10 @@ impl Volume {
         if config.key.source == KeySource::File {
             master.write_file(&root.join(KEY_FILE))?;
         }
-        std::fs::create_dir_all(root.join("cache"))
-            .map_err(|e| QsfsError::io("creating cache directory", e))?;
+        crate::private::create_dir_all(&root.join("cache"))?;
+        if opts.stores.is_empty() {
+            crate::private::create_dir_all(&root.join("stores"))?;
+        }
 
         rt.block_on(StoreSet::initialise(&config.stores, &config.volume_id))?;
         let meta = MetaStore::open(&root.join(META_FILE), true)?;
@@ -291,6 +292,10 @@ impl Volume {
         let root = root
             .canonicalize()
             .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
+        // Before anything is read: a volume others can read leaks plaintext and secrets, one they can change
+        // could be made to write elsewhere.
+        crate::private::check(&root)?;
+        crate::private::check(&config_path)?;
         let lock = VolumeLock::acquire(&root)?;
         let config = VolumeConfig::load(&config_path)?;
         let master = match config.key.source {
