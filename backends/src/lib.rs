@@ -31,5 +31,5 @@ pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trig
 pub use lazy::{LazyStore, open_store_or_lazy};
 pub use redis::RedisStore;
 pub use store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity, verify_identity};
-pub use uri::{StoreUri, open_store};
+pub use uri::{Password, StoreUri, open_store};
 pub use zdb::{ZDB_MAX_VALUE, ZdbMode, ZdbStore};

@@ -74,6 +74,11 @@ impl RedisStore {
             settings = settings.set_username(u);
         }
         if let Some(p) = password {
+            // Read now (file or variable): a password that cannot be had is an error naming where it was looked for.
+            let p = p.resolve().map_err(|reason| StoreError::Auth {
+                uri: shown.clone(),
+                reason,
+            })?;
             settings = settings.set_password(p);
         }
         let info = ConnectionAddr::Tcp(host.clone(), *port)

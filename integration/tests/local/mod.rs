@@ -5,3 +5,15 @@
 mod get;
 mod input;
 mod perms;
+mod secrets;
+
+/// Unmounts (forcibly) a mount a test left behind, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if crate::fuse::mount::is_fuse_mount(&self.0) {
+            crate::fuse::mount::force_unmount(&self.0);
+        }
+    }
+}

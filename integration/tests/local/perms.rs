@@ -5,12 +5,13 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::Unmount;
 use crate::fuse::fuse_available;
-use crate::fuse::mount::{Mount, force_unmount, qsfs_umount, wait_for};
+use crate::fuse::mount::{Mount, qsfs_umount, wait_for};
 use crate::helpers::{Vol, qsfs_bin, s};
 
 /// Runs `qsfs --volume V ARGS…` under `umask 000`, output to `log`; returns the exit code.
@@ -92,16 +93,6 @@ fn volume_files_are_private_whatever_the_umask() {
     let out = qsfs_umount(&mp, Duration::from_secs(60)).unwrap();
     assert!(out.success(), "{}", out.describe());
     assert_private(&v.path);
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if crate::fuse::mount::is_fuse_mount(&self.0) {
-            force_unmount(&self.0);
-        }
-    }
 }
 
 #[test]

@@ -62,7 +62,8 @@ enum Command {
         /// at least K+1).
         #[arg(long, value_name = "N")]
         write_quorum: Option<usize>,
-        /// A store: dir:/path, redis://[:password@]host:port/db, zdb://host:port/ns[?password-file=F&mode=seq].
+        /// A store: dir:/path, redis://host:port/db[?password-file=F | ?password-env=VAR],
+        /// zdb://host:port/ns[?password-file=F&mode=seq]. Passwords are never accepted inline here.
         /// Repeat for each store; default: K+M dir stores inside the volume.
         #[arg(long = "store", value_name = "URI")]
         stores: Vec<String>,
@@ -219,6 +220,7 @@ pub fn run(cli: Cli) -> Result<()> {
             stores,
             passphrase_env,
         } => {
+            refuse_inline_passwords(&stores)?;
             let opts = InitOptions {
                 data_shards,
                 parity_shards,
@@ -301,16 +303,19 @@ pub fn run(cli: Cli) -> Result<()> {
             passphrase_env,
             take_over,
             json,
-        } => restore::run(
-            dir,
-            restore::Args {
-                stores,
-                key_file,
-                passphrase_env,
-                take_over,
-                json,
-            },
-        ),
+        } => {
+            refuse_inline_passwords(&stores)?;
+            restore::run(
+                dir,
+                restore::Args {
+                    stores,
+                    key_file,
+                    passphrase_env,
+                    take_over,
+                    json,
+                },
+            )
+        }
         Command::TakeOver => {
             let vol = open_volume(&dir)?;
             match vol.take_over()? {
@@ -341,6 +346,7 @@ pub fn run(cli: Cli) -> Result<()> {
             finish_reading(&vol, result)
         }
         Command::Store { command } => {
+            refuse_inline_passwords(&[command.uri().to_string()])?;
             let vol = open_volume(&dir)?;
             let result = store::run(&vol, command);
             finish_reading(&vol, result)
@@ -356,6 +362,25 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses store URIs typed on the command line that carry their password: every local user can read a
+/// process's arguments (`ps`, `/proc/PID/cmdline`) and they stay in shell history. Refused rather than accepted
+/// with a warning: by the time a warning shows, the password has been exposed — refusing at least keeps it out of
+/// `qsfs.toml`, the stores' descriptor and every later command line, and teaches the form that never exposes it.
+fn refuse_inline_passwords(uris: &[String]) -> Result<()> {
+    for u in uris {
+        if let Ok(parsed) = qsfs_backends::StoreUri::parse(u)
+            && parsed.has_inline_password()
+        {
+            anyhow::bail!(
+                "store {parsed}: a password on the command line is visible to every local user (ps, /proc) and \
+                 stays in shell history; put it in a file only you can read (chmod 600) and use \
+                 ?password-file=PATH, or name an environment variable with ?password-env=VAR"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Opens the volume for a command. Every command that changes something ends in `finish` or `finish_reading`, which ship

@@ -31,6 +31,17 @@ pub enum StoreCommand {
     },
 }
 
+impl StoreCommand {
+    /// The store the command names.
+    pub fn uri(&self) -> &str {
+        match self {
+            StoreCommand::Add { uri }
+            | StoreCommand::Drain { uri, .. }
+            | StoreCommand::Readmit { uri } => uri,
+        }
+    }
+}
+
 pub fn run(vol: &Volume, cmd: StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Add { uri } => {
