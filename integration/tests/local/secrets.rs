@@ -1,10 +1,15 @@
-//! Secrets never reach argv or an error line: redis passwords come from private files or variables, inline ones
-//! are refused on the command line, and a broken config never echoes one.
+//! Secrets never reach argv, an environment that outlives its use, or an error line: redis passwords come from
+//! private files or variables, inline ones are refused on the command line, a broken config never echoes one,
+//! and the background mount of a passphrase volume does not keep the passphrase in its environment.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
+use super::Unmount;
+use crate::fuse::fuse_available;
+use crate::fuse::mount::qsfs_umount;
 use crate::helpers::{Redis, Vol, s};
 
 /// Sets a password on a running redis-server (the test harness starts them without one).
@@ -120,4 +125,56 @@ fn a_broken_config_never_echoes_a_password() {
         let err = run.failed();
         assert!(err.contains("qsfs.toml") && err.contains("line "), "{err}");
     }
+}
+
+/// The background mount of a passphrase volume gets the passphrase over a pipe: neither the variable nor the
+/// passphrase is in the serving process's `/proc/PID/environ`.
+#[test]
+fn background_mount_does_not_keep_the_passphrase_in_its_environment() {
+    if !fuse_available("background_mount_does_not_keep_the_passphrase_in_its_environment") {
+        return;
+    }
+    let passphrase = "correct horse battery staple 9f3";
+    let mut v = Vol::new();
+    v.envs
+        .push(("QSFS_TEST_PASSPHRASE".into(), passphrase.into()));
+    v.init_default(&["--passphrase-env", "QSFS_TEST_PASSPHRASE"]);
+    let mp = v.scratch("mnt");
+    let log = v.scratch("logs").join("mount.out");
+    let out = std::process::Command::new(crate::helpers::qsfs_bin())
+        .args(["--volume", s(&v.path), "mount", s(&mp)])
+        .env("QSFS_TEST_PASSPHRASE", passphrase)
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(log.with_extension("err")).unwrap())
+        .status()
+        .unwrap();
+    let guard = Unmount(mp.clone());
+    assert!(
+        out.success(),
+        "{}",
+        fs::read_to_string(log.with_extension("err")).unwrap()
+    );
+    let pid = fs::read_to_string(v.path.join("lock"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("QSFS_TEST_PASSPHRASE"),
+        "the variable is in the mount's environment"
+    );
+    assert!(
+        !environ.contains(passphrase),
+        "the passphrase is in the mount's environment"
+    );
+    fs::write(mp.join("x.txt"), b"mounted with the passphrase\n").unwrap();
+    assert_eq!(
+        fs::read(mp.join("x.txt")).unwrap(),
+        b"mounted with the passphrase\n"
+    );
+    let out = qsfs_umount(&mp, Duration::from_secs(60)).unwrap();
+    assert!(out.success(), "{}", out.describe());
+    drop(guard);
 }

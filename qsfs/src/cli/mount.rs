@@ -13,13 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use qsfs::config::ByteSize;
+use qsfs::config::{ByteSize, KeySource, VolumeConfig};
 use qsfs::fuse::{self, MountOptions};
 use qsfs::volume::{CONFIG_FILE, KEY_FILE};
 use qsfs::{InitOptions, Volume};
 
 /// Set in the environment of the background child so it knows to detach and to report readiness on stdout.
 const CHILD_ENV: &str = "QSFS_MOUNT_CHILD";
+/// Set (to `1`) when the child gets a passphrase volume's passphrase on stdin instead of in its environment: a
+/// long-lived process's environment is readable in `/proc/PID/environ` for as long as it runs, and cannot be
+/// cleared from safe Rust.
+const PASS_ON_STDIN_ENV: &str = "QSFS_MOUNT_PASSPHRASE_ON_STDIN";
 const READY: &str = "qsfs-mount-ready";
 pub const LOG_FILE: &str = "mount.log";
 
@@ -63,7 +67,14 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     }
     // Before the volume starts its runtime threads, so they all inherit the mask (see fuse::block_signals).
     fuse::block_signals()?;
-    let vol = Volume::open_replicated(volume)?;
+    let vol = if child && std::env::var_os(PASS_ON_STDIN_ENV).is_some() {
+        let mut pass = qsfs::keys::Passphrase::default();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut pass)
+            .context("reading the passphrase from the mounting process")?;
+        Volume::open_replicated_with_passphrase(volume, pass)?
+    } else {
+        Volume::open_replicated(volume)?
+    };
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,
@@ -121,13 +132,32 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     if args.sync_close {
         cmd.arg("--sync-close");
     }
+    // A passphrase volume: read the passphrase here and hand it over a pipe, out of the child's environment.
+    let config = VolumeConfig::load(&volume.join(CONFIG_FILE))?;
+    let passphrase = match config.key.source {
+        KeySource::Passphrase => {
+            let var = qsfs::volume::passphrase_var(&config);
+            let pass = qsfs::volume::read_passphrase(&var)?;
+            cmd.env_remove(&var).env(PASS_ON_STDIN_ENV, "1");
+            Some(pass)
+        }
+        KeySource::File => None,
+    };
     let mut child = cmd
         .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
+        .stdin(if passphrase.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .context("starting the background mount")?;
+    if let (Some(pass), Some(mut stdin)) = (passphrase, child.stdin.take()) {
+        // Written whole, then closed: the child reads to end of file. A child that died early is reported below.
+        let _ = std::io::Write::write_all(&mut stdin, pass.as_bytes());
+    }
     let stdout = child.stdout.take().context("child stdout")?;
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);

@@ -23,7 +23,7 @@ use crate::config::{
 };
 use crate::durable;
 use crate::error::{QsfsError, Result};
-use crate::keys::{self, MasterKey};
+use crate::keys::{self, MasterKey, Passphrase};
 use crate::meta::{self, MetaStore};
 use crate::replica::MetaReplica;
 use crate::replica::record::LogKeys;
@@ -283,6 +283,24 @@ impl Volume {
         root: &Path,
         wrap: &crate::store_set::StoreWrapper<'_>,
     ) -> Result<Volume> {
+        Self::open_inner(root, wrap, None)
+    }
+
+    /// `open_replicated` for a passphrase volume whose passphrase the caller already holds (the background mount
+    /// receives it over a pipe, so it never sits in a long-lived process's environment).
+    pub fn open_replicated_with_passphrase(root: &Path, passphrase: Passphrase) -> Result<Volume> {
+        let vol = Self::open_inner(root, &|_, store| store, Some(passphrase))?;
+        if let Err(e) = vol.ensure_replicated() {
+            tracing::warn!(error = %e, "metadata not yet replicated to the stores");
+        }
+        Ok(vol)
+    }
+
+    fn open_inner(
+        root: &Path,
+        wrap: &crate::store_set::StoreWrapper<'_>,
+        passphrase: Option<Passphrase>,
+    ) -> Result<Volume> {
         let config_path = root.join(CONFIG_FILE);
         if !config_path.exists() {
             return Err(QsfsError::NoVolume {
@@ -301,12 +319,10 @@ impl Volume {
         let master = match config.key.source {
             KeySource::File => MasterKey::read_file(&root.join(KEY_FILE))?,
             KeySource::Passphrase => {
-                let var = config
-                    .key
-                    .passphrase_env
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_PASSPHRASE_ENV.to_string());
-                let pass = read_passphrase(&var)?;
+                let pass = match passphrase {
+                    Some(p) => p,
+                    None => read_passphrase(&passphrase_var(&config))?,
+                };
                 let params = config
                     .key
                     .argon2
@@ -518,9 +534,19 @@ fn check_store_value_limits(
     Ok(())
 }
 
-pub(crate) fn read_passphrase(var: &str) -> Result<String> {
+/// The environment variable a passphrase volume's passphrase is read from.
+pub fn passphrase_var(config: &VolumeConfig) -> String {
+    config
+        .key
+        .passphrase_env
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PASSPHRASE_ENV.to_string())
+}
+
+/// The passphrase in environment variable `var`, in a buffer wiped on drop.
+pub fn read_passphrase(var: &str) -> Result<Passphrase> {
     match std::env::var(var) {
-        Ok(p) if !p.is_empty() => Ok(p),
+        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
         _ => Err(QsfsError::KeyFile {
             path: PathBuf::from(format!("${var}")),
             reason: format!(
