@@ -449,6 +449,16 @@ impl ShardStore for RedisStore {
             v => Err(self.unexpected("GET", &v)),
         }
     }
+
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        if self.read_identity().await?.as_ref() != Some(identity) {
+            return Ok(());
+        }
+        match self.query(redis::cmd("DEL").arg(IDENTITY_KEY)).await? {
+            Value::Int(_) => Ok(()),
+            v => Err(self.unexpected("DEL", &v)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -204,6 +204,31 @@ impl StoreSet {
         Ok(())
     }
 
+    /// Undoes `initialise` for a volume whose creation failed: removes the identity markers that name this volume
+    /// (never another volume's), so a retry finds the stores free. Best effort — a store that cannot be reached
+    /// now keeps its marker, and the warning names it.
+    pub async fn abandon(configs: &[StoreConfig], volume_id: &str) {
+        for c in configs {
+            let identity = StoreIdentity {
+                volume_id: volume_id.to_string(),
+                store_id: c.id,
+            };
+            let removed = async {
+                let uri = StoreUri::parse(&c.uri)?;
+                let store = open_store(&uri, false).await?;
+                tokio::time::timeout(PROBE_TIMEOUT, store.remove_identity(&identity))
+                    .await
+                    .map_err(|_| StoreError::Unavailable {
+                        uri: uri.to_string(),
+                        reason: format!("no answer within {PROBE_TIMEOUT:?}"),
+                    })?
+            };
+            if let Err(e) = removed.await {
+                tracing::warn!(store = c.id, error = %e, "identity marker of the failed init left on its store");
+            }
+        }
+    }
+
     /// Fails unless at least `quorum` stores are up: checked before a write starts, so a put that cannot reach
     /// its quorum changes nothing at all.
     pub fn check_writable(&self, quorum: usize) -> Result<()> {

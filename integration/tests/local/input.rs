@@ -183,3 +183,31 @@ fn init_option_errors_name_the_option() {
     let err = v.run(&["init", "--write-quorum", "4"]).failed();
     assert!(err.contains("--write-quorum"), "{err}");
 }
+
+/// An init that fails after writing identity markers (here: one store listed twice under two spellings, so its
+/// second marker finds the first) takes its markers back, so the corrected retry works.
+#[test]
+fn a_failed_init_leaves_no_markers_behind() {
+    let v = Vol::new();
+    let stores = v.scratch("stores");
+    let uri = |i: usize| format!("dir:{}", stores.join(i.to_string()).display());
+    let mut args = vec!["init".to_string()];
+    for i in 0..6 {
+        args.push("--store".into());
+        args.push(if i == 1 {
+            format!("dir://{}", stores.join("0").display())
+        } else {
+            uri(i)
+        });
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    v.run(&argv).failed();
+    assert!(!v.path.join("qsfs.toml").exists());
+    let mut args = vec!["init".to_string()];
+    for i in 0..6 {
+        args.push("--store".into());
+        args.push(uri(i));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    v.ok(&argv);
+}

@@ -164,39 +164,32 @@ impl Volume {
             .canonicalize()
             .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
         let lock = VolumeLock::acquire(&root)?;
-        let result = Self::init_inner(&root, opts).and_then(|()| {
+        let mut volume_id = [0u8; 16];
+        rand::fill(&mut volume_id);
+        let stores = planned_stores(&root, opts);
+        let result = Self::init_inner(&root, opts, volume_id, &stores).and_then(|()| {
             drop(lock);
             // The stores get the volume's descriptor and the metadata log its first snapshot: from now on one
             // store's URI and the key are enough to restore the volume.
             Volume::open(&root)?.ensure_replicated()
         });
         if result.is_err() {
+            // Markers this init wrote would make a retry fail with "store belongs to another volume".
+            if let Ok(rt) = IoRuntime::new() {
+                rt.block_on(StoreSet::abandon(&stores, &hex::encode(volume_id)));
+            }
             remove_partial_volume(&root, existed, &["stores"]);
         }
         result.map(|_| root)
     }
 
-    fn init_inner(root: &Path, opts: &InitOptions) -> Result<()> {
-        let total = opts.data_shards + opts.parity_shards;
-        let mut volume_id = [0u8; 16];
-        rand::fill(&mut volume_id);
-        let stores: Vec<StoreConfig> = if opts.stores.is_empty() {
-            (0..total as u32)
-                .map(|i| StoreConfig {
-                    id: i,
-                    uri: format!("dir:{}", root.join("stores").join(i.to_string()).display()),
-                })
-                .collect()
-        } else {
-            opts.stores
-                .iter()
-                .enumerate()
-                .map(|(i, u)| StoreConfig {
-                    id: i as u32,
-                    uri: absolutize(u),
-                })
-                .collect()
-        };
+    fn init_inner(
+        root: &Path,
+        opts: &InitOptions,
+        volume_id: [u8; 16],
+        stores: &[StoreConfig],
+    ) -> Result<()> {
+        let stores = stores.to_vec();
         let (master, key) = match &opts.passphrase_env {
             None => {
                 let master = MasterKey::random();
@@ -461,6 +454,28 @@ impl Volume {
 
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+}
+
+/// The stores of a new volume: the given URIs (dir paths made absolute), or K+M dir stores inside it.
+fn planned_stores(root: &Path, opts: &InitOptions) -> Vec<StoreConfig> {
+    let total = opts.data_shards + opts.parity_shards;
+    if opts.stores.is_empty() {
+        (0..total as u32)
+            .map(|i| StoreConfig {
+                id: i,
+                uri: format!("dir:{}", root.join("stores").join(i.to_string()).display()),
+            })
+            .collect()
+    } else {
+        opts.stores
+            .iter()
+            .enumerate()
+            .map(|(i, u)| StoreConfig {
+                id: i as u32,
+                uri: absolutize(u),
+            })
+            .collect()
     }
 }
 
