@@ -30,6 +30,7 @@ pub use error::{Result, StoreError};
 pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
 pub use lazy::{LazyStore, open_store_or_lazy};
 pub use redis::RedisStore;
+pub use secret::Password;
 pub use store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity, verify_identity};
-pub use uri::{Password, StoreUri, open_store};
+pub use uri::{StoreUri, open_store};
 pub use zdb::{ZDB_MAX_VALUE, ZdbMode, ZdbStore};

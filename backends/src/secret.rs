@@ -1,10 +1,65 @@
-//! Secrets kept in local files: the one check that a file or directory holding secrets is private to its owner
-//! (shared by store password files here and by qsfs's key file, volume directory and config), and reading a
-//! store password from a file or an environment variable, so that passwords never need to appear in a URI, a
-//! command line or a log.
+//! Store passwords and other secrets kept locally: the one check that a file or directory holding secrets is
+//! private to its owner (shared by store password files here and by qsfs's key file, volume directory and config);
+//! where a store password comes from (`Password`: a file or an environment variable, so that it never needs to
+//! appear in a URI, a command line or a log); and redacting passwords from text that is about to be shown.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where a store password comes from. Only `Inline` holds the secret itself; `File` and `Env` say where to read
+/// it when the store is opened, so a config, a log or a command line naming them reveals nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    Inline(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl Password {
+    /// The password itself: read now from its file (which must be private) or variable.
+    pub fn resolve(&self) -> std::result::Result<String, String> {
+        match self {
+            Password::Inline(p) => Ok(p.clone()),
+            Password::File(path) => read_password_file(path),
+            Password::Env(var) => read_password_env(var),
+        }
+    }
+}
+
+/// Best-effort redaction of a URI we could not parse, for error messages: everything between the scheme and the
+/// last `@` (a password may hold `/`, `?`, `#` or `:`) and the value of any `password=` query item.
+pub fn redact_raw(text: &str) -> String {
+    let (head, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
+    };
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((main, query)) => {
+            let items: Vec<String> = query
+                .split('&')
+                .map(|item| match item.split_once('=') {
+                    Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                    _ => item.to_string(),
+                })
+                .collect();
+            format!("{main}?{}", items.join("&"))
+        }
+        None => rest,
+    };
+    format!("{head}{rest}")
+}
+
+/// Query keys whose values are secrets (as opposed to `password-file` and `password-env`, which name them).
+pub(crate) fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    (k.contains("pass") || k.contains("secret") || k.contains("token") || k == "pw")
+        && k != "password-file"
+        && k != "password-env"
+}
 
 /// Why `path` is not private to its owner — group or others may read, write or enter it — with the `chmod`
 /// that fixes it; `None` when it is private. Follows symlinks: what matters is the file that is read.

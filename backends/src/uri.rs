@@ -23,32 +23,12 @@ use std::sync::Arc;
 use crate::dir::DirStore;
 use crate::error::{Result, StoreError};
 use crate::redis::RedisStore;
-use crate::secret;
+use crate::secret::{Password, is_secret_key, redact_raw};
 use crate::store::ShardStore;
 use crate::zdb::{ZdbMode, ZdbStore};
 
 pub const REDIS_DEFAULT_PORT: u16 = 6379;
 pub const ZDB_DEFAULT_PORT: u16 = 9900;
-
-/// Where a store password comes from. Only `Inline` holds the secret itself; `File` and `Env` say where to read
-/// it when the store is opened, so a config, a log or a command line naming them reveals nothing.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Password {
-    Inline(String),
-    File(PathBuf),
-    Env(String),
-}
-
-impl Password {
-    /// The password itself: read now from its file (which must be private) or variable.
-    pub fn resolve(&self) -> std::result::Result<String, String> {
-        match self {
-            Password::Inline(p) => Ok(p.clone()),
-            Password::File(path) => secret::read_password_file(path),
-            Password::Env(var) => secret::read_password_env(var),
-        }
-    }
-}
 
 /// A parsed store URI.
 #[derive(Clone, PartialEq, Eq)]
@@ -204,41 +184,6 @@ fn bracket(host: &str) -> String {
     } else {
         host.to_string()
     }
-}
-
-/// Best-effort redaction of a URI we could not parse, for error messages: everything between the scheme and the
-/// last `@` (a password may hold `/`, `?`, `#` or `:`) and the value of any `password=` query item.
-pub fn redact_raw(text: &str) -> String {
-    let (head, rest) = match text.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), text),
-    };
-    let rest = match rest.rfind('@') {
-        Some(at) => format!("***@{}", &rest[at + 1..]),
-        None => rest.to_string(),
-    };
-    let rest = match rest.split_once('?') {
-        Some((main, query)) => {
-            let items: Vec<String> = query
-                .split('&')
-                .map(|item| match item.split_once('=') {
-                    Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-                    _ => item.to_string(),
-                })
-                .collect();
-            format!("{main}?{}", items.join("&"))
-        }
-        None => rest,
-    };
-    format!("{head}{rest}")
-}
-
-/// Query keys whose values are secrets (as opposed to `password-file` and `password-env`, which name them).
-fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    (k.contains("pass") || k.contains("secret") || k.contains("token") || k == "pw")
-        && k != "password-file"
-        && k != "password-env"
 }
 
 /// Splits `host[:port]` (or `[v6][:port]`) into its parts.

@@ -502,7 +502,7 @@ fn redact_message(message: &str) -> String {
         }
     }
     if out.contains('@') {
-        return qsfs_backends::uri::redact_raw(&out);
+        return qsfs_backends::secret::redact_raw(&out);
     }
     out
 }

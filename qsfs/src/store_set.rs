@@ -18,7 +18,7 @@ use crate::error::{QsfsError, Result};
 use crate::meta::{ShardRow, ShardState};
 
 /// How long an identity check may take before a store counts as unreachable for this session.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a store marked down is checked again, so a restarted server rejoins a long-running mount.
 pub const REVIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one read of a well-known object (lease, head, log record, snapshot chunk) may take.
@@ -202,31 +202,6 @@ impl StoreSet {
             store.write_identity(&identity).await?;
         }
         Ok(())
-    }
-
-    /// Undoes `initialise` for a volume whose creation failed: removes the identity markers that name this volume
-    /// (never another volume's), so a retry finds the stores free. Best effort — a store that cannot be reached
-    /// now keeps its marker, and the warning names it.
-    pub async fn abandon(configs: &[StoreConfig], volume_id: &str) {
-        for c in configs {
-            let identity = StoreIdentity {
-                volume_id: volume_id.to_string(),
-                store_id: c.id,
-            };
-            let removed = async {
-                let uri = StoreUri::parse(&c.uri)?;
-                let store = open_store(&uri, false).await?;
-                tokio::time::timeout(PROBE_TIMEOUT, store.remove_identity(&identity))
-                    .await
-                    .map_err(|_| StoreError::Unavailable {
-                        uri: uri.to_string(),
-                        reason: format!("no answer within {PROBE_TIMEOUT:?}"),
-                    })?
-            };
-            if let Err(e) = removed.await {
-                tracing::warn!(store = c.id, error = %e, "identity marker of the failed init left on its store");
-            }
-        }
     }
 
     /// Fails unless at least `quorum` stores are up: checked before a write starts, so a put that cannot reach

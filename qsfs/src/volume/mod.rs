@@ -11,6 +11,7 @@ mod files;
 mod lock;
 mod segments;
 mod status;
+mod undo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::store_set::StoreSet;
 pub use files::PutOptions;
 pub use lock::VolumeLock;
 pub use status::{StoreStatus, VolumeStatus};
+pub(crate) use undo::remove_partial_volume;
 
 pub const CONFIG_FILE: &str = "qsfs.toml";
 pub const KEY_FILE: &str = "key";
@@ -176,7 +178,7 @@ impl Volume {
         if result.is_err() {
             // Markers this init wrote would make a retry fail with "store belongs to another volume".
             if let Ok(rt) = IoRuntime::new() {
-                rt.block_on(StoreSet::abandon(&stores, &hex::encode(volume_id)));
+                rt.block_on(undo::take_back_markers(&stores, &hex::encode(volume_id)));
             }
             remove_partial_volume(&root, existed, &["stores"]);
         }
@@ -476,33 +478,6 @@ fn planned_stores(root: &Path, opts: &InitOptions) -> Vec<StoreConfig> {
                 uri: absolutize(u),
             })
             .collect()
-    }
-}
-
-/// Undoes a failed `init` or `restore`: removes what either writes into a volume directory, plus `extra` (init's
-/// embedded stores; never a restore's, which may be the very stores it restores from), and the directory itself if
-/// it did not exist before.
-pub(crate) fn remove_partial_volume(root: &Path, existed: bool, extra: &[&str]) {
-    let written = [
-        CONFIG_FILE,
-        KEY_FILE,
-        META_FILE,
-        "meta.db-wal",
-        "meta.db-shm",
-        "meta.db.restore.tmp",
-        "cache",
-        "lock",
-    ];
-    for name in written.iter().chain(extra) {
-        let p = root.join(name);
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-    }
-    if !existed {
-        let _ = std::fs::remove_dir(root);
     }
 }
 
