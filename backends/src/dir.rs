@@ -428,6 +428,17 @@ impl Inner {
         }
     }
 
+    fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        if self.read_identity()?.as_ref() != Some(identity) {
+            return Ok(());
+        }
+        match fs::remove_file(self.root.join(MARKER)) {
+            Ok(()) => sync_dir(&self.root).map_err(|e| self.io(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
     fn read_identity(&self) -> Result<Option<StoreIdentity>> {
         let marker = self.root.join(MARKER);
         let read = open_regular(&marker).and_then(|opened| match opened {
@@ -588,6 +599,11 @@ impl ShardStore for DirStore {
 
     async fn read_identity(&self) -> Result<Option<StoreIdentity>> {
         self.run(|i| i.read_identity()).await
+    }
+
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        let identity = identity.clone();
+        self.run(move |i| i.remove_identity(&identity)).await
     }
 }
 

@@ -396,6 +396,11 @@ impl ShardStore for FaultyStore {
         self.inner.write_identity(identity).await
     }
 
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        self.enter(Op::WriteIdentity).await?;
+        self.inner.remove_identity(identity).await
+    }
+
     async fn read_identity(&self) -> Result<Option<StoreIdentity>> {
         self.enter(Op::ReadIdentity).await?;
         self.inner.read_identity().await

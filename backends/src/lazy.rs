@@ -161,6 +161,10 @@ impl ShardStore for LazyStore {
         self.inner().await?.write_identity(identity).await
     }
 
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        self.inner().await?.remove_identity(identity).await
+    }
+
     async fn read_identity(&self) -> Result<Option<StoreIdentity>> {
         self.inner().await?.read_identity().await
     }

@@ -89,8 +89,16 @@ impl RedisStore {
         if let Some(u) = username {
             settings = settings.set_username(u);
         }
-        if let Some(p) = password {
-            settings = settings.set_password(p);
+        // Read now (file or variable): a password that cannot be had is an error naming where it was looked for.
+        let password = match password {
+            Some(p) => Some(p.resolve().map_err(|reason| StoreError::Auth {
+                uri: shown.clone(),
+                reason,
+            })?),
+            None => None,
+        };
+        if let Some(p) = &password {
+            settings = settings.set_password(p.clone());
         }
         let info = ConnectionAddr::Tcp(host.clone(), *port)
             .into_connection_info()
@@ -535,6 +543,16 @@ impl ShardStore for RedisStore {
                     })
             }
             v => Err(self.unexpected("GET", &v)),
+        }
+    }
+
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        if self.read_identity().await?.as_ref() != Some(identity) {
+            return Ok(());
+        }
+        match self.query(redis::cmd("DEL").arg(IDENTITY_KEY)).await? {
+            Value::Int(_) => Ok(()),
+            v => Err(self.unexpected("DEL", &v)),
         }
     }
 }

@@ -144,6 +144,11 @@ pub trait ShardStore: Send + Sync + fmt::Debug {
 
     /// The identity marker, or `None` when the store has none.
     async fn read_identity(&self) -> Result<Option<StoreIdentity>>;
+
+    /// Removes the identity marker if it is `identity` — a volume whose creation failed undoing itself, so a retry
+    /// finds the store free. Another volume's marker, or none, is left alone. A `Protocol` error where a marker is
+    /// permanent (0-db seq mode: it is the namespace's first entry, and ids are never reused).
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()>;
 }
 
 /// Confirms a store belongs to `expected`; the check every open makes before using a store.

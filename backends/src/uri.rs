@@ -4,14 +4,17 @@
 //! Grammar (one store per URI):
 //! - `dir:/abs/path` (also `dir:///abs/path`): a local directory, see [`DirStore`]. Relative paths are refused:
 //!   a config read from another working directory must never point somewhere else.
-//! - `redis://[user][:password@]host[:port][/db]`: port 6379, db 0 by default. `%XX` escapes are decoded in the
-//!   user and password.
+//! - `redis://[user@]host[:port][/db][?password-file=PATH | ?password-env=VAR]`: port 6379, db 0 by default. The
+//!   password is read when the store is opened: from a private file (its first line; refused if group or others
+//!   can read it) or an environment variable. `redis://[user]:password@host…` (with `%XX` escapes) is still
+//!   understood in `qsfs.toml`, but `qsfs` refuses it on the command line, where every local user can read it.
 //! - `zdb://host[:port]/namespace[?password-file=PATH&mode=user|seq]`: port 9900, mode `user` by default. The
 //!   password lives in a file (its first line), never in the URI, so configs and logs cannot leak it.
 //!
 //! Hosts may be names, IPv4 addresses or bracketed IPv6 addresses (`[::1]`).
 //!
-//! `Display` and `Debug` never show a password: a redis password is shown as `***`.
+//! `Display` and `Debug` never show a password: an inline redis password is shown as `***`, and error messages
+//! about unparsable URIs drop everything before the last `@` and every `password=` value.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use crate::dir::DirStore;
 use crate::error::{Result, StoreError};
 use crate::redis::RedisStore;
+use crate::secret::{Password, is_secret_key, redact_raw};
 use crate::store::ShardStore;
 use crate::zdb::{ZdbMode, ZdbStore};
 
@@ -37,7 +41,7 @@ pub enum StoreUri {
         port: u16,
         db: i64,
         username: Option<String>,
-        password: Option<String>,
+        password: Option<Password>,
     },
     Zdb {
         host: String,
@@ -82,6 +86,17 @@ impl StoreUri {
         Err(bad("unknown scheme (expected dir:, redis:// or zdb://)"))
     }
 
+    /// True when the URI carries a password itself (not a file or variable naming where to find it).
+    pub fn has_inline_password(&self) -> bool {
+        matches!(
+            self,
+            StoreUri::Redis {
+                password: Some(Password::Inline(_)),
+                ..
+            }
+        )
+    }
+
     /// The store kind, for messages: `dir`, `redis` or `zdb`.
     pub fn scheme(&self) -> &'static str {
         match self {
@@ -111,14 +126,20 @@ impl fmt::Display for StoreUri {
                 password,
             } => {
                 write!(f, "redis://")?;
-                if username.is_some() || password.is_some() {
+                let inline = matches!(password, Some(Password::Inline(_)));
+                if username.is_some() || inline {
                     write!(f, "{}", username.as_deref().unwrap_or(""))?;
-                    if password.is_some() {
+                    if inline {
                         write!(f, ":***")?;
                     }
                     write!(f, "@")?;
                 }
-                write!(f, "{}:{port}/{db}", bracket(host))
+                write!(f, "{}:{port}/{db}", bracket(host))?;
+                match password {
+                    Some(Password::File(p)) => write!(f, "?password-file={}", p.display()),
+                    Some(Password::Env(v)) => write!(f, "?password-env={v}"),
+                    _ => Ok(()),
+                }
             }
             StoreUri::Zdb {
                 host,
@@ -163,17 +184,6 @@ fn bracket(host: &str) -> String {
     } else {
         host.to_string()
     }
-}
-
-/// Best-effort redaction of a URI we could not parse, for error messages: drop any userinfo.
-fn redact_raw(text: &str) -> String {
-    if let Some((scheme, rest)) = text.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://***@{}", &rest[at + 1..]);
-        }
-    }
-    text.to_string()
 }
 
 /// Splits `host[:port]` (or `[v6][:port]`) into its parts.
@@ -225,18 +235,23 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 fn parse_redis(rest: &str) -> Result<StoreUri, String> {
-    if rest.contains(['?', '#']) {
-        return Err("query strings and fragments are not supported in redis URIs".into());
+    // Userinfo ends at the last '@': a password may hold '/', '?', '#' or ':' (percent-encoded or not).
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        None => (None, rest),
+    };
+    if after.contains('#') {
+        return Err("fragments are not supported in redis URIs".into());
     }
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, ""),
+    let (main, query) = match after.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (after, None),
     };
-    let (userinfo, hostport) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-        None => (None, authority),
+    let (hostport, path) = match main.find('/') {
+        Some(i) => (&main[..i], &main[i + 1..]),
+        None => (main, ""),
     };
-    let (username, password) = match userinfo {
+    let (username, inline) = match userinfo {
         None => (None, None),
         Some(ui) => {
             let (u, p) = match ui.split_once(':') {
@@ -249,7 +264,7 @@ fn parse_redis(rest: &str) -> Result<StoreUri, String> {
                 Some(percent_decode(u)?)
             };
             let password = match p {
-                Some(p) if !p.is_empty() => Some(percent_decode(p)?),
+                Some(p) if !p.is_empty() => Some(Password::Inline(percent_decode(p)?)),
                 _ => None,
             };
             (username, password)
@@ -267,16 +282,76 @@ fn parse_redis(rest: &str) -> Result<StoreUri, String> {
             }
         },
     };
+    let from_query = parse_password_query(query.unwrap_or(""))?;
+    if inline.is_some() && from_query.is_some() {
+        return Err(
+            "give the password one way: in the URI or with password-file / password-env".into(),
+        );
+    }
     Ok(StoreUri::Redis {
         host,
         port,
         db,
         username,
-        password,
+        password: inline.or(from_query),
     })
 }
 
+/// The query of a redis URI: `password-file=/abs/path` or `password-env=VAR`, nothing else.
+fn parse_password_query(query: &str) -> Result<Option<Password>, String> {
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("query item {:?} has no value", redact_raw(pair)))?;
+        let password = match k {
+            "password-file" => {
+                let path = PathBuf::from(percent_decode(v)?);
+                if !path.is_absolute() {
+                    return Err("password-file must be an absolute path".into());
+                }
+                Password::File(path)
+            }
+            "password-env" => {
+                let valid = v
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(
+                        "password-env must name an environment variable (letters, digits, _)"
+                            .into(),
+                    );
+                }
+                Password::Env(v.to_string())
+            }
+            k if is_secret_key(k) => {
+                return Err(
+                    "passwords do not belong in URIs: use ?password-file=PATH or ?password-env=VAR"
+                        .into(),
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {:?} (expected password-file or password-env)",
+                    redact_raw(k)
+                ));
+            }
+        };
+        if found.replace(password).is_some() {
+            return Err("give the password one way: password-file or password-env, once".into());
+        }
+    }
+    Ok(found)
+}
+
 fn parse_zdb(rest: &str) -> Result<StoreUri, String> {
+    // Checked before anything is split: a password may hold '/', '?' or '&', and no later message may quote a
+    // piece of it. (An '@' in a password-file path is written %40.)
+    if rest.contains('@') {
+        return Err("passwords do not belong in zdb URIs: use ?password-file=PATH".into());
+    }
     let (main, query) = match rest.split_once('?') {
         Some((m, q)) => (m, Some(q)),
         None => (rest, None),
@@ -284,9 +359,6 @@ fn parse_zdb(rest: &str) -> Result<StoreUri, String> {
     let (authority, namespace) = main
         .split_once('/')
         .ok_or("missing namespace (expected zdb://host:port/namespace)")?;
-    if authority.contains('@') {
-        return Err("passwords do not belong in zdb URIs: use ?password-file=PATH".into());
-    }
     let (host, port) = parse_host_port(authority, ZDB_DEFAULT_PORT)?;
     let namespace = namespace.trim_end_matches('/');
     if namespace.is_empty() {
@@ -404,7 +476,7 @@ mod tests {
                 port: 1,
                 db: 2,
                 username: None,
-                password: Some("s3cr@t".into())
+                password: Some(Password::Inline("s3cr@t".into()))
             }
         );
         assert_eq!(u.to_string(), "redis://:***@h:1/2");
@@ -417,10 +489,70 @@ mod tests {
         assert!(err("redis://h:1/x").contains("database"));
         assert!(err("redis://h:1/-1").contains("database"));
         assert!(err("redis://:1/0").contains("host"));
-        assert!(err("redis://h/0?x=1").contains("query"));
+        assert!(err("redis://h/0?x=1").contains("unknown query parameter"));
         // The error message of an unparsable URI must not leak its password either.
         let e = err("redis://:hunter2@h:bad/0");
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn redis_passwords_from_files_and_variables() {
+        let u = ok("redis://h:1/2?password-file=/etc/qsfs/redis%20pw");
+        assert_eq!(
+            u,
+            StoreUri::Redis {
+                host: "h".into(),
+                port: 1,
+                db: 2,
+                username: None,
+                password: Some(Password::File("/etc/qsfs/redis pw".into()))
+            }
+        );
+        assert!(!u.has_inline_password());
+        assert_eq!(
+            u.to_string(),
+            "redis://h:1/2?password-file=/etc/qsfs/redis pw"
+        );
+        let u = ok("redis://alice@h?password-env=REDIS_PW");
+        assert_eq!(
+            u.to_string(),
+            "redis://alice@h:6379/0?password-env=REDIS_PW"
+        );
+        assert_eq!(ok(&u.to_string()), u, "Display output parses back");
+        assert!(ok("redis://:pw@h").has_inline_password());
+        assert!(err("redis://h?password-file=rel").contains("absolute"));
+        assert!(err("redis://h?password-env=1X").contains("password-env"));
+        assert!(err("redis://:pw@h?password-env=X").contains("one way"));
+        assert!(err("redis://h?password-env=X&password-file=/p").contains("one way"));
+        let e = err("redis://h?password=hunter2");
+        assert!(e.contains("password-file") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn passwords_with_any_character_never_show() {
+        for pw in ["p/w", "a?b", "x#y", "p:q", "pa@ss", "s p", "%2F", "a/b@c/d"] {
+            let text = format!("redis://:{pw}@h:1/0");
+            match StoreUri::parse(&text) {
+                Ok(u) => {
+                    assert!(!u.to_string().contains(pw), "{pw}: {u}");
+                    assert!(!format!("{u:?}").contains(pw), "{pw}: {u:?}");
+                }
+                Err(e) => assert!(!e.to_string().contains(pw), "{pw}: {e}"),
+            }
+            let bad = format!("redis://:{pw}@h:bad/0");
+            let e = err(&bad);
+            assert!(!e.contains(pw), "{pw}: {e}");
+        }
+        assert_eq!(
+            StoreUri::parse("redis://:pa/ss@h:1/0").unwrap(),
+            StoreUri::Redis {
+                host: "h".into(),
+                port: 1,
+                db: 0,
+                username: None,
+                password: Some(Password::Inline("pa/ss".into()))
+            }
+        );
     }
 
     #[test]

@@ -416,6 +416,19 @@ impl ShardStore for ZdbStore {
             }
         }
     }
+
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        if self.read_identity().await?.as_ref() != Some(identity) {
+            return Ok(());
+        }
+        match self.mode {
+            ZdbMode::User => self.delete(&Locator(IDENTITY_KEY.to_vec())).await,
+            ZdbMode::Seq => Err(StoreError::Protocol {
+                uri: self.uri.clone(),
+                reason: "a seq namespace's identity marker is its first entry and cannot be taken back: use a fresh namespace".into(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

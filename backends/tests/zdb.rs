@@ -29,6 +29,8 @@ async fn store(uri: &str) -> Arc<dyn ShardStore> {
 fn password_file(dir: &Path, password: &str) -> PathBuf {
     let p = dir.join("zdb.pw");
     std::fs::write(&p, format!("{password}\n")).unwrap();
+    // Password files must be private to their owner, like the volume's key.
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     p
 }
 

@@ -8,6 +8,7 @@ mod fuse;
 mod gc;
 mod helpers;
 mod hostile;
+mod local;
 mod loss;
 mod restore;
 

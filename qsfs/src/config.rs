@@ -269,6 +269,59 @@ impl AuditConfig {
                 self.interval
             ));
         }
+        // The audit thread draws each wait as up to 1.5 × interval and adds it to a clock: the bound keeps that
+        // arithmetic far from overflow, and an interval of years audits nothing anyway.
+        if self.interval.0 > MAX_AUDIT_INTERVAL {
+            return Err(format!(
+                "key `audit.interval`: expected at most {}, found {}",
+                HumanDuration(MAX_AUDIT_INTERVAL),
+                self.interval
+            ));
+        }
+        if self.lost_store_grace.0 > MAX_AUDIT_INTERVAL {
+            return Err(format!(
+                "key `audit.lost_store_grace`: expected at most {}, found {}",
+                HumanDuration(MAX_AUDIT_INTERVAL),
+                self.lost_store_grace
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The longest `audit.interval` (and `audit.lost_store_grace`): one year.
+pub const MAX_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Bounds on a passphrase volume's argon2id costs. Memory is allocated in one piece before hashing, so the bound
+/// turns a mistyped `m_cost_kib` into a config error instead of an allocation abort; the time and lane bounds
+/// keep a mount from hanging for hours in key derivation.
+pub const MAX_ARGON2_M_COST_KIB: u32 = 4 << 20;
+pub const MAX_ARGON2_T_COST: u32 = 64;
+pub const MAX_ARGON2_P_COST: u32 = 64;
+
+impl Argon2Params {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.salt.len() < 16 || self.salt.len() > 128 || hex::decode(&self.salt).is_err() {
+            return Err("key `key.argon2.salt`: expected 16 to 128 hex digits".into());
+        }
+        // argon2 needs at least 8 KiB per lane; p_cost is clamped here only to compute that bound without overflow
+        // (it is checked first).
+        for (key, value, min, max) in [
+            ("p_cost", self.p_cost, 1, MAX_ARGON2_P_COST),
+            (
+                "m_cost_kib",
+                self.m_cost_kib,
+                8 * self.p_cost.clamp(1, MAX_ARGON2_P_COST),
+                MAX_ARGON2_M_COST_KIB,
+            ),
+            ("t_cost", self.t_cost, 1, MAX_ARGON2_T_COST),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "key `key.argon2.{key}`: expected {min} ..= {max}, found {value}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -281,7 +334,12 @@ impl VolumeConfig {
     pub fn load(path: &Path) -> Result<VolumeConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| QsfsError::io(format!("reading {}", path.display()), e))?;
-        let cfg: VolumeConfig = toml::from_str(&text).map_err(|e| config_error(path, &text, &e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config `text`, read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<VolumeConfig> {
+        let cfg: VolumeConfig = toml::from_str(text).map_err(|e| config_error(path, text, &e))?;
         cfg.validate().map_err(|reason| QsfsError::Config {
             path: path.to_path_buf(),
             reason,
@@ -319,7 +377,8 @@ impl VolumeConfig {
         if self.parity_shards == 0 {
             return Err("key `parity_shards`: expected at least 1".into());
         }
-        if self.data_shards + self.parity_shards > 255 {
+        // Saturating: the counts come straight from the file and may be anything up to usize::MAX.
+        if self.data_shards.saturating_add(self.parity_shards) > 255 {
             return Err(
                 "keys `data_shards` + `parity_shards`: expected at most 255 shards in all".into(),
             );
@@ -378,18 +437,24 @@ impl VolumeConfig {
             }
             KeySource::Passphrase => {}
         }
+        if let Some(a) = &self.key.argon2 {
+            a.validate()?;
+        }
         Ok(())
     }
 }
 
-/// Turns a toml error into one line: file, line, the offending line's text (which names the key) and the message.
+/// Turns a toml error into one line: file, line number, the key on that line and the message — never the line's
+/// value, which may be a store URI with a password in it.
 fn config_error(path: &Path, text: &str, err: &toml::de::Error) -> QsfsError {
-    let message = err.message().replace('\n', " ");
+    let message = redact_message(&err.message().replace('\n', " "));
     let reason = match err.span() {
         Some(span) => {
             let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-            format!("line {line_no} (`{line}`): {message}")
+            match text.lines().nth(line_no - 1).and_then(line_key) {
+                Some(key) => format!("line {line_no} (key `{key}`): {message}"),
+                None => format!("line {line_no}: {message}"),
+            }
         }
         None => message,
     };
@@ -397,6 +462,49 @@ fn config_error(path: &Path, text: &str, err: &toml::de::Error) -> QsfsError {
         path: path.to_path_buf(),
         reason,
     }
+}
+
+/// The key a `key = value` line assigns, if it looks like one (bare or dotted key characters only).
+fn line_key(line: &str) -> Option<&str> {
+    let key = line.split_once('=')?.0.trim();
+    let ok = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    ok.then_some(key)
+}
+
+/// A toml message may quote the offending value (`invalid type: string "…"`): a quoted value that could hold a
+/// URI's password (it has an `@`, or it is cut short) is elided, and any URI userinfo left is redacted.
+fn redact_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    out.push_str(parts.next().unwrap_or(""));
+    let rest: Vec<&str> = parts.collect();
+    let mut i = 0;
+    while i < rest.len() {
+        // rest[i] is inside quotes when it has a closing partner at rest[i + 1].
+        if i + 1 < rest.len() {
+            let quoted = rest[i];
+            out.push('"');
+            out.push_str(if quoted.contains(['@', ':']) {
+                "…"
+            } else {
+                quoted
+            });
+            out.push('"');
+            out.push_str(rest[i + 1]);
+            i += 2;
+        } else {
+            out.push_str("\"…");
+            i += 1;
+        }
+    }
+    if out.contains('@') {
+        return qsfs_backends::secret::redact_raw(&out);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -22,7 +22,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id()
     ));
     let ctx = || format!("writing {}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(|e| QsfsError::io(ctx(), e))?;
+    // Private (0600): everything written here lives in a volume directory (see `crate::private`).
+    let mut f = crate::private::file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| QsfsError::io(ctx(), e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| QsfsError::io(ctx(), e))?;

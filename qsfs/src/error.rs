@@ -10,6 +10,15 @@ use thiserror::Error;
 pub enum QsfsError {
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
+    /// An option of `init` (named as the command line spells it) is out of range.
+    #[error("--{option}: {reason}")]
+    InitOption {
+        option: &'static str,
+        reason: String,
+    },
+    /// A volume file or directory others may read or change: refused, with the command that fixes it.
+    #[error("{path}: {reason}")]
+    Exposed { path: PathBuf, reason: String },
     #[error("key does not match this volume ({path})")]
     WrongKey { path: PathBuf },
     #[error("key file {path}: {reason}")]
@@ -125,7 +134,7 @@ impl QsfsError {
             QsfsError::NotADirectory(_) => libc::ENOTDIR,
             QsfsError::IsADirectory(_) => libc::EISDIR,
             QsfsError::NotEmpty(_) => libc::ENOTEMPTY,
-            QsfsError::Invalid(_) => libc::EINVAL,
+            QsfsError::Invalid(_) | QsfsError::InitOption { .. } => libc::EINVAL,
             QsfsError::NameTooLong(_) => libc::ENAMETOOLONG,
             QsfsError::NoAttribute(_) => libc::ENODATA,
             QsfsError::Unsupported(_) => libc::EOPNOTSUPP,
@@ -154,6 +163,7 @@ impl QsfsError {
             | QsfsError::Unreadable { .. }
             | QsfsError::Metadata(_)
             | QsfsError::Config { .. }
+            | QsfsError::Exposed { .. }
             | QsfsError::WrongKey { .. }
             | QsfsError::KeyFile { .. }
             | QsfsError::VolumeExists { .. }

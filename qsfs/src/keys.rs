@@ -1,10 +1,16 @@
 //! The volume's master key and everything derived from it. The master key is 32 random bytes in the volume's `key`
 //! file (mode 0600) or argon2id over a passphrase; every working key is a BLAKE3 `derive_key` subkey with its own
 //! context string, so no two purposes ever share key material. The config keeps only a key check value.
+//!
+//! Key material is wiped when it is dropped (`zeroize`): the master key, the subkeys, the key file's text and the
+//! passphrase buffers (`Passphrase`), so a core dump or swapped-out page taken later holds less of it. The
+//! ciphers built from subkeys (`chacha20poly1305`) wipe their own copies.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::config::Argon2Params;
 use crate::durable;
@@ -20,6 +26,17 @@ const KEY_FILE_MAGIC: &str = "qsfs-key v1";
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
 
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for MasterKey {}
+
+/// A passphrase held in memory: wiped on drop, never printed.
+pub type Passphrase = Zeroizing<String>;
+
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(..)")
@@ -33,6 +50,16 @@ pub struct Subkeys {
     pub shard_naming: [u8; 32],
     pub metadata: [u8; 32],
 }
+
+impl Drop for Subkeys {
+    fn drop(&mut self) {
+        self.segment_encryption.zeroize();
+        self.shard_naming.zeroize();
+        self.metadata.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Subkeys {}
 
 impl MasterKey {
     pub fn random() -> MasterKey {
@@ -51,11 +78,26 @@ impl MasterKey {
             .map_err(|_| QsfsError::Invalid("config key `key.argon2.salt`: expected hex".into()))?;
         let p = argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
             .map_err(|e| QsfsError::Invalid(format!("config key `key.argon2`: {e}")))?;
+        // The work area is reserved fallibly: memory that cannot be had is an error, not an abort.
+        let mut memory: Vec<argon2::Block> = Vec::new();
+        memory.try_reserve_exact(p.block_count()).map_err(|_| {
+            QsfsError::Invalid(format!(
+                "config key `key.argon2.m_cost_kib`: cannot allocate {} KiB for key derivation",
+                params.m_cost_kib
+            ))
+        })?;
+        memory.resize(p.block_count(), argon2::Block::default());
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
         let mut out = [0u8; 32];
-        a.hash_password_into(passphrase, &salt, &mut out)
-            .map_err(|e| QsfsError::Invalid(format!("passphrase: {e}")))?;
-        Ok(MasterKey(out))
+        let hashed = a.hash_password_into_with_memory(passphrase, &salt, &mut out, &mut memory);
+        // The work area holds intermediate state of the derivation.
+        for block in memory.iter_mut() {
+            block.zeroize();
+        }
+        hashed.map_err(|e| QsfsError::Invalid(format!("passphrase: {e}")))?;
+        let key = MasterKey(out);
+        out.zeroize();
+        Ok(key)
     }
 
     pub fn subkeys(&self) -> Subkeys {
@@ -68,7 +110,7 @@ impl MasterKey {
 
     /// A keyed hash of the volume id: stored in the config so a wrong key is caught before anything is touched.
     pub fn check_value(&self, volume_id: &[u8; 16]) -> String {
-        let check_key = blake3::derive_key(CTX_CHECK, &self.0);
+        let check_key = Zeroizing::new(blake3::derive_key(CTX_CHECK, &self.0));
         blake3::keyed_hash(&check_key, volume_id)
             .to_hex()
             .to_string()
@@ -76,7 +118,7 @@ impl MasterKey {
 
     /// Compares in constant time (blake3::Hash equality is constant time).
     pub fn matches(&self, volume_id: &[u8; 16], check_hex: &str) -> bool {
-        let check_key = blake3::derive_key(CTX_CHECK, &self.0);
+        let check_key = Zeroizing::new(blake3::derive_key(CTX_CHECK, &self.0));
         match blake3::Hash::from_hex(check_hex) {
             Ok(expected) => blake3::keyed_hash(&check_key, volume_id) == expected,
             Err(_) => false,
@@ -92,7 +134,8 @@ impl MasterKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| QsfsError::io(ctx(), e))?;
-        writeln!(f, "{KEY_FILE_MAGIC}\n{}", hex::encode(self.0))
+        let text = Zeroizing::new(format!("{KEY_FILE_MAGIC}\n{}\n", hex::encode(self.0)));
+        f.write_all(text.as_bytes())
             .map_err(|e| QsfsError::io(ctx(), e))?;
         f.sync_all().map_err(|e| QsfsError::io(ctx(), e))?;
         if let Some(dir) = path.parent() {
@@ -107,25 +150,20 @@ impl MasterKey {
             path: path.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
-                path.display()
-            )));
+        if let Some(why) = qsfs_backends::secret::exposure(path).map_err(|e| bad(e.to_string()))? {
+            return Err(bad(why));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
         let mut lines = text.lines();
         if lines.next() != Some(KEY_FILE_MAGIC) {
             return Err(bad(format!(
                 "not a qsfs key file (expected first line `{KEY_FILE_MAGIC}`)"
             )));
         }
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(lines.next().unwrap_or("").trim(), &mut key)
+        let mut key = MasterKey([0u8; 32]);
+        hex::decode_to_slice(lines.next().unwrap_or("").trim(), &mut key.0)
             .map_err(|_| bad("expected 64 hex digits on the second line".into()))?;
-        Ok(MasterKey(key))
+        Ok(key)
     }
 }
 
@@ -144,6 +182,7 @@ pub fn new_argon2_params() -> Argon2Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn subkeys_are_distinct_and_deterministic() {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod meta;
 pub mod metrics;
 pub mod pipeline;
+pub mod private;
 pub mod read_cache;
 pub mod repair;
 pub mod replica;

@@ -46,6 +46,9 @@ fn main() -> ExitCode {
         .init();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`qsfs ls | head`): stop quietly with the status a shell shows for a
+        // command killed by SIGPIPE, as coreutils do.
+        Err(e) if e.downcast_ref::<cli::StdoutClosed>().is_some() => ExitCode::from(141),
         Err(e) => {
             // One line, each cause once: errors that already print their source (`context: source`) are not
             // followed by that source again.

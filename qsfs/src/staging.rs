@@ -35,8 +35,7 @@ impl StagingArea {
         let staging = cache_dir.join(STAGING_DIR);
         let queue = cache_dir.join(QUEUE_DIR);
         for d in [&staging, &queue] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| QsfsError::io(format!("creating {}", d.display()), e))?;
+            crate::private::create_dir_all(d)?;
         }
         if clean {
             for path in list_files(&staging)? {
@@ -62,7 +61,8 @@ impl StagingArea {
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let path = self.staging.join(name);
-        let file = std::fs::OpenOptions::new()
+        // Plaintext of open files: private whatever the umask.
+        let file = crate::private::file_options()
             .read(true)
             .write(true)
             .create_new(true)

@@ -18,7 +18,7 @@ use crate::error::{QsfsError, Result};
 use crate::meta::{ShardRow, ShardState};
 
 /// How long an identity check may take before a store counts as unreachable for this session.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a store marked down is checked again, so a restarted server rejoins a long-running mount.
 pub const REVIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one read of a well-known object (lease, head, log record, snapshot chunk) may take.

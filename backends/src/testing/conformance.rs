@@ -147,6 +147,19 @@ async fn identity_cases(s: &dyn ShardStore) -> StoreIdentity {
             ),
         }
     }
+    // Taking a marker back (a failed init) is compare-and-delete: another volume's identity leaves it in place.
+    let foreign = StoreIdentity {
+        volume_id: "another volume".into(),
+        store_id: a.store_id,
+    };
+    s.remove_identity(&foreign)
+        .await
+        .unwrap_or_else(|e| panic!("conformance [{}]: remove_identity(foreign): {e}", s.uri()));
+    check!(
+        s,
+        s.read_identity().await.expect("read_identity") == Some(a.clone()),
+        "remove_identity removed another volume's marker"
+    );
     a
 }
 

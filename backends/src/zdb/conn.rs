@@ -213,14 +213,9 @@ pub(super) fn server_error(uri: &str, what: &str, msg: String) -> StoreError {
     }
 }
 
+/// The namespace password: the first line of a private file (see `crate::secret`).
 pub(super) fn read_password(path: &Path) -> std::result::Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
-    let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
-    if password.is_empty() {
-        return Err(format!("password file {} is empty", path.display()));
-    }
-    Ok(password.to_string())
+    crate::secret::read_password_file(path)
 }
 
 #[cfg(test)]
@@ -232,6 +227,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "hunter2\nignored\n").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         assert_eq!(read_password(&p).unwrap(), "hunter2");
         std::fs::write(&p, "\n").unwrap();
         assert!(read_password(&p).unwrap_err().contains("empty"));

@@ -22,9 +22,9 @@ pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<
     })?;
     pb.finish_and_clear();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     if report.is_clean() {
         return Ok(());
@@ -52,7 +52,7 @@ pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<
     bail!(msg)
 }
 
-fn print_report(r: &AuditReport) {
+fn print_report(r: &AuditReport) -> Result<()> {
     let mode = match r.mode {
         AuditMode::Sampled => "sampled",
         AuditMode::Full => "full (every shard, every byte)",
@@ -62,20 +62,20 @@ fn print_report(r: &AuditReport) {
     } else {
         ""
     };
-    println!(
+    outln!(
         "audit      {mode}{resumed}; nonce {}…; {:.2} s",
         &r.nonce[..16.min(r.nonce.len())],
         r.duration_secs
     );
     let g = &r.guarantee;
-    println!(
+    outln!(
         "guarantee  δ = {}, P = {} → c = {} shards per store",
         percent(g.delta),
         percent(g.confidence),
         g.samples_per_store
     );
-    println!("           {}", g.statement);
-    println!(
+    outln!("           {}", g.statement);
+    outln!(
         "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>9}  store",
         "id",
         "shards",
@@ -92,7 +92,7 @@ fn print_report(r: &AuditReport) {
         let median = s
             .median_latency_ms
             .map_or_else(|| "-".to_string(), |m| format!("{m:.2} ms"));
-        println!(
+        outln!(
             "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>9}  {}{}",
             s.store_id,
             s.shards,
@@ -112,10 +112,10 @@ fn print_report(r: &AuditReport) {
             }
         );
         if let Some(e) = &s.error {
-            println!("{:>7}unreachable: {e}", "");
+            outln!("{:>7}unreachable: {e}", "");
         }
         if r.mode == AuditMode::Sampled && s.sampled > s.unreachable {
-            println!(
+            outln!(
                 "{:>7}detection probability for a {} loss: {}",
                 "",
                 percent(g.delta),
@@ -129,7 +129,7 @@ fn print_report(r: &AuditReport) {
         } else {
             "unavailable"
         };
-        println!(
+        outln!(
             "{what:<10} segment {} has {} of the {} shards it needs ({} more on unreachable stores): {}",
             l.segment,
             l.healthy_shards,
@@ -139,10 +139,11 @@ fn print_report(r: &AuditReport) {
         );
     }
     if r.queued_for_repair > 0 {
-        println!(
+        outln!(
             "repair     {} shards queued (run `qsfs repair`)",
             r.queued_for_repair
         );
     }
-    println!("result     {}", r.verdict.label().to_uppercase());
+    outln!("result     {}", r.verdict.label().to_uppercase());
+    Ok(())
 }

@@ -3,7 +3,8 @@
 use qsfs::meta::{FileKind, Inode};
 use qsfs::volume::VolumeStatus;
 
-pub fn long_line(name: &str, inode: &Inode, target: Option<&[u8]>) -> String {
+/// One `ls -l` line; `name` is already quoted for the terminal, the symlink target is quoted here.
+pub fn long_line(name: &str, inode: &Inode, target: Option<&[u8]>, tty: bool) -> String {
     let kind = match inode.kind {
         FileKind::File => '-',
         FileKind::Dir => 'd',
@@ -24,7 +25,7 @@ pub fn long_line(name: &str, inode: &Inode, target: Option<&[u8]>) -> String {
     );
     if let Some(t) = target {
         line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(t));
+        line.push_str(&super::quote::quote_name(t, tty));
     }
     line
 }
@@ -67,54 +68,61 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-pub fn print_status(st: &VolumeStatus) {
-    println!("volume    {} (id {})", st.volume, st.volume_id);
-    println!(
+pub fn print_status(st: &VolumeStatus) -> anyhow::Result<()> {
+    outln!("volume    {} (id {})", st.volume, st.volume_id);
+    outln!(
         "layout    {} data + {} parity shards, {} segments, write quorum {}",
         st.data_shards,
         st.parity_shards,
         human_bytes(st.segment_size),
         st.write_quorum
     );
-    println!(
+    outln!(
         "contents  {} files, {} directories, {}",
         st.files,
         st.directories,
         human_bytes(st.logical_bytes)
     );
     let s = &st.segments;
-    println!(
+    outln!(
         "segments  {} total: {} fully redundant, {} degraded, {} unreadable",
-        s.total, s.healthy, s.degraded, s.unreadable
+        s.total,
+        s.healthy,
+        s.degraded,
+        s.unreadable
     );
     if st.garbage_shards > 0 {
-        println!("garbage   {} shards awaiting deletion", st.garbage_shards);
+        outln!("garbage   {} shards awaiting deletion", st.garbage_shards);
     }
     match &st.last_audit {
-        Some(a) => println!(
+        Some(a) => outln!(
             "audit     last {} audit {} UTC: {}, {} failures",
             a.mode,
             utc_time(a.finished_unix as i64 * 1_000_000_000),
             a.verdict,
             a.failures
         ),
-        None => println!("audit     never audited (run `qsfs audit`)"),
+        None => outln!("audit     never audited (run `qsfs audit`)"),
     }
     if st.repair_queue > 0 {
-        println!(
+        outln!(
             "repair    {} shards queued (run `qsfs repair`)",
             st.repair_queue
         );
     }
     let log = &st.metadata_log;
-    println!(
+    outln!(
         "metadata  log record {} (epoch {}, snapshot {}) on {} stores, {} changes not yet shipped",
-        log.seq, log.epoch, log.snapshot_seq, log.stores, log.pending
+        log.seq,
+        log.epoch,
+        log.snapshot_seq,
+        log.stores,
+        log.pending
     );
     if let Some(why) = &log.read_only {
-        println!("          {why}");
+        outln!("          {why}");
     }
-    println!("stores");
+    outln!("stores");
     for store in &st.stores {
         let state = if store.reachable { "up  " } else { "DOWN" };
         let free = store
@@ -125,7 +133,7 @@ pub fn print_status(st: &VolumeStatus) {
             .score
             .map(|s| format!(", score {:.1}%", s * 100.0))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {:>3}  {state}  {:>8} shards  {:>10}{free}{score}  {}",
             store.id,
             store.shards,
@@ -133,9 +141,10 @@ pub fn print_status(st: &VolumeStatus) {
             store.uri
         );
         if let Some(e) = &store.error {
-            println!("         {e}");
+            outln!("         {e}");
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

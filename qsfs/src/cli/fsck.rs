@@ -6,18 +6,20 @@ use qsfs::Volume;
 pub fn fsck(vol: &Volume, repair: bool, json: bool) -> Result<()> {
     let report = qsfs::fsck::fsck(vol, repair)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "checked {} inodes, {} segments, {} shards on their stores",
-            report.inodes, report.segments, report.shards_checked
+            report.inodes,
+            report.segments,
+            report.shards_checked
         );
         for p in &report.problems {
             let tag = if p.repaired { "repaired" } else { "problem" };
-            println!("  {tag}: {}", p.what);
+            outln!("  {tag}: {}", p.what);
         }
         for n in &report.notes {
-            println!("  note: {n}");
+            outln!("  note: {n}");
         }
     }
     let left = report.unrepaired();
@@ -30,9 +32,9 @@ pub fn fsck(vol: &Volume, repair: bool, json: bool) -> Result<()> {
     }
     if !json {
         if report.problems.is_empty() {
-            println!("clean");
+            outln!("clean");
         } else {
-            println!("all problems repaired");
+            outln!("all problems repaired");
         }
     }
     Ok(())

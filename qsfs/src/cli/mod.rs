@@ -1,13 +1,24 @@
 //! Command-line parsing and dispatch. Each subcommand opens the volume, does its work through `Volume`, prints a
 //! human summary (or JSON where asked) and returns an error for the one-line message in `main`.
 
+/// `println!` for command output, returning [`StdoutClosed`] from the enclosing function instead of panicking when
+/// the reader of stdout has gone (`qsfs status | head -n 1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::stdout_error)?
+    }};
+}
+
 mod audit;
 mod format;
 mod fsck;
 mod gc;
+mod get;
 mod mount;
 pub mod mount_helper;
 mod progress;
+mod quote;
 mod repair;
 mod restore;
 mod store;
@@ -53,7 +64,8 @@ enum Command {
         /// at least K+1).
         #[arg(long, value_name = "N")]
         write_quorum: Option<usize>,
-        /// A store: dir:/path, redis://[:password@]host:port/db, zdb://host:port/ns[?password-file=F&mode=seq].
+        /// A store: dir:/path, redis://host:port/db[?password-file=F | ?password-env=VAR],
+        /// zdb://host:port/ns[?password-file=F&mode=seq]. Passwords are never accepted inline here.
         /// Repeat for each store; default: K+M dir stores inside the volume.
         #[arg(long = "store", value_name = "URI")]
         stores: Vec<String>,
@@ -202,6 +214,20 @@ enum Command {
     },
 }
 
+/// Stdout was closed by its reader (EPIPE): `main` exits quietly, like coreutils killed by SIGPIPE.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+pub struct StdoutClosed;
+
+/// Classifies a failed write to stdout: a closed pipe is [`StdoutClosed`], anything else a real error.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
 pub fn volume_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(v) = arg {
         return Ok(v);
@@ -222,6 +248,7 @@ pub fn run(cli: Cli) -> Result<()> {
             stores,
             passphrase_env,
         } => {
+            refuse_inline_passwords(&stores)?;
             let opts = InitOptions {
                 data_shards,
                 parity_shards,
@@ -232,18 +259,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 passphrase_env: passphrase_env.clone(),
             };
             let root = Volume::init(&dir, &opts)?;
-            println!("created volume {}", root.display());
-            println!(
-                "  {data_shards} data + {parity_shards} parity shards, {segment_size} segments"
-            );
+            outln!("created volume {}", root.display());
+            outln!("  {data_shards} data + {parity_shards} parity shards, {segment_size} segments");
             match passphrase_env {
-                None => println!(
+                None => outln!(
                     "  key: {} — back it up somewhere safe: without it nothing in this volume can be read",
                     root.join(qsfs::volume::KEY_FILE).display()
                 ),
-                Some(var) => println!(
-                    "  key: derived from the passphrase in ${var}; remember the passphrase"
-                ),
+                Some(var) => {
+                    outln!("  key: derived from the passphrase in ${var}; remember the passphrase")
+                }
             }
             Ok(())
         }
@@ -259,7 +284,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Get { src, dest } => {
             let vol = open_volume(&dir)?;
-            let result = transfer::get(&vol, &src, &dest);
+            let result = get::get(&vol, &src, &dest);
             finish_reading(&vol, result)
         }
         Command::Ls { long, path } => {
@@ -312,24 +337,27 @@ pub fn run(cli: Cli) -> Result<()> {
             passphrase_env,
             take_over,
             json,
-        } => restore::run(
-            dir,
-            restore::Args {
-                stores,
-                key_file,
-                passphrase_env,
-                take_over,
-                json,
-            },
-        ),
+        } => {
+            refuse_inline_passwords(&stores)?;
+            restore::run(
+                dir,
+                restore::Args {
+                    stores,
+                    key_file,
+                    passphrase_env,
+                    take_over,
+                    json,
+                },
+            )
+        }
         Command::TakeOver => {
             let vol = open_volume(&dir)?;
             match vol.take_over()? {
-                Some(previous) => println!(
+                Some(previous) => outln!(
                     "this copy ({}) is now the volume's writer; the copy at {previous} is read-only",
                     vol.root().display()
                 ),
-                None => println!(
+                None => outln!(
                     "this copy ({}) is the volume's writer",
                     vol.root().display()
                 ),
@@ -365,6 +393,7 @@ pub fn run(cli: Cli) -> Result<()> {
             finish_reading(&vol, result)
         }
         Command::Store { command } => {
+            refuse_inline_passwords(&[command.uri().to_string()])?;
             let vol = open_volume(&dir)?;
             let result = store::run(&vol, command);
             finish_reading(&vol, result)
@@ -373,13 +402,32 @@ pub fn run(cli: Cli) -> Result<()> {
             let vol = open_volume(&dir)?;
             let st = vol.status()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                format::print_status(&st);
+                format::print_status(&st)?;
             }
             Ok(())
         }
     }
+}
+
+/// Refuses store URIs typed on the command line that carry their password: every local user can read a
+/// process's arguments (`ps`, `/proc/PID/cmdline`) and they stay in shell history. Refused rather than accepted
+/// with a warning: by the time a warning shows, the password has been exposed — refusing at least keeps it out of
+/// `qsfs.toml`, the stores' descriptor and every later command line, and teaches the form that never exposes it.
+fn refuse_inline_passwords(uris: &[String]) -> Result<()> {
+    for u in uris {
+        if let Ok(parsed) = qsfs_backends::StoreUri::parse(u)
+            && parsed.has_inline_password()
+        {
+            anyhow::bail!(
+                "store {parsed}: a password on the command line is visible to every local user (ps, /proc) and \
+                 stays in shell history; put it in a file only you can read (chmod 600) and use \
+                 ?password-file=PATH, or name an environment variable with ?password-env=VAR"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Opens the volume for a command. Every command that changes something ends in `finish` or `finish_reading`, which ship
@@ -436,12 +484,16 @@ fn list(vol: &Volume, path: &str, long: bool) -> Result<()> {
         }
         Ok(rows)
     })?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for (name, inode, target) in rows {
-        let name = String::from_utf8_lossy(&name);
+        let name = quote::quote_name(&name, tty);
         if long {
-            println!("{}", format::long_line(&name, &inode, target.as_deref()));
+            outln!(
+                "{}",
+                format::long_line(&name, &inode, target.as_deref(), tty)
+            );
         } else {
-            println!("{name}");
+            outln!("{name}");
         }
     }
     Ok(())

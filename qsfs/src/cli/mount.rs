@@ -14,13 +14,17 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use qsfs::config::ByteSize;
+use qsfs::config::{ByteSize, KeySource, VolumeConfig};
 use qsfs::fuse::{self, MountOptions};
 use qsfs::volume::{CONFIG_FILE, KEY_FILE};
 use qsfs::{InitOptions, Volume};
 
 /// Set in the environment of the background child so it knows to detach and to report readiness on stdout.
 const CHILD_ENV: &str = "QSFS_MOUNT_CHILD";
+/// Set (to `1`) when the child gets a passphrase volume's passphrase on stdin instead of in its environment: a
+/// long-lived process's environment is readable in `/proc/PID/environ` for as long as it runs, and cannot be
+/// cleared from safe Rust.
+const PASS_ON_STDIN_ENV: &str = "QSFS_MOUNT_PASSPHRASE_ON_STDIN";
 const READY: &str = "qsfs-mount-ready";
 pub const LOG_FILE: &str = "mount.log";
 
@@ -49,11 +53,11 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     if !child && !volume.join(CONFIG_FILE).exists() {
         let root = Volume::init(volume, &InitOptions::default())
             .with_context(|| format!("creating the default volume at {}", volume.display()))?;
-        println!(
+        outln!(
             "created volume {} (4 data + 2 parity shards on local dir stores)",
             root.display()
         );
-        println!(
+        outln!(
             "  key: {} — back it up somewhere safe: without it nothing in this volume can be read",
             root.join(KEY_FILE).display()
         );
@@ -78,15 +82,25 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
             None => store,
         }
     };
+    // A background mount of a passphrase volume gets the passphrase over stdin from the mounting process.
+    let passphrase = if child && std::env::var_os(PASS_ON_STDIN_ENV).is_some() {
+        let mut pass = qsfs::keys::Passphrase::default();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut pass)
+            .context("reading the passphrase from the mounting process")?;
+        Some(pass)
+    } else {
+        None
+    };
     let vol = if args.read_only {
         // Nothing written: no first snapshot or descriptor either (a read-write open adds them when missing).
         Volume::open_read_only(
             volume,
             &wrap,
             "the volume is mounted read-only (--read-only)",
+            passphrase,
         )?
     } else {
-        Volume::open_replicated_with_store_wrapper(volume, &wrap)?
+        Volume::open_replicated_with(volume, &wrap, passphrase)?
     };
     let opts = MountOptions {
         allow_other: args.allow_other,
@@ -140,7 +154,8 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
 fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the qsfs executable")?;
     let log_path = volume.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new()
+    // The log names files and stores: private like everything in the volume directory.
+    let log = qsfs::private::file_options()
         .create(true)
         .append(true)
         .open(&log_path)
@@ -168,18 +183,37 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     if args.sync_close {
         cmd.arg("--sync-close");
     }
+    // A passphrase volume: read the passphrase here and hand it over a pipe, out of the child's environment.
+    let config = VolumeConfig::load(&volume.join(CONFIG_FILE))?;
+    let passphrase = match config.key.source {
+        KeySource::Passphrase => {
+            let var = qsfs::volume::passphrase_var(&config);
+            let pass = qsfs::volume::read_passphrase(&var)?;
+            cmd.env_remove(&var).env(PASS_ON_STDIN_ENV, "1");
+            Some(pass)
+        }
+        KeySource::File => None,
+    };
     let mut child = cmd
         .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
+        .stdin(if passphrase.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .context("starting the background mount")?;
+    if let (Some(pass), Some(mut stdin)) = (passphrase, child.stdin.take()) {
+        // Written whole, then closed: the child reads to end of file. A child that died early is reported below.
+        let _ = std::io::Write::write_all(&mut stdin, pass.as_bytes());
+    }
     let stdout = child.stdout.take().context("child stdout")?;
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
     if line.trim() == READY {
-        println!(
+        outln!(
             "mounted {} at {} (pid {}, log {})",
             volume.display(),
             args.mountpoint.display(),
@@ -234,7 +268,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             wait_until_unlocked(&v.join("lock"));
         }
     }
-    println!("unmounted {}", mountpoint.display());
+    outln!("unmounted {}", mountpoint.display());
     Ok(())
 }
 

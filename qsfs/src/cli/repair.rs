@@ -36,9 +36,9 @@ pub fn run(vol: &Volume, json: bool, grace: Option<HumanDuration>) -> Result<()>
     }
     let report = with_bar(|progress| vol.repair(&opts, progress))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     fail_unless_complete(&report)
 }
@@ -77,12 +77,16 @@ pub fn fail_unless_complete(r: &RepairReport) -> Result<()> {
     )
 }
 
-pub fn print_report(r: &RepairReport) {
-    println!(
+pub fn print_report(r: &RepairReport) -> Result<()> {
+    outln!(
         "repair     {} queued: {} rebuilt, {} copied ({} to another store), {} found intact",
-        r.queued, r.rebuilt, r.copied, r.moved, r.verified_ok
+        r.queued,
+        r.rebuilt,
+        r.copied,
+        r.moved,
+        r.verified_ok
     );
-    println!(
+    outln!(
         "traffic    read {}, wrote {} in {:.2} s ({:.1} MB/s of repaired shards)",
         human_bytes(r.bytes_read),
         human_bytes(r.bytes_written),
@@ -91,20 +95,23 @@ pub fn print_report(r: &RepairReport) {
     );
     if !r.lost_stores.is_empty() {
         let ids: Vec<String> = r.lost_stores.iter().map(u32::to_string).collect();
-        println!(
+        outln!(
             "lost       stores {} (unreachable past the grace period): their shards were rebuilt elsewhere",
             ids.join(", ")
         );
     }
     for w in &r.waiting_stores {
         if w.unreachable_secs > 0.0 || w.reason.starts_with("unreachable") {
-            println!(
+            outln!(
                 "waiting    store {} ({}) unreachable for {:.0} s; its shards are rebuilt elsewhere after {:.0} s \
                  (audit.lost_store_grace, or `qsfs repair --grace`)",
-                w.store_id, w.uri, w.unreachable_secs, w.lost_after_secs
+                w.store_id,
+                w.uri,
+                w.unreachable_secs,
+                w.lost_after_secs
             );
         } else {
-            println!("waiting    store {} ({}): {}", w.store_id, w.uri, w.reason);
+            outln!("waiting    store {} ({}): {}", w.store_id, w.uri, w.reason);
         }
     }
     for l in &r.lost {
@@ -113,7 +120,7 @@ pub fn print_report(r: &RepairReport) {
         } else {
             "unavailable"
         };
-        println!(
+        outln!(
             "{what:<10} segment {}: {} of {} shards verified: {}",
             l.segment,
             l.healthy_shards,
@@ -122,13 +129,16 @@ pub fn print_report(r: &RepairReport) {
         );
     }
     for f in r.failures.iter().take(20) {
-        println!(
+        outln!(
             "failed     segment {} shard {}: {}",
-            f.segment, f.index, f.reason
+            f.segment,
+            f.index,
+            f.reason
         );
     }
     if r.failures.len() > 20 {
-        println!("failed     … and {} more", r.failures.len() - 20);
+        outln!("failed     … and {} more", r.failures.len() - 20);
     }
-    println!("remaining  {} shards in the repair queue", r.remaining);
+    outln!("remaining  {} shards in the repair queue", r.remaining);
+    Ok(())
 }

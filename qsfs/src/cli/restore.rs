@@ -43,19 +43,20 @@ pub fn run(volume: PathBuf, args: Args) -> Result<()> {
     steps.finish();
     let report = report?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "restored volume {} (id {})",
-            report.volume, report.volume_id
+            report.volume,
+            report.volume_id
         );
-        println!(
+        outln!(
             "contents  {} files, {} directories, {}",
             report.files,
             report.directories,
             super::format::human_bytes(report.bytes)
         );
-        println!(
+        outln!(
             "metadata  snapshot {} + {} records (newest: record {}, written {})",
             report.snapshot_seq,
             report.records_applied,
@@ -63,24 +64,24 @@ pub fn run(volume: PathBuf, args: Args) -> Result<()> {
             super::format::utc_time(report.newest_record_ns)
         );
         for d in &report.stores_down {
-            println!("  down: {d}");
+            outln!("  down: {d}");
         }
         for d in &report.disagreements {
-            println!("  disagreed: {d}");
+            outln!("  disagreed: {d}");
         }
         for f in &report.fsck_findings {
-            println!("  fsck: {f}");
+            outln!("  fsck: {f}");
         }
         match (&report.held_by, report.took_over) {
-            (Some(other), true) => println!("writer    this copy (taken over from {other})"),
-            (Some(other), false) => println!(
+            (Some(other), true) => outln!("writer    this copy (taken over from {other})"),
+            (Some(other), false) => outln!(
                 "writer    {other} still holds the volume: this copy is read-only until `qsfs take-over` \
                  (or restore with --take-over), which turns that copy read-only"
             ),
-            (None, _) => println!("writer    this copy"),
+            (None, _) => outln!("writer    this copy"),
         }
         if report.shards_missing > 0 {
-            println!(
+            outln!(
                 "{} shards are missing from their stores: run `qsfs repair` (a mount repairs them in the background)",
                 report.shards_missing
             );

@@ -31,19 +31,32 @@ pub enum StoreCommand {
     },
 }
 
+impl StoreCommand {
+    /// The store the command names.
+    pub fn uri(&self) -> &str {
+        match self {
+            StoreCommand::Add { uri }
+            | StoreCommand::Drain { uri, .. }
+            | StoreCommand::Readmit { uri } => uri,
+        }
+    }
+}
+
 pub fn run(vol: &Volume, cmd: StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Add { uri } => {
             let added = admin::add_store(vol, &uri)?;
-            println!("added store {} ({}) to the volume", added.id, added.uri);
+            outln!("added store {} ({}) to the volume", added.id, added.uri);
             Ok(())
         }
         StoreCommand::Readmit { uri } => {
             let r = admin::readmit_store(vol, &uri)?;
-            println!(
+            outln!(
                 "re-admitted store {} ({}): wrote a fresh identity marker; {} shards queued for rebuilding — \
                  run `qsfs repair`",
-                r.id, r.uri, r.queued
+                r.id,
+                r.uri,
+                r.queued
             );
             Ok(())
         }
@@ -51,16 +64,17 @@ pub fn run(vol: &Volume, cmd: StoreCommand) -> Result<()> {
             let opts = RepairOptions::new(&vol.config().audit);
             let drained = with_bar(|progress| admin::drain_store(vol, &uri, &opts, progress))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&drained)?);
+                outln!("{}", serde_json::to_string_pretty(&drained)?);
             } else {
-                print_report(&drained.repair);
+                print_report(&drained.repair)?;
             }
             if drained.retired {
                 if !json {
-                    println!(
+                    outln!(
                         "drained store {} ({}): it holds no shards of this volume and was removed from qsfs.toml; \
                          its identity marker is still on it",
-                        drained.id, drained.uri
+                        drained.id,
+                        drained.uri
                     );
                 }
                 Ok(())

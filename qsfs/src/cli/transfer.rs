@@ -1,10 +1,8 @@
-//! `qsfs put` and `qsfs get`: copying trees between the local filesystem and the volume with `cp -r` semantics.
-//! A file being fetched is written to a temp name beside its destination and renamed only when every byte has
-//! been decoded and verified, so a failed get never leaves a file with wrong or partial contents under its name.
+//! `qsfs put`: copying local files and trees into the volume with `cp -r` semantics (`get` is in `get.rs`).
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -22,39 +20,60 @@ pub fn put(vol: &Volume, srcs: &[PathBuf], dest: &str) -> Result<()> {
         total += local_tree_size(s);
     }
     vol.stores().check_writable(vol.config().write_quorum)?;
-    let dest_ino = vol.meta().read(|c| meta::resolve(c, dest))?;
-    let dest_is_dir = match dest_ino {
-        Some(ino) => vol
-            .meta()
-            .read(|c| meta::get_inode(c, ino))?
-            .is_some_and(|i| i.kind == FileKind::Dir),
-        None => false,
-    };
+    let place = destination(vol, dest, srcs.len())?;
     let pb = progress::bar(total, "put");
+    let mut stored = 0;
     for src in srcs {
-        let src_name = local_name(src)?;
-        let (parent, name) = if dest_is_dir {
-            (dest_ino.expect("exists"), src_name)
-        } else if srcs.len() > 1 {
-            (ensure_volume_dirs(vol, dest)?, src_name)
-        } else {
-            let comps = meta::path_components(dest)?;
-            let Some((last, parents)) = comps.split_last() else {
-                bail!("{dest}: not a valid destination")
-            };
-            (
-                ensure_volume_dirs(vol, &parents.join("/"))?,
-                last.as_bytes().to_vec(),
-            )
+        let (parent, name) = match &place {
+            Place::Into(dir) => (*dir, local_name(src)?),
+            Place::As(parent, name) => (*parent, name.clone()),
         };
-        put_one(vol, src, parent, &name, &pb)?;
+        stored += put_one(vol, src, parent, &name, &pb)?;
     }
     pb.finish_and_clear();
+    if stored == 0 {
+        bail!("nothing was stored: special files (fifos, sockets, devices) are skipped");
+    }
     vol.collect_garbage()?;
     Ok(())
 }
 
-fn put_one(vol: &Volume, src: &Path, parent: u64, name: &[u8], pb: &ProgressBar) -> Result<()> {
+/// Where `put` stores its sources: into an existing (or, for several sources or a DEST ending in `/`, a new)
+/// directory under their own names, or as DEST itself.
+enum Place {
+    Into(u64),
+    As(u64, Vec<u8>),
+}
+
+/// cp's rules for DEST: an existing directory receives the sources; several sources or a trailing `/` need a
+/// directory (created with its parents when missing, "not a directory" when DEST is something else); otherwise
+/// DEST names the one source's copy. Empty components (`//a//b`) are ignored, as a POSIX path lookup does.
+fn destination(vol: &Volume, dest: &str, sources: usize) -> Result<Place> {
+    let comps = meta::path_components(dest)?;
+    for c in &comps {
+        meta::check_name(c.as_bytes())?;
+    }
+    let wants_dir = sources > 1 || dest.ends_with('/') || comps.is_empty();
+    let existing = vol.meta().read(|c| match meta::resolve(c, dest)? {
+        Some(ino) => Ok(meta::get_inode(c, ino)?.map(|i| (ino, i.kind))),
+        None => Ok(None),
+    })?;
+    match existing {
+        Some((ino, FileKind::Dir)) => Ok(Place::Into(ino)),
+        Some(_) if wants_dir => Err(qsfs::QsfsError::NotADirectory(dest.to_string()).into()),
+        None if wants_dir => Ok(Place::Into(ensure_volume_dirs(vol, dest)?)),
+        _ => {
+            let (last, parents) = comps.split_last().expect("a non-directory DEST has a name");
+            Ok(Place::As(
+                ensure_volume_dirs(vol, &parents.join("/"))?,
+                last.as_bytes().to_vec(),
+            ))
+        }
+    }
+}
+
+/// Stores `src` (a tree: recursively) as `name` in `parent`; returns how many entries were stored.
+fn put_one(vol: &Volume, src: &Path, parent: u64, name: &[u8], pb: &ProgressBar) -> Result<u64> {
     let md = fs::symlink_metadata(src).with_context(|| format!("{}", src.display()))?;
     let ft = md.file_type();
     if ft.is_dir() {
@@ -64,9 +83,11 @@ fn put_one(vol: &Volume, src: &Path, parent: u64, name: &[u8], pb: &ProgressBar)
             .collect::<std::io::Result<_>>()
             .with_context(|| format!("{}", src.display()))?;
         entries.sort_by_key(|e| e.file_name());
+        let mut stored = 1;
         for e in entries {
-            put_one(vol, &e.path(), ino, e.file_name().as_bytes(), pb)?;
+            stored += put_one(vol, &e.path(), ino, e.file_name().as_bytes(), pb)?;
         }
+        return Ok(stored);
     } else if ft.is_symlink() {
         let target = fs::read_link(src).with_context(|| format!("{}", src.display()))?;
         vol.put_symlink(parent, name, target.as_os_str().as_bytes())?;
@@ -76,119 +97,28 @@ fn put_one(vol: &Volume, src: &Path, parent: u64, name: &[u8], pb: &ProgressBar)
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
-            atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            atime_ns: timestamp_ns(src, md.atime(), md.atime_nsec()),
+            mtime_ns: timestamp_ns(src, md.mtime(), md.mtime_nsec()),
         };
         vol.put_file(parent, name, &mut file, &opts, &mut |n| pb.inc(n))
             .with_context(|| format!("{}", src.display()))?;
     } else {
         tracing::warn!(path = %src.display(), "skipping a special file (fifo, socket or device)");
+        return Ok(0);
     }
-    Ok(())
+    Ok(1)
 }
 
-pub fn get(vol: &Volume, src: &str, dest: &Path) -> Result<()> {
-    let ino = vol
-        .meta()
-        .read(|c| meta::resolve(c, src))?
-        .ok_or_else(|| qsfs::QsfsError::NotFound(src.to_string()))?;
-    let name = meta::path_components(src)?.last().map(|s| s.to_string());
-    let target = match (&name, dest.is_dir()) {
-        (Some(n), true) => dest.join(n),
-        _ => dest.to_path_buf(),
-    };
-    let total = volume_tree_size(vol, ino)?;
-    let pb = progress::bar(total, "get");
-    let display = if src.starts_with('/') {
-        src.to_string()
-    } else {
-        format!("/{src}")
-    };
-    get_one(vol, ino, &display, &target, &pb)?;
-    pb.finish_and_clear();
-    Ok(())
-}
-
-fn get_one(vol: &Volume, ino: u64, vpath: &str, target: &Path, pb: &ProgressBar) -> Result<()> {
-    let (inode, children, link) = vol.meta().read(|c| {
-        let inode =
-            meta::get_inode(c, ino)?.ok_or_else(|| qsfs::QsfsError::NotFound(vpath.to_string()))?;
-        let children = if inode.kind == FileKind::Dir {
-            meta::list_dir(c, ino)?
-        } else {
-            Vec::new()
-        };
-        let link = if inode.kind == FileKind::Symlink {
-            meta::read_link(c, ino)?
-        } else {
-            None
-        };
-        Ok((inode, children, link))
-    })?;
-    match inode.kind {
-        FileKind::Dir => {
-            fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-            for child in children {
-                let name = String::from_utf8_lossy(&child.name).into_owned();
-                let child_vpath = if ino == ROOT_INO {
-                    format!("/{name}")
-                } else {
-                    format!("{vpath}/{name}")
-                };
-                get_one(
-                    vol,
-                    child.ino,
-                    &child_vpath,
-                    &target.join(std::ffi::OsStr::from_bytes(&child.name)),
-                    pb,
-                )?;
-            }
-            fs::set_permissions(target, fs::Permissions::from_mode(inode.mode))
-                .with_context(|| format!("{}", target.display()))?;
-        }
-        FileKind::Symlink => {
-            let link = link.unwrap_or_default();
-            if fs::symlink_metadata(target).is_ok() {
-                fs::remove_file(target)
-                    .with_context(|| format!("replacing {}", target.display()))?;
-            }
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), target)
-                .with_context(|| format!("creating {}", target.display()))?;
-        }
-        FileKind::File => {
-            let dir = target
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let tmp = dir.join(format!(".{base}.qsfs-partial"));
-            let result = (|| -> Result<()> {
-                let mut out = fs::File::create(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                vol.get_file(ino, &mut out, vpath, &mut |n| pb.inc(n))?;
-                out.set_permissions(fs::Permissions::from_mode(inode.mode))?;
-                let mtime = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_nanos(inode.mtime_ns.max(0) as u64);
-                out.set_modified(mtime)?;
-                out.sync_all()?;
-                fs::rename(&tmp, target)
-                    .with_context(|| format!("writing {}", target.display()))?;
-                Ok(())
-            })();
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            result?;
-        }
-        _ => tracing::warn!(
-            path = vpath,
-            "skipping a special file (fifo, socket or device)"
-        ),
-    }
-    Ok(())
+/// A local timestamp in the volume's nanoseconds since 1970. The i64 range ends in 2262: later (and much earlier)
+/// times are clamped to it, with a warning, instead of wrapping around to a date centuries away.
+fn timestamp_ns(path: &Path, secs: i64, nsec: i64) -> i64 {
+    let ns = secs
+        .checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(nsec));
+    ns.unwrap_or_else(|| {
+        tracing::warn!(path = %path.display(), "timestamp outside 1677..2262 stored as the nearest one inside");
+        if secs < 0 { i64::MIN } else { i64::MAX }
+    })
 }
 
 /// `mkdir -p` inside the volume; returns the innermost directory.
@@ -230,7 +160,7 @@ fn local_tree_size(path: &Path) -> u64 {
     }
 }
 
-fn volume_tree_size(vol: &Volume, ino: u64) -> Result<u64> {
+pub(super) fn volume_tree_size(vol: &Volume, ino: u64) -> Result<u64> {
     Ok(vol.meta().read(|c| {
         fn walk(c: &rusqlite::Connection, ino: u64) -> qsfs::Result<u64> {
             let Some(inode) = meta::get_inode(c, ino)? else {

@@ -107,6 +107,13 @@ pub struct SegmentKeys {
     pub shard_naming: [u8; 32],
 }
 
+impl Drop for SegmentKeys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.encryption);
+        zeroize::Zeroize::zeroize(&mut self.shard_naming);
+    }
+}
+
 impl fmt::Debug for SegmentKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Invariant 4: no secret in logs, even through a stray `{:?}`.
@@ -171,6 +178,13 @@ pub struct SegmentCodec {
     cipher: XChaCha20Poly1305,
     naming_key: [u8; 32],
     volume_id: [u8; 16],
+}
+
+impl Drop for SegmentCodec {
+    fn drop(&mut self) {
+        // The cipher wipes its own key.
+        zeroize::Zeroize::zeroize(&mut self.naming_key);
+    }
 }
 
 impl fmt::Debug for SegmentCodec {

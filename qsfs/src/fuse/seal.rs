@@ -211,9 +211,13 @@ impl Engine {
             (stale, st.db_size.max(end), st.mtime_ns, st.ctime_ns, older)
         };
         let queue_id = job.queue_id();
+        let mut inline = false;
         let applied = self.vol.meta().write_fast(|c| {
             let live = match queue_id {
-                Some(q) => meta::dequeue(c, q)? && !stale,
+                Some(q) => {
+                    inline = meta::is_inline(c, q)?;
+                    meta::dequeue(c, q)? && !stale
+                }
                 None => !stale,
             };
             if !live {
@@ -240,6 +244,9 @@ impl Engine {
         }
         if queue_id.is_some() {
             job.data.remove();
+        }
+        if inline && let Err(e) = self.vol.meta().scrub_uploaded_plaintext() {
+            tracing::warn!(ino = cell.ino, error = %e, "uploaded plaintext not yet scrubbed from the metadata log");
         }
         self.garbage_pending.store(true, Ordering::Release);
         self.finish_job(cell, job, None, false);

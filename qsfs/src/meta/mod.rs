@@ -59,6 +59,14 @@ impl MetaStore {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            // SQLite creates the database 0644 (less the umask) and gives its -wal and -shm the database file's
+            // mode: creating it 0600 first keeps all three private.
+            crate::private::file_options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| QsfsError::io(format!("creating {}", path.display()), e))?;
         }
         let mut conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -66,6 +74,9 @@ impl MetaStore {
         // FULL: a committed transaction survives power loss, which the durability promise needs.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows are overwritten with zeros, so a small file's plaintext queued inline (`queue`) does not
+        // stay in the database file once it is uploaded.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -160,6 +171,19 @@ impl MetaStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(QsfsError::io("opening the metadata log", e)),
         }
+    }
+
+    /// Once no queued segment keeps plaintext in its row, checkpoints the write-ahead log into the database and
+    /// truncates it: `secure_delete` zeroes deleted rows in the database's pages, but the log still holds the
+    /// frames that inserted them until it is checkpointed and reset. Called after an inline upload commits; while
+    /// more inline rows wait (a burst of small files), the checkpoint waits for the last of them.
+    pub fn scrub_uploaded_plaintext(&self) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if queue::any_inline(&conn)? {
+            return Ok(());
+        }
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Runs `f` in one IMMEDIATE transaction and commits it; an error rolls everything back.

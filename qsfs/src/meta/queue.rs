@@ -47,6 +47,22 @@ pub fn queued_data(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>> {
         .flatten())
 }
 
+/// Whether queued segment `id` keeps its plaintext in its row.
+pub fn is_inline(conn: &Connection, id: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT data IS NOT NULL FROM upload_queue WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// Whether any queued segment keeps its plaintext in its row.
+pub fn any_inline(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM upload_queue WHERE data IS NOT NULL)")?
+        .query_row([], |r| r.get::<_, bool>(0))?)
+}
+
 /// Removes a row; true if it was still there (a truncate or unlink may have removed it first).
 pub fn dequeue(conn: &Connection, id: i64) -> Result<bool> {
     Ok(conn

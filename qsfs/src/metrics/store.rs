@@ -132,6 +132,11 @@ impl ShardStore for MeteredStore {
             .await
     }
 
+    async fn remove_identity(&self, identity: &StoreIdentity) -> Result<()> {
+        self.timed("remove_identity", self.inner.remove_identity(identity))
+            .await
+    }
+
     async fn read_identity(&self) -> Result<Option<StoreIdentity>> {
         self.timed("read_identity", self.inner.read_identity())
             .await

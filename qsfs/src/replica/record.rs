@@ -85,6 +85,13 @@ pub struct LogKeys {
     volume_id: [u8; 16],
 }
 
+impl Drop for LogKeys {
+    fn drop(&mut self) {
+        // The cipher wipes its own key.
+        zeroize::Zeroize::zeroize(&mut self.naming);
+    }
+}
+
 impl LogKeys {
     pub fn new(metadata_subkey: &[u8; 32], volume_id: [u8; 16]) -> LogKeys {
         let naming = blake3::derive_key("qsfs 2026 metadata log naming", metadata_subkey);

@@ -90,8 +90,7 @@ pub fn restore(opts: &RestoreOptions, progress: &RestoreProgress<'_>) -> Result<
         return Err(QsfsError::VolumeExists { path: root.clone() });
     }
     let existed = root.exists();
-    std::fs::create_dir_all(root)
-        .map_err(|e| QsfsError::io(format!("creating {}", root.display()), e))?;
+    crate::private::prepare_volume_dir(root)?;
     let root = root
         .canonicalize()
         .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
@@ -161,8 +160,7 @@ fn restore_into(
     std::fs::rename(&tmp, root.join(META_FILE))
         .map_err(|e| QsfsError::io("installing the restored metadata", e))?;
     durable::sync_dir(root)?;
-    std::fs::create_dir_all(root.join("cache"))
-        .map_err(|e| QsfsError::io("creating cache directory", e))?;
+    crate::private::create_dir_all(&root.join("cache"))?;
     if config.key.source == KeySource::File {
         master.write_file(&root.join(KEY_FILE))?;
     }
@@ -333,7 +331,14 @@ async fn build_database(
     .await?;
     let image = zstd::bulk::decompress(&compressed, manifest.db_len as usize)
         .map_err(|e| QsfsError::MetaLog(format!("snapshot {seq}: {e}")))?;
-    std::fs::write(tmp, &image).map_err(|e| QsfsError::io("writing the restored metadata", e))?;
+    let write = |f: &mut std::fs::File| std::io::Write::write_all(f, &image);
+    crate::private::file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .and_then(|mut f| write(&mut f))
+        .map_err(|e| QsfsError::io("writing the restored metadata", e))?;
     let conn = rusqlite::Connection::open(tmp)?;
     // Changesets already hold every row a cascade changed: cascading again would delete rows the changeset then
     // fails to find.

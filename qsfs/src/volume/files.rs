@@ -31,6 +31,7 @@ impl Volume {
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let display = String::from_utf8_lossy(name).into_owned();
+        meta::check_name(name)?;
         // The file's inode comes first: every segment is sealed for its (inode, index). A new file's inode has
         // no name until the final transaction, so a failed or interrupted put leaves nothing visible (an
         // unnamed inode is removed here on failure, or as an orphan by the next mount or fsck).
@@ -183,6 +184,7 @@ impl Volume {
     /// Returns the directory `parent/name`, creating it if absent.
     pub fn ensure_dir(&self, parent: u64, name: &[u8], mode: u32) -> Result<u64> {
         let display = String::from_utf8_lossy(name).into_owned();
+        meta::check_name(name)?;
         self.meta.write(|c| match meta::lookup(c, parent, name)? {
             Some(ino) => match meta::get_inode(c, ino)? {
                 Some(i) if i.kind == FileKind::Dir => Ok(ino),
@@ -210,6 +212,7 @@ impl Volume {
     /// Creates (or replaces a symlink or file at) `parent/name` as a symlink to `target`.
     pub fn put_symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<u64> {
         let display = String::from_utf8_lossy(name).into_owned();
+        meta::check_name(name)?;
         self.meta.write(|c| {
             if let Some(existing) = meta::lookup(c, parent, name)? {
                 if meta::get_inode(c, existing)?.is_some_and(|i| i.kind == FileKind::Dir) {

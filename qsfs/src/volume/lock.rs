@@ -17,7 +17,7 @@ pub struct VolumeLock {
 impl VolumeLock {
     pub fn acquire(volume: &Path) -> Result<VolumeLock> {
         let path = volume.join("lock");
-        let file = std::fs::OpenOptions::new()
+        let file = crate::private::file_options()
             .read(true)
             .write(true)
             .create(true)

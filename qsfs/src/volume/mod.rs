@@ -12,6 +12,7 @@ mod gc;
 mod lock;
 mod segments;
 mod status;
+mod undo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::config::{
 };
 use crate::durable;
 use crate::error::{QsfsError, Result};
-use crate::keys::{self, MasterKey};
+use crate::keys::{self, MasterKey, Passphrase};
 use crate::meta::{self, MetaStore};
 use crate::replica::MetaReplica;
 use crate::replica::record::LogKeys;
@@ -35,6 +36,16 @@ pub use files::PutOptions;
 pub use gc::{GcReport, StoreGc};
 pub use lock::VolumeLock;
 pub use status::{StoreStatus, VolumeStatus};
+pub(crate) use undo::remove_partial_volume;
+
+/// How `Volume::open_inner` opens a volume.
+#[derive(Default)]
+struct OpenHow<'a> {
+    /// Read-only for good, with the reason every refusal gives.
+    read_only: Option<&'a str>,
+    /// A passphrase the caller holds (else a passphrase volume's is read from the environment).
+    passphrase: Option<Passphrase>,
+}
 
 pub const CONFIG_FILE: &str = "qsfs.toml";
 pub const KEY_FILE: &str = "key";
@@ -70,6 +81,72 @@ impl Default for InitOptions {
     }
 }
 
+impl InitOptions {
+    /// Checks the options before anything is created, naming the option (as `qsfs init` spells it) at fault —
+    /// the config file they would go into does not exist yet.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option, reason: String| Err(QsfsError::InitOption { option, reason });
+        let (k, m) = (self.data_shards, self.parity_shards);
+        if k == 0 {
+            return bad("data-shards", "expected at least 1, found 0".into());
+        }
+        if m == 0 {
+            return bad("parity-shards", "expected at least 1, found 0".into());
+        }
+        if k.saturating_add(m) > 255 {
+            return bad(
+                "parity-shards",
+                format!("data + parity shards must be at most 255 in all, found {k} + {m}"),
+            );
+        }
+        if let Some(q) = self.write_quorum
+            && !(k + 1..=k + m).contains(&q)
+        {
+            return bad(
+                "write-quorum",
+                format!(
+                    "expected {} ..= {} (more than the data shards, at most all shards), found {q}",
+                    k + 1,
+                    k + m
+                ),
+            );
+        }
+        let seg = self.segment_size.0;
+        if !(crate::config::MIN_SEGMENT_SIZE..=crate::config::MAX_SEGMENT_SIZE).contains(&seg) {
+            return bad(
+                "segment-size",
+                format!(
+                    "expected {} ..= {}, found {}",
+                    ByteSize(crate::config::MIN_SEGMENT_SIZE),
+                    ByteSize(crate::config::MAX_SEGMENT_SIZE),
+                    self.segment_size
+                ),
+            );
+        }
+        if !(-7..=22).contains(&self.zstd_level) {
+            return bad(
+                "zstd-level",
+                format!("expected -7 ..= 22, found {}", self.zstd_level),
+            );
+        }
+        if !self.stores.is_empty() && self.stores.len() < k + m {
+            return bad(
+                "store",
+                format!(
+                    "{} shards per segment need at least {} stores so that no two shards of a segment share one; {} given",
+                    k + m,
+                    k + m,
+                    self.stores.len()
+                ),
+            );
+        }
+        for uri in &self.stores {
+            qsfs_backends::StoreUri::parse(uri)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Volume {
     root: PathBuf,
     config: VolumeConfig,
@@ -88,51 +165,44 @@ impl Volume {
     /// Creates a new volume at `root`. Refuses if one exists; never overwrites a key. On failure, removes what it
     /// created locally.
     pub fn init(root: &Path, opts: &InitOptions) -> Result<PathBuf> {
+        opts.validate()?;
         if root.join(CONFIG_FILE).exists() || root.join(KEY_FILE).exists() {
             return Err(QsfsError::VolumeExists {
                 path: root.to_path_buf(),
             });
         }
         let existed = root.exists();
-        std::fs::create_dir_all(root)
-            .map_err(|e| QsfsError::io(format!("creating {}", root.display()), e))?;
+        crate::private::prepare_volume_dir(root)?;
         let root = root
             .canonicalize()
             .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
         let lock = VolumeLock::acquire(&root)?;
-        let result = Self::init_inner(&root, opts).and_then(|()| {
+        let mut volume_id = [0u8; 16];
+        rand::fill(&mut volume_id);
+        let stores = planned_stores(&root, opts);
+        let result = Self::init_inner(&root, opts, volume_id, &stores).and_then(|()| {
             drop(lock);
             // The stores get the volume's descriptor and the metadata log its first snapshot: from now on one
             // store's URI and the key are enough to restore the volume.
             Volume::open(&root)?.ensure_replicated()
         });
         if result.is_err() {
+            // Markers this init wrote would make a retry fail with "store belongs to another volume".
+            if let Ok(rt) = IoRuntime::new() {
+                rt.block_on(undo::take_back_markers(&stores, &hex::encode(volume_id)));
+            }
             remove_partial_volume(&root, existed, &["stores"]);
         }
         result.map(|_| root)
     }
 
-    fn init_inner(root: &Path, opts: &InitOptions) -> Result<()> {
-        let total = opts.data_shards + opts.parity_shards;
-        let mut volume_id = [0u8; 16];
-        rand::fill(&mut volume_id);
-        let stores: Vec<StoreConfig> = if opts.stores.is_empty() {
-            (0..total as u32)
-                .map(|i| StoreConfig {
-                    id: i,
-                    uri: format!("dir:{}", root.join("stores").join(i.to_string()).display()),
-                })
-                .collect()
-        } else {
-            opts.stores
-                .iter()
-                .enumerate()
-                .map(|(i, u)| StoreConfig {
-                    id: i as u32,
-                    uri: absolutize(u),
-                })
-                .collect()
-        };
+    fn init_inner(
+        root: &Path,
+        opts: &InitOptions,
+        volume_id: [u8; 16],
+        stores: &[StoreConfig],
+    ) -> Result<()> {
+        let stores = stores.to_vec();
         let (master, key) = match &opts.passphrase_env {
             None => {
                 let master = MasterKey::random();
@@ -186,8 +256,10 @@ impl Volume {
         if config.key.source == KeySource::File {
             master.write_file(&root.join(KEY_FILE))?;
         }
-        std::fs::create_dir_all(root.join("cache"))
-            .map_err(|e| QsfsError::io("creating cache directory", e))?;
+        crate::private::create_dir_all(&root.join("cache"))?;
+        if opts.stores.is_empty() {
+            crate::private::create_dir_all(&root.join("stores"))?;
+        }
 
         rt.block_on(StoreSet::initialise(&config.stores, &config.volume_id))?;
         let meta = MetaStore::open(&root.join(META_FILE), true)?;
@@ -217,23 +289,56 @@ impl Volume {
         root: &Path,
         wrap: &crate::store_set::StoreWrapper<'_>,
     ) -> Result<Volume> {
-        Self::open_impl(root, wrap, None)
+        Self::open_inner(root, wrap, OpenHow::default())
     }
 
     /// Opens the volume read-only for good (`why` says so in every refusal): nothing is written to the metadata
-    /// or the stores, not even the stores' health bookkeeping or a first writer lease.
+    /// or the stores, not even the stores' health bookkeeping or a first writer lease. `passphrase`: one the
+    /// caller already holds (see `open_replicated_with`).
     pub fn open_read_only(
         root: &Path,
         wrap: &crate::store_set::StoreWrapper<'_>,
         why: &str,
+        passphrase: Option<Passphrase>,
     ) -> Result<Volume> {
-        Self::open_impl(root, wrap, Some(why))
+        Self::open_inner(
+            root,
+            wrap,
+            OpenHow {
+                read_only: Some(why),
+                passphrase,
+            },
+        )
     }
 
-    fn open_impl(
+    /// `open_replicated` for a passphrase volume whose passphrase the caller already holds (the background mount
+    /// receives it over a pipe, so it never sits in a long-lived process's environment).
+    pub fn open_replicated_with_passphrase(root: &Path, passphrase: Passphrase) -> Result<Volume> {
+        Self::open_replicated_with(root, &|_, store| store, Some(passphrase))
+    }
+
+    /// `open_replicated` with every store passed through `wrap` (the mount's metrics wrapper) and, for a
+    /// passphrase volume, the passphrase if the caller holds it (else it is read from the environment).
+    pub fn open_replicated_with(
         root: &Path,
         wrap: &crate::store_set::StoreWrapper<'_>,
-        read_only: Option<&str>,
+        passphrase: Option<Passphrase>,
+    ) -> Result<Volume> {
+        let how = OpenHow {
+            read_only: None,
+            passphrase,
+        };
+        let vol = Self::open_inner(root, wrap, how)?;
+        if let Err(e) = vol.ensure_replicated() {
+            tracing::warn!(error = %e, "metadata not yet replicated to the stores");
+        }
+        Ok(vol)
+    }
+
+    fn open_inner(
+        root: &Path,
+        wrap: &crate::store_set::StoreWrapper<'_>,
+        how: OpenHow<'_>,
     ) -> Result<Volume> {
         let config_path = root.join(CONFIG_FILE);
         if !config_path.exists() {
@@ -244,17 +349,19 @@ impl Volume {
         let root = root
             .canonicalize()
             .map_err(|e| QsfsError::io(format!("resolving {}", root.display()), e))?;
+        // Before anything is read: a volume others can read leaks plaintext and secrets, one they can change
+        // could be made to write elsewhere.
+        crate::private::check(&root)?;
+        crate::private::check(&config_path)?;
         let lock = VolumeLock::acquire(&root)?;
         let config = VolumeConfig::load(&config_path)?;
         let master = match config.key.source {
             KeySource::File => MasterKey::read_file(&root.join(KEY_FILE))?,
             KeySource::Passphrase => {
-                let var = config
-                    .key
-                    .passphrase_env
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_PASSPHRASE_ENV.to_string());
-                let pass = read_passphrase(&var)?;
+                let pass = match how.passphrase {
+                    Some(p) => p,
+                    None => read_passphrase(&passphrase_var(&config))?,
+                };
                 let params = config
                     .key
                     .argon2
@@ -285,6 +392,7 @@ impl Volume {
             &config.volume_id,
             wrap,
         ))?);
+        let read_only = how.read_only;
         meta.set_read_only(read_only.map(str::to_string));
         // The stores' health bookkeeping (what a read-only open leaves alone).
         let record_states = |c: &rusqlite::Connection| {
@@ -329,19 +437,7 @@ impl Volume {
     /// existed), writes the descriptor and the first snapshot. Failing that (too few stores) is not fatal here:
     /// the volume still opens, and the next open tries again.
     pub fn open_replicated(root: &Path) -> Result<Volume> {
-        Self::open_replicated_with_store_wrapper(root, &|_, store| store)
-    }
-
-    /// `open_replicated` with every store passed through `wrap` (the mount's metrics wrapper).
-    pub fn open_replicated_with_store_wrapper(
-        root: &Path,
-        wrap: &crate::store_set::StoreWrapper<'_>,
-    ) -> Result<Volume> {
-        let vol = Volume::open_with_store_wrapper(root, wrap)?;
-        if let Err(e) = vol.ensure_replicated() {
-            tracing::warn!(error = %e, "metadata not yet replicated to the stores");
-        }
-        Ok(vol)
+        Self::open_replicated_with(root, &|_, store| store, None)
     }
 
     /// Writes the descriptor and a first snapshot when the log has none.
@@ -411,30 +507,25 @@ impl Volume {
     }
 }
 
-/// Undoes a failed `init` or `restore`: removes what either writes into a volume directory, plus `extra` (init's
-/// embedded stores; never a restore's, which may be the very stores it restores from), and the directory itself if
-/// it did not exist before.
-pub(crate) fn remove_partial_volume(root: &Path, existed: bool, extra: &[&str]) {
-    let written = [
-        CONFIG_FILE,
-        KEY_FILE,
-        META_FILE,
-        "meta.db-wal",
-        "meta.db-shm",
-        "meta.db.restore.tmp",
-        "cache",
-        "lock",
-    ];
-    for name in written.iter().chain(extra) {
-        let p = root.join(name);
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-    }
-    if !existed {
-        let _ = std::fs::remove_dir(root);
+/// The stores of a new volume: the given URIs (dir paths made absolute), or K+M dir stores inside it.
+fn planned_stores(root: &Path, opts: &InitOptions) -> Vec<StoreConfig> {
+    let total = opts.data_shards + opts.parity_shards;
+    if opts.stores.is_empty() {
+        (0..total as u32)
+            .map(|i| StoreConfig {
+                id: i,
+                uri: format!("dir:{}", root.join("stores").join(i.to_string()).display()),
+            })
+            .collect()
+    } else {
+        opts.stores
+            .iter()
+            .enumerate()
+            .map(|(i, u)| StoreConfig {
+                id: i as u32,
+                uri: absolutize(u),
+            })
+            .collect()
     }
 }
 
@@ -481,9 +572,19 @@ fn check_store_value_limits(
     Ok(())
 }
 
-pub(crate) fn read_passphrase(var: &str) -> Result<String> {
+/// The environment variable a passphrase volume's passphrase is read from.
+pub fn passphrase_var(config: &VolumeConfig) -> String {
+    config
+        .key
+        .passphrase_env
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PASSPHRASE_ENV.to_string())
+}
+
+/// The passphrase in environment variable `var`, in a buffer wiped on drop.
+pub fn read_passphrase(var: &str) -> Result<Passphrase> {
     match std::env::var(var) {
-        Ok(p) if !p.is_empty() => Ok(p),
+        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
         _ => Err(QsfsError::KeyFile {
             path: PathBuf::from(format!("${var}")),
             reason: format!(
