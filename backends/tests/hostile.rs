@@ -26,6 +26,8 @@ async fn zdb_store_survives_a_lying_server() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pw\n").unwrap();
+    // Password files must be private (the store refuses one others can read).
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let proxy = LyingProxy::start(server.addr()).unwrap();
     let uri = format!(
         "zdb://127.0.0.1:{}/qsfs?mode=user&password-file={}",
