@@ -245,8 +245,8 @@ impl Engine {
         if queue_id.is_some() {
             job.data.remove();
         }
-        if inline && let Err(e) = self.vol.meta().scrub_uploaded_plaintext() {
-            tracing::warn!(ino = cell.ino, error = %e, "uploaded plaintext not yet scrubbed from the metadata log");
+        if inline {
+            self.vol.meta().note_inline_uploaded();
         }
         self.garbage_pending.store(true, Ordering::Release);
         self.finish_job(cell, job, None, false);
@@ -357,8 +357,12 @@ impl Engine {
         Ok((orphans.len(), resumed))
     }
 
-    /// Seals files left dirty and idle for `IDLE_SEAL`, and collects garbage: the housekeeping thread's round.
+    /// Seals files left dirty and idle for `IDLE_SEAL`, scrubs uploaded inline plaintext from the write-ahead log,
+    /// and collects garbage: the housekeeping thread's round.
     pub fn housekeeping(&self, force: bool) {
+        if let Err(e) = self.vol.meta().scrub_if_due() {
+            tracing::warn!(error = %e, "uploaded plaintext not yet scrubbed from the write-ahead log; will retry");
+        }
         for cell in self.all_cells() {
             let due = {
                 let st = cell.lock();

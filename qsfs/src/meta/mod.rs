@@ -40,6 +40,9 @@ pub use ops::*;
 pub use queue::*;
 pub use schema::SCHEMA_VERSION;
 
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Read-only connections kept for `read`.
 const READERS: usize = 4;
 
@@ -51,6 +54,8 @@ pub struct MetaStore {
     full: std::sync::atomic::AtomicBool,
     /// Set while this copy of the volume is not its writer (see `crate::replica::lease`): why.
     read_only: Mutex<Option<String>>,
+    /// Inline plaintext was uploaded and may still sit in the write-ahead log (see `scrub_if_due`).
+    scrub_due: std::sync::atomic::AtomicBool,
 }
 
 impl MetaStore {
@@ -69,7 +74,7 @@ impl MetaStore {
                 .map_err(|e| QsfsError::io(format!("creating {}", path.display()), e))?;
         }
         let mut conn = Connection::open_with_flags(path, flags)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a committed transaction survives power loss, which the durability promise needs.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -95,6 +100,7 @@ impl MetaStore {
             path: path.to_path_buf(),
             full: std::sync::atomic::AtomicBool::new(true),
             read_only: Mutex::new(None),
+            scrub_due: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -173,17 +179,39 @@ impl MetaStore {
         }
     }
 
-    /// Once no queued segment keeps plaintext in its row, checkpoints the write-ahead log into the database and
-    /// truncates it: `secure_delete` zeroes deleted rows in the database's pages, but the log still holds the
-    /// frames that inserted them until it is checkpointed and reset. Called after an inline upload commits; while
-    /// more inline rows wait (a burst of small files), the checkpoint waits for the last of them.
-    pub fn scrub_uploaded_plaintext(&self) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if queue::any_inline(&conn)? {
+    /// Notes that a queued segment with its plaintext in its row was uploaded (and its row deleted):
+    /// `scrub_if_due` then clears it out of the write-ahead log.
+    pub fn note_inline_uploaded(&self) {
+        self.scrub_due
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Once an inline upload was noted and no queued segment keeps plaintext in its row any more, checkpoints
+    /// the write-ahead log into the database and truncates it: `secure_delete` zeroes deleted rows in the
+    /// database's pages, but the log still holds the frames that inserted them until it is checkpointed and reset.
+    /// Never waits: with a reader in the way the checkpoint is skipped and tried again at the next call (the
+    /// mount's housekeeping round, twice a second), so no commit ever queues behind it.
+    pub fn scrub_if_due(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.scrub_due.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let done = (|| -> Result<bool> {
+            if queue::any_inline(&conn)? {
+                return Ok(false); // the last of a burst of small files scrubs for all of them
+            }
+            conn.busy_timeout(std::time::Duration::ZERO)?;
+            let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(busy? == 0)
+        })();
+        if !matches!(done, Ok(true)) {
+            self.scrub_due.store(true, Ordering::Release);
+        }
+        done.map(|_| ())
     }
 
     /// Runs `f` in one IMMEDIATE transaction and commits it; an error rolls everything back.
