@@ -211,3 +211,25 @@ fn a_failed_init_leaves_no_markers_behind() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     v.ok(&argv);
 }
+
+/// A new passphrase volume needs a passphrase that resists offline guessing (the argon2 salt and key check are on
+/// the stores): a common one is refused naming the option, before anything is created; a long one works.
+#[test]
+fn a_weak_passphrase_is_refused_at_init() {
+    let mut v = Vol::new();
+    v.envs.push(("QSFS_TEST_PASS".into(), "password1".into()));
+    let err = v
+        .run(&["init", "--passphrase-env", "QSFS_TEST_PASS"])
+        .failed();
+    assert!(
+        err.contains("--passphrase-env") && err.contains("too easy to guess"),
+        "{err}"
+    );
+    assert!(
+        !v.path.exists(),
+        "a refused init created {}",
+        v.path.display()
+    );
+    v.envs[0].1 = "seven quiet lanterns drift over marble".into();
+    v.init_default(&["--passphrase-env", "QSFS_TEST_PASS"]);
+}

@@ -171,6 +171,10 @@ impl Volume {
                 path: root.to_path_buf(),
             });
         }
+        // A passphrase that is missing or too weak is refused before anything is created.
+        if let Some(var) = &opts.passphrase_env {
+            check_passphrase_strength(var, &read_passphrase(var)?)?;
+        }
         let existed = root.exists();
         crate::private::prepare_volume_dir(root)?;
         let root = root
@@ -579,6 +583,27 @@ pub fn passphrase_var(config: &VolumeConfig) -> String {
         .passphrase_env
         .clone()
         .unwrap_or_else(|| DEFAULT_PASSPHRASE_ENV.to_string())
+}
+
+/// A new volume's passphrase must resist offline guessing (the stores' descriptor and `qsfs.toml` hold the argon2
+/// salt and key check): zxcvbn's estimate, the field's usual one, must be at least "safely unguessable" (score 3,
+/// about 10^8 guesses at argon2's cost each). Existing volumes open whatever their passphrase.
+fn check_passphrase_strength(var: &str, pass: &str) -> Result<()> {
+    let estimate = zxcvbn::zxcvbn(pass, &["qsfs"]);
+    if estimate.score() >= zxcvbn::Score::Three {
+        return Ok(());
+    }
+    let hint = estimate
+        .feedback()
+        .and_then(|f| f.warning())
+        .map(|w| format!(" ({w})"))
+        .unwrap_or_default();
+    Err(QsfsError::InitOption {
+        option: "passphrase-env",
+        reason: format!(
+            "the passphrase in {var} is too easy to guess{hint}; use a longer one, e.g. five random words"
+        ),
+    })
 }
 
 /// The passphrase in environment variable `var`, in a buffer wiped on drop.
