@@ -1,7 +1,7 @@
 //! Hostile stores end to end, one store kind at a time, through the real binary: one store of a 4+2 volume answers
 //! shard reads with oversized, stalled, swapped and escape-laden replies. `qsfs get` must serve the right bytes
 //! within a bounded time (hedged reads around the stall, bounded reads refusing the rest) and print no raw
-//! control character; where the damage is in the store's data, `qsfs audit` names that store and `qsfs repair`
+//! control character, and reading the tree through a FUSE mount must too; where the damage is in the store's data, `qsfs audit` names that store and `qsfs repair`
 //! fixes it.
 //!
 //! - dir: shard files replaced by 15 TB sparse files and by FIFOs.
@@ -60,6 +60,26 @@ fn get_right_bytes(v: &Vol, src: &Path, what: &str) -> Duration {
     took
 }
 
+/// The same tree read through a FUSE mount of the volume (fresh, so nothing is cached): right bytes within
+/// `GET_BOUND`.
+#[track_caller]
+fn mount_reads_right_bytes(v: &Vol, src: &Path, what: &str) {
+    if !crate::fuse::fuse_available("hostile mount reads") {
+        return;
+    }
+    let mp = v.scratch("mnt");
+    let m = crate::fuse::mount::Mount::start(v, &mp, &[]);
+    let start = Instant::now();
+    assert_same_tree(src, &m.path("data"));
+    let took = start.elapsed();
+    m.umount();
+    assert!(
+        took < GET_BOUND,
+        "{what}: reading through the mount took {took:?}"
+    );
+    eprintln!("hostile: mount read with {what}: {took:?}");
+}
+
 /// The audit finds damage on store `bad` only, naming its URI; repair fixes it; a full audit is then clean.
 #[track_caller]
 fn audit_names_and_repair_fixes(v: &Vol, src: &Path, bad: usize, uri: &str) {
@@ -103,6 +123,7 @@ fn dir_store_with_huge_and_fifo_shards() {
         }
     }
     get_right_bytes(&v, &src, "15 TB and FIFO shard files");
+    mount_reads_right_bytes(&v, &src, "15 TB and FIFO shard files");
     let uri = format!("dir:{}", v.store_dir(2).display());
     audit_names_and_repair_fixes(&v, &src, 2, &uri);
 }
@@ -124,6 +145,7 @@ fn lies(proxy: &LyingProxy, v: &Vol, src: &Path, other_shard: Vec<u8>) {
             l => format!("{l:?}"),
         };
         get_right_bytes(v, src, &format!("a store answering {what}"));
+        mount_reads_right_bytes(v, src, &format!("a store answering {what}"));
         assert!(
             proxy.lies_told() > told,
             "{what}: the proxy was never asked"
