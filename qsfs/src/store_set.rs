@@ -23,6 +23,8 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REVIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one read of a well-known object (lease, head, log record, snapshot chunk) may take.
 const NAMED_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a quorum read waits, once it has enough answers, for stores just behind them.
+const NAMED_READ_GRACE: Duration = Duration::from_millis(150);
 /// A revival check is on the write/read path: it must give up quickly on a store that does not answer.
 const REVIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many bytes past a shard's recorded length a read accepts: a slightly extended blob still reaches
@@ -482,6 +484,17 @@ impl StoreSet {
         &self,
         key: &ShardKey,
     ) -> Vec<(u32, String, Result<Option<Vec<u8>>, StoreError>)> {
+        self.read_named_from(key, usize::MAX).await
+    }
+
+    /// Like `read_named_everywhere`, but returns once `enough` stores have answered (plus `NAMED_READ_GRACE` for
+    /// the ones just behind them): for an object written to a quorum of q of n stores, any n − q + 1 answers
+    /// include one that holds its newest version, so a stalled store need not be waited for.
+    pub async fn read_named_from(
+        &self,
+        key: &ShardKey,
+        enough: usize,
+    ) -> Vec<(u32, String, Result<Option<Vec<u8>>, StoreError>)> {
         let mut tasks = JoinSet::new();
         for slot in self.named_slots().into_iter().filter(|s| s.is_up()) {
             let key = *key;
@@ -491,9 +504,24 @@ impl StoreSet {
             });
         }
         let mut out = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
+        let mut answered = 0;
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace_until {
+                Some(t) => match tokio::time::timeout_at(t, tasks.join_next()).await {
+                    Ok(n) => n,
+                    // The grace is over: the stores still reading are left behind (the set aborts them).
+                    Err(_) => break,
+                },
+                None => tasks.join_next().await,
+            };
+            let Some(joined) = next else { break };
             if let Ok(r) = joined {
+                answered += usize::from(r.2.is_ok());
                 out.push(r);
+            }
+            if answered >= enough && grace_until.is_none() {
+                grace_until = Some(tokio::time::Instant::now() + NAMED_READ_GRACE);
             }
         }
         out.sort_by_key(|r| r.0);

@@ -103,9 +103,13 @@ impl Volume {
         let keys = self.replica().keys();
         let mut newest: Option<Lease> = None;
         let mut answered = false;
+        // Leases are written to the log quorum: any named − quorum + 1 answers include the newest one.
+        let named = self.stores().named_slots().len();
+        let quorum = self.config().write_quorum.min(named);
+        let enough = named.saturating_sub(quorum) + 1;
         for (_, uri, served) in self
             .io()
-            .block_on(self.stores().read_named_everywhere(&keys.lease_key()))
+            .block_on(self.stores().read_named_from(&keys.lease_key(), enough))
         {
             match served {
                 Ok(found) => {
