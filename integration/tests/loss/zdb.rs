@@ -28,7 +28,11 @@ struct Forwarder {
 
 impl Forwarder {
     fn start(target: SocketAddr) -> Forwarder {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind a forwarder");
+        // A port below Linux's ephemeral range (32768 and up), so that no outgoing connection or other test's
+        // `bind(0)` takes it while the forwarder is down between `kill` and `restart`.
+        let listener = (0..200)
+            .find_map(|_| TcpListener::bind(("127.0.0.1", rand::random_range(20_000..32_000))).ok())
+            .expect("bind a forwarder below the ephemeral port range");
         let port = listener.local_addr().unwrap().port();
         let mut f = Forwarder {
             port,

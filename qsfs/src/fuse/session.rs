@@ -480,7 +480,19 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
     } else {
         nix::mount::MntFlags::empty()
     };
-    match nix::mount::umount2(&target, flags) {
+    // A file closed a moment ago may still be on its way out of the kernel (its release is asynchronous): a busy
+    // mount gets two seconds before it counts as busy.
+    let mut tries = 0;
+    let umounted = loop {
+        match nix::mount::umount2(&target, flags) {
+            Err(nix::errno::Errno::EBUSY) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other,
+        }
+    };
+    match umounted {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => Err(QsfsError::io(
             format!(
