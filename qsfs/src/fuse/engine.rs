@@ -39,6 +39,9 @@ pub(crate) struct Job {
     pub queue_id: Mutex<Option<i64>>,
     /// The errno this job failed with: every flush that waited on it reports it, whoever else saw it first.
     pub failed: Mutex<Option<i32>>,
+    /// Made (or being made) durable in the upload queue: set before the job is visible, so a flush never waits
+    /// for it as if it were a seal straight from staging (a queued upload waits for its stores, indefinitely).
+    pub queued: AtomicBool,
     /// The next retry's backoff for a queued job whose upload failed (milliseconds; 0 before the first failure).
     pub retry_delay_ms: AtomicU64,
 }
@@ -503,6 +506,7 @@ impl Engine {
             cancelled: AtomicBool::new(false),
             queue_id: Mutex::new(queue_id),
             failed: Mutex::new(None),
+            queued: AtomicBool::new(queue_id.is_some()),
             retry_delay_ms: AtomicU64::new(0),
         })
     }

@@ -133,7 +133,7 @@ impl Engine {
             let st = cell.lock();
             st.jobs
                 .iter()
-                .filter(|j| j.queue_id().is_none())
+                .filter(|j| !j.queued.load(std::sync::atomic::Ordering::Acquire))
                 .cloned()
                 .collect()
         };
@@ -208,6 +208,7 @@ impl Engine {
                         // Visible as the newest snapshot at once, so reads and writes during the commit below
                         // see these bytes; submitted only once their rows are committed.
                         let job = self.new_job(idx, staged, None);
+                        job.queued.store(true, Ordering::Release);
                         st.jobs.push(job.clone());
                         batch.push((job, queued));
                     }
