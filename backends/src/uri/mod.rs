@@ -1,0 +1,193 @@
+//! Store URIs: parsing the strings users write in volume configs, showing them without secrets, and opening the
+//! store a URI names.
+//!
+//! Grammar (one store per URI):
+//! - `dir:/abs/path` (also `dir:///abs/path`): a local directory, see [`DirStore`]. Relative paths are refused:
+//!   a config read from another working directory must never point somewhere else.
+//! - `redis://[user@]host[:port][/db][?password-file=PATH | ?password-env=VAR]`: port 6379, db 0 by default. The
+//!   password is read when the store is opened: from a private file (its first line; refused if group or others
+//!   can read it) or an environment variable. `redis://[user]:password@host…` (with `%XX` escapes) is still
+//!   understood in `qsfs.toml`, but `qsfs` refuses it on the command line, where every local user can read it.
+//! - `zdb://host[:port]/namespace[?password-file=PATH&mode=user|seq]`: port 9900, mode `user` by default. The
+//!   password lives in a file (its first line), never in the URI, so configs and logs cannot leak it.
+//!
+//! Hosts may be names, IPv4 addresses or bracketed IPv6 addresses (`[::1]`).
+//!
+//! `Display` and `Debug` never show a password: an inline redis password is shown as `***`, and error messages
+//! about unparsable URIs drop everything before the last `@` and every `password=` value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::dir::DirStore;
+use crate::error::{Result, StoreError};
+use crate::redis::RedisStore;
+use crate::secret::{Password, redact_raw};
+use crate::store::ShardStore;
+use crate::zdb::{ZdbMode, ZdbStore};
+
+mod parse;
+use parse::{parse_redis, parse_zdb};
+
+pub const REDIS_DEFAULT_PORT: u16 = 6379;
+pub const ZDB_DEFAULT_PORT: u16 = 9900;
+
+/// A parsed store URI.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUri {
+    Dir {
+        path: PathBuf,
+    },
+    Redis {
+        host: String,
+        port: u16,
+        db: i64,
+        username: Option<String>,
+        password: Option<Password>,
+    },
+    Zdb {
+        host: String,
+        port: u16,
+        namespace: String,
+        password_file: Option<PathBuf>,
+        mode: ZdbMode,
+    },
+}
+
+impl StoreUri {
+    pub fn parse(text: &str) -> Result<StoreUri> {
+        let bad = |reason: &str| StoreError::InvalidUri {
+            uri: redact_raw(text),
+            reason: reason.to_string(),
+        };
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("dir:") {
+            // `dir:///x` is the URL-style spelling of `dir:/x`.
+            let path = rest
+                .strip_prefix("//")
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or(rest);
+            if path.is_empty() {
+                return Err(bad("missing directory path (expected dir:/absolute/path)"));
+            }
+            if !Path::new(path).is_absolute() {
+                return Err(bad(
+                    "directory path must be absolute (expected dir:/absolute/path)",
+                ));
+            }
+            return Ok(StoreUri::Dir {
+                path: PathBuf::from(path),
+            });
+        }
+        if let Some(rest) = text.strip_prefix("redis://") {
+            return parse_redis(rest).map_err(|r| bad(&r));
+        }
+        if let Some(rest) = text.strip_prefix("zdb://") {
+            return parse_zdb(rest).map_err(|r| bad(&r));
+        }
+        Err(bad("unknown scheme (expected dir:, redis:// or zdb://)"))
+    }
+
+    /// True when the URI carries a password itself (not a file or variable naming where to find it).
+    pub fn has_inline_password(&self) -> bool {
+        matches!(
+            self,
+            StoreUri::Redis {
+                password: Some(Password::Inline(_)),
+                ..
+            }
+        )
+    }
+
+    /// The store kind, for messages: `dir`, `redis` or `zdb`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            StoreUri::Dir { .. } => "dir",
+            StoreUri::Redis { .. } => "redis",
+            StoreUri::Zdb { .. } => "zdb",
+        }
+    }
+}
+
+impl std::str::FromStr for StoreUri {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<StoreUri> {
+        StoreUri::parse(s)
+    }
+}
+
+impl fmt::Display for StoreUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUri::Dir { path } => write!(f, "dir:{}", path.display()),
+            StoreUri::Redis {
+                host,
+                port,
+                db,
+                username,
+                password,
+            } => {
+                write!(f, "redis://")?;
+                let inline = matches!(password, Some(Password::Inline(_)));
+                if username.is_some() || inline {
+                    write!(f, "{}", username.as_deref().unwrap_or(""))?;
+                    if inline {
+                        write!(f, ":***")?;
+                    }
+                    write!(f, "@")?;
+                }
+                write!(f, "{}:{port}/{db}", bracket(host))?;
+                match password {
+                    Some(Password::File(p)) => write!(f, "?password-file={}", p.display()),
+                    Some(Password::Env(v)) => write!(f, "?password-env={v}"),
+                    _ => Ok(()),
+                }
+            }
+            StoreUri::Zdb {
+                host,
+                port,
+                namespace,
+                password_file,
+                mode,
+            } => {
+                write!(f, "zdb://{}:{port}/{namespace}?mode={mode}", bracket(host))?;
+                if let Some(p) = password_file {
+                    write!(f, "&password-file={}", p.display())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StoreUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Debug output lands in logs and panics: it must be as safe as Display.
+        write!(f, "StoreUri({self})")
+    }
+}
+
+/// Opens the store `uri` names. No network I/O happens here: redis and 0-db stores connect on first use, so a
+/// volume whose stores are partly down still opens. `create` lets a dir store create its directory (volume
+/// init); without it a missing directory is `Unavailable`, because an unmounted disk must never turn into writes
+/// on the root filesystem.
+pub async fn open_store(uri: &StoreUri, create: bool) -> Result<Arc<dyn ShardStore>> {
+    Ok(match uri {
+        StoreUri::Dir { path } => Arc::new(DirStore::open(path, create).await?),
+        StoreUri::Redis { .. } => Arc::new(RedisStore::new(uri)?),
+        StoreUri::Zdb { .. } => Arc::new(ZdbStore::new(uri)?),
+    })
+}
+
+/// Hosts with a ':' are IPv6 addresses and need brackets in a URI.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+use super::*;
+
+fn ok(s: &str) -> StoreUri {
+    StoreUri::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn err(s: &str) -> String {
+    match StoreUri::parse(s) {
+        Ok(u) => panic!("{s} parsed as {u}"),
+        Err(e) => {
+            assert!(matches!(e, StoreError::InvalidUri { .. }), "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn dir_uris() {
+    assert_eq!(
+        ok("dir:/srv/qsfs/a"),
+        StoreUri::Dir {
+            path: "/srv/qsfs/a".into()
+        }
+    );
+    assert_eq!(
+        ok("dir:///srv/x"),
+        StoreUri::Dir {
+            path: "/srv/x".into()
+        }
+    );
+    assert_eq!(ok("dir:/srv/x").to_string(), "dir:/srv/x");
+    assert!(err("dir:relative/path").contains("absolute"));
+    assert!(err("dir:./x").contains("absolute"));
+    assert!(err("dir:").contains("missing"));
+}
+
+#[test]
+fn redis_uris() {
+    assert_eq!(
+        ok("redis://127.0.0.1:7000/3"),
+        StoreUri::Redis {
+            host: "127.0.0.1".into(),
+            port: 7000,
+            db: 3,
+            username: None,
+            password: None
+        }
+    );
+    assert_eq!(
+        ok("redis://localhost"),
+        StoreUri::Redis {
+            host: "localhost".into(),
+            port: 6379,
+            db: 0,
+            username: None,
+            password: None
+        }
+    );
+    let u = ok("redis://:s3cr%40t@h:1/2");
+    assert_eq!(
+        u,
+        StoreUri::Redis {
+            host: "h".into(),
+            port: 1,
+            db: 2,
+            username: None,
+            password: Some(Password::Inline("s3cr@t".into()))
+        }
+    );
+    assert_eq!(u.to_string(), "redis://:***@h:1/2");
+    assert!(!format!("{u:?}").contains("s3cr"));
+    let u = ok("redis://alice:pw@[::1]:6380/");
+    assert_eq!(u.to_string(), "redis://alice:***@[::1]:6380/0");
+    assert_eq!(ok("redis://h:1").to_string(), "redis://h:1/0");
+    assert!(err("redis://h:0/0").contains("port"));
+    assert!(err("redis://h:99999/0").contains("port"));
+    assert!(err("redis://h:1/x").contains("database"));
+    assert!(err("redis://h:1/-1").contains("database"));
+    assert!(err("redis://:1/0").contains("host"));
+    assert!(err("redis://h/0?x=1").contains("unknown query parameter"));
+    // The error message of an unparsable URI must not leak its password either.
+    let e = err("redis://:hunter2@h:bad/0");
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn redis_passwords_from_files_and_variables() {
+    let u = ok("redis://h:1/2?password-file=/etc/qsfs/redis%20pw");
+    assert_eq!(
+        u,
+        StoreUri::Redis {
+            host: "h".into(),
+            port: 1,
+            db: 2,
+            username: None,
+            password: Some(Password::File("/etc/qsfs/redis pw".into()))
+        }
+    );
+    assert!(!u.has_inline_password());
+    assert_eq!(
+        u.to_string(),
+        "redis://h:1/2?password-file=/etc/qsfs/redis pw"
+    );
+    let u = ok("redis://alice@h?password-env=REDIS_PW");
+    assert_eq!(
+        u.to_string(),
+        "redis://alice@h:6379/0?password-env=REDIS_PW"
+    );
+    assert_eq!(ok(&u.to_string()), u, "Display output parses back");
+    assert!(ok("redis://:pw@h").has_inline_password());
+    assert!(err("redis://h?password-file=rel").contains("absolute"));
+    assert!(err("redis://h?password-env=1X").contains("password-env"));
+    assert!(err("redis://:pw@h?password-env=X").contains("one way"));
+    assert!(err("redis://h?password-env=X&password-file=/p").contains("one way"));
+    let e = err("redis://h?password=hunter2");
+    assert!(e.contains("password-file") && !e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn passwords_with_any_character_never_show() {
+    for pw in ["p/w", "a?b", "x#y", "p:q", "pa@ss", "s p", "%2F", "a/b@c/d"] {
+        let text = format!("redis://:{pw}@h:1/0");
+        match StoreUri::parse(&text) {
+            Ok(u) => {
+                assert!(!u.to_string().contains(pw), "{pw}: {u}");
+                assert!(!format!("{u:?}").contains(pw), "{pw}: {u:?}");
+            }
+            Err(e) => assert!(!e.to_string().contains(pw), "{pw}: {e}"),
+        }
+        let bad = format!("redis://:{pw}@h:bad/0");
+        let e = err(&bad);
+        assert!(!e.contains(pw), "{pw}: {e}");
+    }
+    assert_eq!(
+        StoreUri::parse("redis://:pa/ss@h:1/0").unwrap(),
+        StoreUri::Redis {
+            host: "h".into(),
+            port: 1,
+            db: 0,
+            username: None,
+            password: Some(Password::Inline("pa/ss".into()))
+        }
+    );
+}
+
+#[test]
+fn zdb_uris() {
+    assert_eq!(
+        ok("zdb://10.0.0.5/ns1"),
+        StoreUri::Zdb {
+            host: "10.0.0.5".into(),
+            port: 9900,
+            namespace: "ns1".into(),
+            password_file: None,
+            mode: ZdbMode::User
+        }
+    );
+    let u = ok("zdb://h:9901/ns?password-file=/etc/qsfs/pw&mode=seq");
+    assert_eq!(
+        u,
+        StoreUri::Zdb {
+            host: "h".into(),
+            port: 9901,
+            namespace: "ns".into(),
+            password_file: Some("/etc/qsfs/pw".into()),
+            mode: ZdbMode::Seq
+        }
+    );
+    assert_eq!(
+        u.to_string(),
+        "zdb://h:9901/ns?mode=seq&password-file=/etc/qsfs/pw"
+    );
+    assert_eq!(ok(&u.to_string()), u, "Display output parses back");
+    assert_eq!(
+        ok("zdb://[::1]/n?mode=user").to_string(),
+        "zdb://[::1]:9900/n?mode=user"
+    );
+    assert!(err("zdb://h:9900").contains("namespace"));
+    assert!(err("zdb://h:9900/").contains("namespace"));
+    assert!(err("zdb://h/ns?mode=fast").contains("mode"));
+    assert!(err("zdb://h/ns?foo=1").contains("unknown"));
+    assert!(err("zdb://h/ns?password-file=rel/pw").contains("absolute"));
+    let e = err("zdb://:pw@h/ns");
+    assert!(e.contains("password-file") && !e.contains(":pw@"), "{e}");
+    assert!(err("zdb://h/ns?password=x").contains("password-file"));
+}
+
+#[test]
+fn unknown_scheme() {
+    assert!(err("s3://bucket").contains("scheme"));
+    assert!(err("/abs/path").contains("scheme"));
+}
