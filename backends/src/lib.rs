@@ -2,7 +2,7 @@
 //! crate and knows nothing of segments, keys or metadata.
 //!
 //! - [`DirStore`] (`dir:/path`): one file per shard on a local or mounted disk; the embedded default.
-//! - [`RedisStore`] (`redis://`): shards as Redis strings.
+//! - [`RedisStore`] (`redis://`, `rediss://` over TLS): shards as Redis strings.
 //! - [`ZdbStore`] (`zdb://`): shards in a 0-db namespace, user or sequential mode.
 //! - [`FaultyStore`]: wraps any store and injects failures on a plan.
 //! - [`LazyStore`]: a store that could not be opened yet (a disk not mounted), retried on use.
@@ -20,6 +20,7 @@ pub mod resp;
 pub mod secret;
 mod shard_file;
 pub mod store;
+pub mod tls;
 pub mod uri;
 pub mod zdb;
 

@@ -16,6 +16,7 @@ use tokio::io::{
 };
 
 use crate::error::{Result, StoreError};
+use crate::tls::TlsClient;
 
 /// How much of a reply this client accepts.
 #[derive(Clone, Copy, Debug)]
@@ -272,33 +273,54 @@ impl RespConn {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<RespConn> {
-        let stream = tokio::time::timeout(
-            connect_timeout,
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable {
-            uri: uri.to_string(),
-            reason: format!("connect: no answer within {connect_timeout:?}"),
-        })?
-        .map_err(|e| StoreError::Unavailable {
-            uri: uri.to_string(),
-            reason: format!("connect: {e}"),
-        })?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(host, port, uri, connect_timeout).await?;
+        Ok(RespConn::new(Box::new(stream), uri, timeout))
+    }
+
+    /// Opens a TCP connection and runs the TLS handshake over it, both within `connect_timeout`.
+    pub async fn tls(
+        host: &str,
+        port: u16,
+        uri: &str,
+        tls: &TlsClient,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<RespConn> {
+        let stream = connect_tcp(host, port, uri, connect_timeout).await?;
+        let stream = tokio::time::timeout(connect_timeout, tls.handshake(stream, host, uri))
+            .await
+            .map_err(|_| StoreError::Unavailable {
+                uri: uri.to_string(),
+                reason: format!("TLS handshake: no answer within {connect_timeout:?}"),
+            })??;
         Ok(RespConn::new(Box::new(stream), uri, timeout))
     }
 
     /// Sends one command and reads its reply within the limits and the timeout. After an `Err` the connection
     /// must be dropped.
     pub async fn request(&mut self, args: &[&[u8]], limits: &Limits) -> Result<Reply> {
+        let mut replies = self.pipeline(&[(args, *limits)]).await?;
+        Ok(replies.pop().unwrap_or(Reply::Nil))
+    }
+
+    /// Sends several commands in one write and reads their replies in order, each within its own limits, all
+    /// within the timeout. After an `Err` the connection must be dropped.
+    pub async fn pipeline(&mut self, commands: &[(&[&[u8]], Limits)]) -> Result<Vec<Reply>> {
         let exchange = async {
+            let mut out = Vec::new();
+            for (args, _) in commands {
+                out.extend_from_slice(&encode(args));
+            }
             self.io
-                .write_all(&encode(args))
+                .write_all(&out)
                 .await
                 .map_err(|e| broken(&self.uri, e))?;
             self.io.flush().await.map_err(|e| broken(&self.uri, e))?;
-            read_reply(&mut self.io, limits, &self.uri).await
+            let mut replies = Vec::with_capacity(commands.len());
+            for (_, limits) in commands {
+                replies.push(read_reply(&mut self.io, limits, &self.uri).await?);
+            }
+            Ok(replies)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
@@ -308,6 +330,29 @@ impl RespConn {
             }),
         }
     }
+}
+
+async fn connect_tcp(
+    host: &str,
+    port: u16,
+    uri: &str,
+    connect_timeout: Duration,
+) -> Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| StoreError::Unavailable {
+        uri: uri.to_string(),
+        reason: format!("connect: no answer within {connect_timeout:?}"),
+    })?
+    .map_err(|e| StoreError::Unavailable {
+        uri: uri.to_string(),
+        reason: format!("connect: {e}"),
+    })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// Idle connections of one store, reused by later requests. Only connections whose last reply was read whole go

@@ -16,6 +16,7 @@ async fn redis_store_survives_a_lying_server() {
         .await
         .unwrap();
     hostile::run(store.as_ref(), &proxy).await;
+    hostile::run_every_read(store.as_ref(), &proxy).await;
 }
 
 #[tokio::test]
@@ -38,4 +39,5 @@ async fn zdb_store_survives_a_lying_server() {
         .await
         .unwrap();
     hostile::run(store.as_ref(), &proxy).await;
+    hostile::run_every_read(store.as_ref(), &proxy).await;
 }

@@ -112,6 +112,59 @@ pub async fn run(s: &dyn ShardStore, proxy: &LyingProxy) {
     s.delete(&loc).await.expect("delete");
 }
 
+/// Runs the lies against every read that is not a shard read — listing, health probe, range read, identity
+/// marker — with the proxy lying to every command: each must fail fast with an error naming the store and
+/// bounded memory, and the store must work again once the proxy is honest.
+pub async fn run_every_read(s: &dyn ShardStore, proxy: &LyingProxy) {
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let loc = s.put(&ShardKey(rand::random()), &data).await.expect("put");
+    proxy.lie_to_everything(true);
+    let told = proxy.lies_told();
+    for lie in [Lie::HugeBulk, Lie::HugeArray, Lie::DeepArray] {
+        proxy.set_lie(lie.clone());
+        let before = rss_bytes();
+        expect_refusal(s, &format!("{lie:?} list"), s.list()).await;
+        expect_refusal(s, &format!("{lie:?} probe"), s.probe()).await;
+        expect_refusal(s, &format!("{lie:?} identity"), s.read_identity()).await;
+        if s.supports_range() {
+            expect_refusal(s, &format!("{lie:?} range"), s.get_range(&loc, 10, 100)).await;
+        }
+        let grew = rss_bytes().saturating_sub(before);
+        check!(
+            s,
+            grew < RSS_BOUND,
+            "{lie:?} grew the process by {grew} bytes"
+        );
+    }
+    check!(
+        s,
+        proxy.lies_told() >= told + 9,
+        "only {} lies told",
+        proxy.lies_told() - told
+    );
+    proxy.lie_to_everything(false);
+    recovers(s, proxy, &loc, &data).await;
+    let listed = s.list().await.expect("list after the lies");
+    check!(s, listed.contains(&loc), "the shard is listed again");
+    s.delete(&loc).await.expect("delete");
+}
+
+async fn expect_refusal<T: std::fmt::Debug>(
+    s: &dyn ShardStore,
+    what: &str,
+    op: impl std::future::Future<Output = crate::error::Result<T>>,
+) {
+    match tokio::time::timeout(FAST, op).await {
+        Ok(Err(e)) => check!(
+            s,
+            e.to_string().contains(s.uri()) && !e.to_string().chars().any(|c| c.is_control()),
+            "{what}: the error must name the store: {e}"
+        ),
+        Ok(Ok(v)) => panic!("hostile [{}]: {what} accepted a lie: {v:?}", s.uri()),
+        Err(_) => panic!("hostile [{}]: {what} unanswered after {FAST:?}", s.uri()),
+    }
+}
+
 /// With the proxy honest again, the shard reads back whole at once.
 async fn recovers(s: &dyn ShardStore, proxy: &LyingProxy, loc: &Locator, data: &[u8]) {
     proxy.set_lie(Lie::Honest);

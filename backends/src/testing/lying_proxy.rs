@@ -1,7 +1,8 @@
 //! A TCP proxy in front of a RESP server (a real redis-server, the 0-db test server) that lies on command: it
 //! relays every request to the server and every reply back, except the replies to shard reads (`GET` of any key
-//! but the identity marker), which it rewrites as the current [`Lie`] says — the hostile store or man in the middle
-//! the bounded readers and hedged reads are tested against.
+//! but the identity marker) — or, after `lie_to_everything(true)`, to every command but the log-in ones — which it
+//! rewrites as the current [`Lie`] says: the hostile store or man in the middle the bounded readers and hedged
+//! reads are tested against.
 //!
 //! Thread-based and synchronous, so it serves tokio tests and the integration tests' qsfs processes alike.
 
@@ -37,6 +38,8 @@ struct Shared {
     upstream: SocketAddr,
     lie: Mutex<Lie>,
     lies_told: AtomicU64,
+    /// Lie to every command (but AUTH/SELECT), not just shard reads.
+    everything: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -55,6 +58,7 @@ impl LyingProxy {
             upstream,
             lie: Mutex::new(Lie::Honest),
             lies_told: AtomicU64::new(0),
+            everything: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -85,7 +89,13 @@ impl LyingProxy {
         *self.shared.lie.lock().unwrap_or_else(|p| p.into_inner()) = lie;
     }
 
-    /// How many shard reads were answered with a lie so far.
+    /// Whether the lie answers every command (listings, INFO, range reads, the identity marker…) rather than
+    /// shard reads only. Log-in commands (AUTH, SELECT) are always relayed.
+    pub fn lie_to_everything(&self, on: bool) {
+        self.shared.everything.store(on, Ordering::Relaxed);
+    }
+
+    /// How many replies were lies so far.
     pub fn lies_told(&self) -> u64 {
         self.shared.lies_told.load(Ordering::Relaxed)
     }
@@ -113,8 +123,12 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
         let is_shard_read = args.len() == 2
             && args[0].eq_ignore_ascii_case(b"GET")
             && args[1].as_slice() != b"qsfs:identity";
+        let is_login = args
+            .first()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"AUTH") || c.eq_ignore_ascii_case(b"SELECT"));
+        let targeted = is_shard_read || (shared.everything.load(Ordering::Relaxed) && !is_login);
         let lie = shared.lie.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if !is_shard_read || lie == Lie::Honest {
+        if !targeted || lie == Lie::Honest {
             to_client.write_all(&reply)?;
             continue;
         }

@@ -8,6 +8,8 @@
 //!   password is read when the store is opened: from a private file (its first line; refused if group or others
 //!   can read it) or an environment variable. `redis://[user]:password@host…` (with `%XX` escapes) is still
 //!   understood in `qsfs.toml`, but `qsfs` refuses it on the command line, where every local user can read it.
+//! - `rediss://…[&ca-file=PATH]`: the same over TLS, the server's certificate checked against the CAs in
+//!   `ca-file` (PEM) or the system's store.
 //! - `zdb://host[:port]/namespace[?password-file=PATH&mode=user|seq]`: port 9900, mode `user` by default. The
 //!   password lives in a file (its first line), never in the URI, so configs and logs cannot leak it.
 //!
@@ -33,6 +35,12 @@ use parse::{parse_redis, parse_zdb};
 pub const REDIS_DEFAULT_PORT: u16 = 6379;
 pub const ZDB_DEFAULT_PORT: u16 = 9900;
 
+/// How a `rediss://` store checks its server: against the CAs in `ca_file` (PEM), or the system's store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A parsed store URI.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreUri {
@@ -45,6 +53,8 @@ pub enum StoreUri {
         db: i64,
         username: Option<String>,
         password: Option<Password>,
+        /// `Some` for `rediss://`: every connection runs TLS and verifies the server's certificate.
+        tls: Option<TlsSettings>,
     },
     Zdb {
         host: String,
@@ -81,12 +91,17 @@ impl StoreUri {
             });
         }
         if let Some(rest) = text.strip_prefix("redis://") {
-            return parse_redis(rest).map_err(|r| bad(&r));
+            return parse_redis(rest, false).map_err(|r| bad(&r));
+        }
+        if let Some(rest) = text.strip_prefix("rediss://") {
+            return parse_redis(rest, true).map_err(|r| bad(&r));
         }
         if let Some(rest) = text.strip_prefix("zdb://") {
             return parse_zdb(rest).map_err(|r| bad(&r));
         }
-        Err(bad("unknown scheme (expected dir:, redis:// or zdb://)"))
+        Err(bad(
+            "unknown scheme (expected dir:, redis://, rediss:// or zdb://)",
+        ))
     }
 
     /// True when the URI carries a password itself (not a file or variable naming where to find it).
@@ -127,8 +142,17 @@ impl fmt::Display for StoreUri {
                 db,
                 username,
                 password,
+                tls,
             } => {
-                write!(f, "redis://")?;
+                write!(
+                    f,
+                    "{}",
+                    if tls.is_some() {
+                        "rediss://"
+                    } else {
+                        "redis://"
+                    }
+                )?;
                 let inline = matches!(password, Some(Password::Inline(_)));
                 if username.is_some() || inline {
                     write!(f, "{}", username.as_deref().unwrap_or(""))?;
@@ -138,11 +162,19 @@ impl fmt::Display for StoreUri {
                     write!(f, "@")?;
                 }
                 write!(f, "{}:{port}/{db}", bracket(host))?;
+                let mut query = Vec::new();
                 match password {
-                    Some(Password::File(p)) => write!(f, "?password-file={}", p.display()),
-                    Some(Password::Env(v)) => write!(f, "?password-env={v}"),
-                    _ => Ok(()),
+                    Some(Password::File(p)) => query.push(format!("password-file={}", p.display())),
+                    Some(Password::Env(v)) => query.push(format!("password-env={v}")),
+                    _ => {}
                 }
+                if let Some(TlsSettings { ca_file: Some(p) }) = tls {
+                    query.push(format!("ca-file={}", p.display()));
+                }
+                if !query.is_empty() {
+                    write!(f, "?{}", query.join("&"))?;
+                }
+                Ok(())
             }
             StoreUri::Zdb {
                 host,

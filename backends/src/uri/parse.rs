@@ -1,8 +1,8 @@
-//! Parsing of redis and 0-db URIs: hosts, ports, %-escapes and the query parameters each scheme accepts.
+//! Parsing of redis (plain and TLS) and 0-db URIs: hosts, ports, %-escapes and the query parameters each scheme accepts.
 
 use std::path::PathBuf;
 
-use super::{REDIS_DEFAULT_PORT, StoreUri, ZDB_DEFAULT_PORT};
+use super::{REDIS_DEFAULT_PORT, StoreUri, TlsSettings, ZDB_DEFAULT_PORT};
 use crate::secret::{Password, is_secret_key, redact_raw};
 use crate::zdb::ZdbMode;
 
@@ -54,7 +54,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "%-escapes do not decode to UTF-8".to_string())
 }
 
-pub(super) fn parse_redis(rest: &str) -> Result<StoreUri, String> {
+/// `tls`: the URI was `rediss://`, which alone accepts `ca-file=`.
+pub(super) fn parse_redis(rest: &str, tls: bool) -> Result<StoreUri, String> {
     // Userinfo ends at the last '@': a password may hold '/', '?', '#' or ':' (percent-encoded or not).
     let (userinfo, after) = match rest.rfind('@') {
         Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
@@ -102,7 +103,10 @@ pub(super) fn parse_redis(rest: &str) -> Result<StoreUri, String> {
             }
         },
     };
-    let from_query = parse_password_query(query.unwrap_or(""))?;
+    let RedisQuery {
+        password: from_query,
+        ca_file,
+    } = parse_redis_query(query.unwrap_or(""), tls)?;
     if inline.is_some() && from_query.is_some() {
         return Err(
             "give the password one way: in the URI or with password-file / password-env".into(),
@@ -114,17 +118,38 @@ pub(super) fn parse_redis(rest: &str) -> Result<StoreUri, String> {
         db,
         username,
         password: inline.or(from_query),
+        tls: tls.then_some(TlsSettings { ca_file }),
     })
 }
 
-/// The query of a redis URI: `password-file=/abs/path` or `password-env=VAR`, nothing else.
-fn parse_password_query(query: &str) -> Result<Option<Password>, String> {
+struct RedisQuery {
+    password: Option<Password>,
+    ca_file: Option<PathBuf>,
+}
+
+/// The query of a redis URI: `password-file=/abs/path` or `password-env=VAR`, and for `rediss://`
+/// `ca-file=/abs/path`; nothing else.
+fn parse_redis_query(query: &str, tls: bool) -> Result<RedisQuery, String> {
     let mut found = None;
+    let mut ca_file = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("query item {:?} has no value", redact_raw(pair)))?;
         let password = match k {
+            "ca-file" if !tls => {
+                return Err("ca-file needs TLS: write rediss:// instead of redis://".into());
+            }
+            "ca-file" => {
+                let path = PathBuf::from(percent_decode(v)?);
+                if !path.is_absolute() {
+                    return Err("ca-file must be an absolute path".into());
+                }
+                if ca_file.replace(path).is_some() {
+                    return Err("ca-file is given twice".into());
+                }
+                continue;
+            }
             "password-file" => {
                 let path = PathBuf::from(percent_decode(v)?);
                 if !path.is_absolute() {
@@ -154,7 +179,7 @@ fn parse_password_query(query: &str) -> Result<Option<Password>, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown query parameter {:?} (expected password-file or password-env)",
+                    "unknown query parameter {:?} (expected password-file, password-env or ca-file)",
                     redact_raw(k)
                 ));
             }
@@ -163,7 +188,10 @@ fn parse_password_query(query: &str) -> Result<Option<Password>, String> {
             return Err("give the password one way: password-file or password-env, once".into());
         }
     }
-    Ok(found)
+    Ok(RedisQuery {
+        password: found,
+        ca_file,
+    })
 }
 
 pub(super) fn parse_zdb(rest: &str) -> Result<StoreUri, String> {

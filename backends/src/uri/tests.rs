@@ -43,7 +43,8 @@ fn redis_uris() {
             port: 7000,
             db: 3,
             username: None,
-            password: None
+            password: None,
+            tls: None
         }
     );
     assert_eq!(
@@ -53,7 +54,8 @@ fn redis_uris() {
             port: 6379,
             db: 0,
             username: None,
-            password: None
+            password: None,
+            tls: None
         }
     );
     let u = ok("redis://:s3cr%40t@h:1/2");
@@ -64,7 +66,8 @@ fn redis_uris() {
             port: 1,
             db: 2,
             username: None,
-            password: Some(Password::Inline("s3cr@t".into()))
+            password: Some(Password::Inline("s3cr@t".into())),
+            tls: None
         }
     );
     assert_eq!(u.to_string(), "redis://:***@h:1/2");
@@ -93,7 +96,8 @@ fn redis_passwords_from_files_and_variables() {
             port: 1,
             db: 2,
             username: None,
-            password: Some(Password::File("/etc/qsfs/redis pw".into()))
+            password: Some(Password::File("/etc/qsfs/redis pw".into())),
+            tls: None
         }
     );
     assert!(!u.has_inline_password());
@@ -114,6 +118,40 @@ fn redis_passwords_from_files_and_variables() {
     assert!(err("redis://h?password-env=X&password-file=/p").contains("one way"));
     let e = err("redis://h?password=hunter2");
     assert!(e.contains("password-file") && !e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn rediss_uris() {
+    let u = ok("rediss://h:6380/1?ca-file=/etc/qsfs/ca.pem&password-file=/etc/qsfs/pw");
+    assert_eq!(
+        u,
+        StoreUri::Redis {
+            host: "h".into(),
+            port: 6380,
+            db: 1,
+            username: None,
+            password: Some(Password::File("/etc/qsfs/pw".into())),
+            tls: Some(TlsSettings {
+                ca_file: Some("/etc/qsfs/ca.pem".into())
+            }),
+        }
+    );
+    assert_eq!(
+        u.to_string(),
+        "rediss://h:6380/1?password-file=/etc/qsfs/pw&ca-file=/etc/qsfs/ca.pem"
+    );
+    assert_eq!(ok(&u.to_string()), u, "Display output parses back");
+    assert_eq!(ok("rediss://h").to_string(), "rediss://h:6379/0");
+    assert!(matches!(
+        ok("rediss://h"),
+        StoreUri::Redis {
+            tls: Some(TlsSettings { ca_file: None }),
+            ..
+        }
+    ));
+    assert!(err("redis://h?ca-file=/ca.pem").contains("rediss://"));
+    assert!(err("rediss://h?ca-file=ca.pem").contains("absolute"));
+    assert!(err("rediss://h?ca-file=/a&ca-file=/b").contains("twice"));
 }
 
 #[test]
@@ -138,7 +176,8 @@ fn passwords_with_any_character_never_show() {
             port: 1,
             db: 0,
             username: None,
-            password: Some(Password::Inline("pa/ss".into()))
+            password: Some(Password::Inline("pa/ss".into())),
+            tls: None
         }
     );
 }

@@ -344,24 +344,34 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(n: usize) -> Redis {
+        Redis::start_with(n, qsfs_backends::testing::RedisServer::start)
+    }
+
+    /// Servers with a TLS port each (their own test CA); `store_args` then names `rediss://` URIs.
+    pub fn start_tls(n: usize) -> Redis {
+        Redis::start_with(n, qsfs_backends::testing::RedisServer::start_tls)
+    }
+
+    fn start_with(
+        n: usize,
+        start: fn() -> std::io::Result<qsfs_backends::testing::RedisServer>,
+    ) -> Redis {
         let servers = (0..n)
-            .map(|i| {
-                qsfs_backends::testing::RedisServer::start()
-                    .unwrap_or_else(|e| panic!("cannot start redis-server #{i}: {e}"))
-            })
+            .map(|i| start().unwrap_or_else(|e| panic!("cannot start redis-server #{i}: {e}")))
             .collect();
         Redis { servers }
     }
 
-    /// `--store URI` arguments for database `db` of every server.
+    /// `--store URI` arguments for database `db` of every server (over TLS when it has a TLS port).
     pub fn store_args(&self, db: u32) -> Vec<String> {
         self.servers
             .iter()
             .flat_map(|r| {
-                [
-                    "--store".to_string(),
-                    format!("redis://127.0.0.1:{}/{db}", r.port()),
-                ]
+                let uri = match r.tls_uri() {
+                    Some(tls) => tls.replace(":0?ca-file", &format!(":{db}?ca-file")),
+                    None => format!("redis://127.0.0.1:{}/{db}", r.port()),
+                };
+                ["--store".to_string(), uri]
             })
             .collect()
     }

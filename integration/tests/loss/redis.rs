@@ -1,6 +1,7 @@
 //! Redis stores lost: six real redis-servers on free loopback ports (append-only, fsync always). A server
 //! SIGKILLed (connection refused; restarted later on its own data), or restarted empty (killed, its data files
-//! removed, started again: it answers, without the volume's identity marker).
+//! removed, started again: it answers, without the volume's identity marker). The same over TLS (`rediss://`,
+//! each server with its own test CA).
 
 use std::fs;
 
@@ -17,6 +18,12 @@ impl Servers {
     fn new() -> Servers {
         Servers { r: Redis::start(6) }
     }
+
+    fn tls() -> Servers {
+        Servers {
+            r: Redis::start_tls(6),
+        }
+    }
 }
 
 impl Cluster for Servers {
@@ -30,10 +37,14 @@ impl Cluster for Servers {
         match how {
             Loss::Gone => {}
             Loss::Emptied => {
-                // Everything but the log: the append-only directory (and any snapshot) goes.
+                // Everything but the log and the TLS files: the append-only directory (and any snapshot) goes.
                 for e in fs::read_dir(srv.data_dir()).unwrap() {
                     let p = e.unwrap().path();
-                    if p.file_name().is_some_and(|n| n == "redis.log") {
+                    let keep = p.file_name().is_some_and(|n| n == "redis.log")
+                        || p.extension().is_some_and(|x| {
+                            ["crt", "key", "ext"].contains(&x.to_str().unwrap_or(""))
+                        });
+                    if keep {
                         continue;
                     }
                     if p.is_dir() {
@@ -58,6 +69,11 @@ impl Cluster for Servers {
 #[test]
 fn loss_redis_killed_then_flushed_then_killed_before_open() {
     lost_before_open(&mut Servers::new(), [Loss::Gone, Loss::Emptied, Loss::Gone]);
+}
+
+#[test]
+fn loss_rediss_killed_then_flushed_then_killed_before_open() {
+    lost_before_open(&mut Servers::tls(), [Loss::Gone, Loss::Emptied, Loss::Gone]);
 }
 
 #[test]
