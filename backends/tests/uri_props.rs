@@ -17,16 +17,25 @@ fn valid_uri() -> impl Strategy<Value = String> {
         Just(String::new()),
         (1u16..=65535).prop_map(|p| format!(":{p}"))
     ];
-    let redis = (host.clone(), port.clone(), 0u8..16, 0u8..4).prop_map(|(h, p, db, pw)| {
-        let q = match pw {
-            0 => "",
-            1 => "?password-file=/etc/qsfs/pw",
-            2 => "?password-env=REDIS_PW",
-            _ => "",
-        };
-        let auth = if pw == 3 { ":secret@" } else { "" };
-        format!("redis://{auth}{h}{p}/{db}{q}")
-    });
+    let redis =
+        (host.clone(), port.clone(), 0u8..16, 0u8..4, 0u8..3).prop_map(|(h, p, db, pw, tls)| {
+            let mut q = match pw {
+                1 => vec!["password-file=/etc/qsfs/pw"],
+                2 => vec!["password-env=REDIS_PW"],
+                _ => vec![],
+            };
+            if tls == 2 {
+                q.push("ca-file=/etc/qsfs/ca.pem");
+            }
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            let auth = if pw == 3 { ":secret@" } else { "" };
+            let scheme = if tls > 0 { "rediss" } else { "redis" };
+            format!("{scheme}://{auth}{h}{p}/{db}{q}")
+        });
     let zdb = (host, port, "[a-z0-9_-]{1,20}", any::<bool>()).prop_map(|(h, p, ns, seq)| {
         let mode = if seq { "seq" } else { "user" };
         format!("zdb://{h}{p}/{ns}?mode={mode}&password-file=/run/pw")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Property tests of every decoder a store can reach, at a high case count: the bounded RESP reader (redis shard
-# reads, all of 0-db), the 0-db protocol client against a server answering arbitrary bytes, and the shard blob
-# format and leaf audits (por). CI runs the same tests with a few hundred cases.
+# reads, all of 0-db), the 0-db protocol client against a server answering arbitrary bytes, the shard blob
+# format and leaf audits (por), store URIs, qsfs.toml, and the metadata log's records, head, lease and snapshot
+# objects. CI runs the same tests with a few hundred cases.
 #
 #   bash benches/scripts/fuzz-decoders.sh                  # 1,000,000 cases per property
 #   CASES=10000 bash benches/scripts/fuzz-decoders.sh      # a quicker run
@@ -19,6 +20,7 @@ cases="${CASES:-1000000}"
 echo "building the test binaries" >&2
 cargo test -p qsfs-backends --features testing --no-run --quiet >&2
 cargo test -p qsfs-por --no-run --quiet >&2
+cargo test -p qsfs --lib --test config_props --no-run --quiet >&2
 
 # run LABEL CARGO-TEST-ARGS...: runs one target's properties with $cases cases and prints one line.
 run() {
@@ -35,3 +37,6 @@ printf 'decoder fuzzing, %d cases per property\n' "$cases"
 run "resp reader" -p qsfs-backends --features testing --lib resp::tests::
 run "0-db protocol client" -p qsfs-backends --features testing --test zdb_fuzz
 run "shard blob + leaf audit" -p qsfs-por --test decoders
+run "store URIs" -p qsfs-backends --features testing --test uri_props
+run "qsfs.toml" -p qsfs --test config_props
+run "metadata log records" -p qsfs --lib replica::record::
