@@ -6,8 +6,9 @@
 //!
 //! - dir: shard files replaced by 15 TB sparse files and by FIFOs.
 //! - redis and 0-db: the store sits behind a `LyingProxy` that lies on reads (stall, `$4000000000`, endless
-//!   arrays, escape sequences, another shard's bytes); for the audit/repair part the damage is made real on the
-//!   server (values swapped, values grown past their length).
+//!   arrays, escape sequences, another shard's bytes); the audit blames the store while it lies; for the
+//!   repair part the damage is made real on the server (redis: values swapped, values grown past their length;
+//!   0-db: bit rot).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -80,14 +81,15 @@ fn mount_reads_right_bytes(v: &Vol, src: &Path, what: &str) {
     eprintln!("hostile: mount read with {what}: {took:?}");
 }
 
-/// The audit finds damage on store `bad` only, naming its URI; repair fixes it; a full audit is then clean.
+/// A full audit finds damage on store `bad` only, naming its URI.
 #[track_caller]
-fn audit_names_and_repair_fixes(v: &Vol, src: &Path, bad: usize, uri: &str) {
+fn audit_blames_only(v: &Vol, bad: usize, uri: &str) {
     let (run, j) = audit(v, &["--full"]);
     let d = run.describe();
     run.failed();
     for st in j["stores"].as_array().unwrap() {
-        let damaged = num(&st["missing"]) + num(&st["corrupt"]);
+        // Shards a read already found bad are reported as known_bad, not read again.
+        let damaged = num(&st["missing"]) + num(&st["corrupt"]) + num(&st["known_bad"]);
         if num(&st["store_id"]) == bad as u64 {
             assert!(damaged > 0, "audit found nothing on the lying store:\n{d}");
             assert_eq!(st["uri"].as_str(), Some(uri), "{d}");
@@ -95,6 +97,12 @@ fn audit_names_and_repair_fixes(v: &Vol, src: &Path, bad: usize, uri: &str) {
             assert_eq!(damaged, 0, "audit blames an honest store:\n{d}");
         }
     }
+}
+
+/// The audit finds damage on store `bad` only, naming its URI; repair fixes it; a full audit is then clean.
+#[track_caller]
+fn audit_names_and_repair_fixes(v: &Vol, src: &Path, bad: usize, uri: &str) {
+    audit_blames_only(v, bad, uri);
     let (run, r) = repair(v, &[]);
     let d = run.describe();
     run.ok();
@@ -200,6 +208,40 @@ fn zdb_store_that_lies() {
     let v = Vol::new();
     let src = volume(&v, &uris);
     lies(&proxy, &v, &src, vec![0x42; 70_000]);
+
+    // While the proxy serves another shard's bytes, a full audit blames the lying store and no other.
+    proxy.set_lie(Lie::Swap(vec![0x42; 70_000]));
+    audit_blames_only(&v, 0, &uris[0]);
+    proxy.set_lie(Lie::Honest);
+    let (run, _) = repair(&v, &[]);
+    run.ok();
+    assert_clean_full_audit(&v);
+    // Real damage on the server (bit rot in half the shards): the audit names the store, repair fixes it.
+    let locs = zdb_shard_keys(&uris[0]);
+    assert!(locs.len() >= 4, "too few shards on store 0");
+    for key in locs.iter().step_by(2) {
+        assert!(server.corrupt_value("ns0", key), "no entry to corrupt");
+    }
+    get_right_bytes(&v, &src, "bit rot on a 0-db store");
+    audit_names_and_repair_fixes(&v, &src, 0, &uris[0]);
+}
+
+/// The keys of the data shards in the 0-db namespace `uri` names (not the metadata log's objects).
+fn zdb_shard_keys(uri: &str) -> Vec<Vec<u8>> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = qsfs_backends::open_store(&qsfs_backends::StoreUri::parse(uri).unwrap(), false)
+            .await
+            .unwrap();
+        let mut keys = Vec::new();
+        for loc in store.list().await.unwrap() {
+            let head = store.get(&loc, 1 << 20).await.unwrap();
+            if !crate::helpers::stores::is_metadata_object(&head) {
+                keys.push(loc.0);
+            }
+        }
+        keys
+    })
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
