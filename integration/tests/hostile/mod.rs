@@ -19,6 +19,7 @@ use crate::audit::{assert_clean_full_audit, audit, num, repair};
 use crate::helpers::stores::shard_files;
 use crate::helpers::tree::{assert_same_tree, standard_tree};
 use crate::helpers::{Vol, s, strs};
+use crate::restore::{back_up_key, restore};
 
 const KIB: u64 = 1024;
 /// How long one `qsfs get` of the test tree may take with one store lying (a debug build on a busy 2-core
@@ -177,6 +178,7 @@ fn redis_store_that_lies() {
         &["GET", &redis_shard_keys(servers[1].port())[0]],
     );
     lies(&proxy, &v, &src, other.into_bytes());
+    restore_while_a_store_stalls(&proxy, &v, &src, &uris[1], &uris[0]);
 
     // Real damage on the server: values swapped with another shard's, values grown far past their length.
     for (i, k) in keys.iter().enumerate() {
@@ -242,6 +244,41 @@ fn zdb_shard_keys(uri: &str) -> Vec<Vec<u8>> {
         }
         keys
     })
+}
+
+/// A new machine restores the volume from an honest store while another stalls on every read (head, log
+/// records, snapshot pieces): the restore finishes within `GET_BOUND`, names the stalled store, and the restored
+/// volume serves the tree.
+fn restore_while_a_store_stalls(
+    proxy: &LyingProxy,
+    v: &Vol,
+    src: &Path,
+    honest_uri: &str,
+    stalled_uri: &str,
+) {
+    // Many log records, so a restore that waited on the stalled store for each would show.
+    for i in 0..30 {
+        let f = v.scratch("small").join(format!("f{i}"));
+        std::fs::write(&f, format!("small file {i}")).unwrap();
+        v.ok(&["put", s(&f), &format!("/small-{i}")]);
+    }
+    let key = back_up_key(v);
+    let machine = Vol::new();
+    proxy.set_lie(Lie::Stall);
+    let start = Instant::now();
+    let run = restore(&machine, honest_uri, &key, &[]);
+    let took = start.elapsed();
+    proxy.set_lie(Lie::Honest);
+    let d = run.describe();
+    let printed = format!("{}{}", run.stdout, run.stderr);
+    run.ok();
+    eprintln!("hostile: restore with a stalled store: {took:?}");
+    assert!(took < GET_BOUND, "restore took {took:?}\n{d}");
+    assert!(
+        printed.contains(stalled_uri),
+        "the stalled store is not named:\n{d}"
+    );
+    get_right_bytes(&machine, src, "a volume restored while a store stalled");
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {

@@ -144,13 +144,16 @@ impl StoreSet {
     }
 }
 
-/// A well-known object from one store, within `NAMED_READ_TIMEOUT`: `None` when the store does not hold it.
+/// A well-known object from one store, within `NAMED_READ_TIMEOUT`: `None` when the store does not hold it. A
+/// store that does not answer in time (or stays unreachable through the retries) is marked down, as a shard read
+/// would mark it: a restore or a snapshot read asks the stores for many objects in a row, and must pay for a
+/// stalled one once, not once per object.
 async fn read_named(slot: &StoreSlot, key: &ShardKey) -> Result<Option<Vec<u8>>, StoreError> {
     let Some(loc) = slot.store.locate(key) else {
         return Ok(None);
     };
     let read = with_retry(|| slot.store.get(&loc, NAMED_MAX));
-    match tokio::time::timeout(NAMED_READ_TIMEOUT, read).await {
+    let res = match tokio::time::timeout(NAMED_READ_TIMEOUT, read).await {
         Ok(Ok(blob)) => Ok(Some(blob)),
         Ok(Err(StoreError::NotFound { .. })) => Ok(None),
         Ok(Err(e)) => Err(e),
@@ -158,5 +161,11 @@ async fn read_named(slot: &StoreSlot, key: &ShardKey) -> Result<Option<Vec<u8>>,
             uri: slot.uri.clone(),
             reason: format!("no answer within {NAMED_READ_TIMEOUT:?}"),
         }),
+    };
+    if let Err(e) = &res
+        && e.is_retryable()
+    {
+        slot.mark_down(e.to_string());
     }
+    res
 }
