@@ -50,18 +50,7 @@ fn main() -> ExitCode {
         // command killed by SIGPIPE, as coreutils do.
         Err(e) if e.downcast_ref::<cli::StdoutClosed>().is_some() => ExitCode::from(141),
         Err(e) => {
-            // One line, each cause once: errors that already print their source (`context: source`) are not
-            // followed by that source again.
-            let mut line = String::new();
-            for cause in e.chain() {
-                let text = cause.to_string();
-                if !line.ends_with(&text) {
-                    if !line.is_empty() {
-                        line.push_str(": ");
-                    }
-                    line.push_str(&text);
-                }
-            }
+            let line = cli::error_line(&e);
             eprintln!("qsfs: {line}");
             ExitCode::from(1)
         }

@@ -88,6 +88,11 @@ impl Throttle {
         Throttle::new(None, None, Arc::new(AtomicBool::new(false)))
     }
 
+    /// No cap, no yielding, stopping when `stop` is set: an admin's request whose client may go away.
+    pub fn stoppable(stop: Arc<AtomicBool>) -> Throttle {
+        Throttle::new(None, None, stop)
+    }
+
     /// A cap of `bytes_per_sec` (0 = none), yielding to `foreground`, stopping when `stop` is set.
     pub fn background(
         bytes_per_sec: u64,

@@ -9,13 +9,14 @@ use qsfs::repair::admin::find_store;
 use qsfs_por::{AuditMode, AuditReport, LostSegment, report::percent};
 
 use super::format::human_bytes;
-use super::repair::count_bar;
+use super::progress::CountBar;
 
 pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<()> {
     let mut opts = AuditOptions::new(&vol.config().audit);
     opts.full = full;
+    opts.throttle = super::output::admin_throttle();
     opts.store = store.map(|s| find_store(vol.config(), s)).transpose()?;
-    let pb = count_bar("audit", "segments");
+    let pb = CountBar::new("audit", "segments");
     let report = vol.audit(&opts, &|done, total| {
         pb.set_length(total);
         pb.set_position(done);

@@ -9,14 +9,14 @@ use super::format::human_bytes;
 pub fn run(vol: &Volume, dry_run: bool, json: bool) -> Result<()> {
     let report = vol.gc(dry_run)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
 
-fn print_report(r: &GcReport) {
+fn print_report(r: &GcReport) -> Result<()> {
     for s in &r.stores {
         let line = if r.dry_run {
             format!(
@@ -35,12 +35,13 @@ fn print_report(r: &GcReport) {
                 human_bytes(s.orphan_bytes)
             )
         };
-        println!("store {} {}: {line}", s.store_id, s.uri);
+        outln!("store {} {}: {line}", s.store_id, s.uri);
         if let Some(note) = &s.note {
-            println!("  {note}");
+            outln!("  {note}");
         }
     }
     if r.dry_run {
-        println!("dry run: nothing deleted");
+        outln!("dry run: nothing deleted");
     }
+    Ok(())
 }

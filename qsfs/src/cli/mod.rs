@@ -5,18 +5,19 @@
 /// the reader of stdout has gone (`qsfs status | head -n 1`).
 macro_rules! outln {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::stdout_error)?
+        $crate::cli::output::write_line(format_args!($($arg)*)).map_err($crate::cli::stdout_error)?
     }};
 }
 
 mod audit;
+mod control;
 mod format;
 mod fsck;
 mod gc;
 mod get;
 mod mount;
 pub mod mount_helper;
+mod output;
 mod progress;
 mod quote;
 mod repair;
@@ -364,21 +365,6 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Fsck { repair, json } => {
-            let vol = open_volume(&dir)?;
-            let result = fsck::fsck(&vol, repair, json);
-            finish_reading(&vol, result)
-        }
-        Command::Audit { full, store, json } => {
-            let vol = open_volume(&dir)?;
-            let result = audit::run(&vol, full, store.as_deref(), json);
-            finish_reading(&vol, result)
-        }
-        Command::Repair { json, grace } => {
-            let vol = open_volume(&dir)?;
-            let result = repair::run(&vol, json, grace);
-            finish_reading(&vol, result)
-        }
         Command::InstallHelper { dir } => {
             let link = mount_helper::install(&dir)?;
             println!(
@@ -387,19 +373,35 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Gc { dry_run, json } => {
+        command @ (Command::Fsck { .. }
+        | Command::Audit { .. }
+        | Command::Repair { .. }
+        | Command::Gc { .. }
+        | Command::Store { .. }
+        | Command::Status { .. }) => {
+            if let Command::Store { command } = &command {
+                refuse_inline_passwords(&[command.uri().to_string()])?;
+            }
+            // A mounted volume is locked by its mount: the command runs there, through its control socket.
+            if control::forward_if_mounted(&dir)? {
+                return Ok(());
+            }
             let vol = open_volume(&dir)?;
-            let result = gc::run(&vol, dry_run, json);
+            let result = run_admin(&vol, command);
             finish_reading(&vol, result)
         }
-        Command::Store { command } => {
-            refuse_inline_passwords(&[command.uri().to_string()])?;
-            let vol = open_volume(&dir)?;
-            let result = store::run(&vol, command);
-            finish_reading(&vol, result)
-        }
+    }
+}
+
+/// The admin commands, against an open volume: this process's, or a mount's for a control client.
+fn run_admin(vol: &Volume, command: Command) -> Result<()> {
+    match command {
+        Command::Fsck { repair, json } => fsck::fsck(vol, repair, json),
+        Command::Audit { full, store, json } => audit::run(vol, full, store.as_deref(), json),
+        Command::Repair { json, grace } => repair::run(vol, json, grace),
+        Command::Gc { dry_run, json } => gc::run(vol, dry_run, json),
+        Command::Store { command } => store::run(vol, command),
         Command::Status { json } => {
-            let vol = open_volume(&dir)?;
             let st = vol.status()?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&st)?);
@@ -408,7 +410,72 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        other => anyhow::bail!("not an admin command: {other:?}"),
     }
+}
+
+/// Runs a control client's command (`args` as typed after `qsfs`) in this mount.
+fn run_in_mount(mount: &qsfs::fuse::MountHandle, args: &[String]) -> Result<()> {
+    let argv = std::iter::once("qsfs".to_string()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        // --help, --version and usage errors: clap's text, as the client would have printed it.
+        Err(e) => anyhow::bail!("{}", e.render().to_string().trim_end()),
+    };
+    let vol = mount.volume();
+    match cli.command {
+        Command::Fsck { repair: true, .. } => anyhow::bail!(
+            "fsck --repair needs a quiet volume: `qsfs umount` it first (fsck without --repair runs while mounted)"
+        ),
+        command @ (Command::Fsck { .. }
+        | Command::Audit { .. }
+        | Command::Repair { .. }
+        | Command::Gc { .. }
+        | Command::Store { .. }
+        | Command::Status { .. }) => {
+            let result = run_admin(vol, command);
+            finish_reading(vol, result)
+        }
+        other => anyhow::bail!(
+            "`qsfs {}` does not run through a mount's control socket: use the mountpoint, or unmount first",
+            command_name(&other)
+        ),
+    }
+}
+
+/// The subcommand's name as typed.
+fn command_name(command: &Command) -> String {
+    let debug = format!("{command:?}");
+    let name = debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("")
+        .to_string();
+    // InstallHelper → install-helper, TakeOver → take-over.
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// A failed command's one-line message: each cause once (errors that already print their source, as
+/// `context: source`, are not followed by that source again).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Refuses store URIs typed on the command line that carry their password: every local user can read a
@@ -484,7 +551,7 @@ fn list(vol: &Volume, path: &str, long: bool) -> Result<()> {
         }
         Ok(rows)
     })?;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let tty = output::stdout_is_terminal();
     for (name, inode, target) in rows {
         let name = quote::quote_name(&name, tty);
         if long {

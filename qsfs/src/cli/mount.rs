@@ -113,7 +113,15 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
         metrics,
     };
     let mp = args.mountpoint.clone();
-    fuse::mount(vol, &args.mountpoint, &opts, |report| {
+    // Serves admin commands (status, audit, repair, gc, fsck, store) for as long as the mount runs.
+    let mut control = None;
+    fuse::mount(vol, &args.mountpoint, &opts, |report, handle| {
+        match super::control::ControlServer::start(handle.clone()) {
+            Ok(server) => control = Some(server),
+            Err(e) => {
+                eprintln!("qsfs: warning: {e:#}; admin commands will need the volume unmounted")
+            }
+        }
         if report.stale_cleaned {
             eprintln!("qsfs: cleaned a stale mount at {}", mp.display());
         }
@@ -147,6 +155,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
         }
     })?;
     // The session ended (unmounted or signalled) and the uploads are drained.
+    drop(control);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
 }

@@ -1,10 +1,8 @@
 //! `qsfs repair [--json] [--grace DURATION]`: drains the repair queue now, with a progress bar on a terminal, and
 //! fails (exit status 1) when a shard could not be repaired or data is lost.
 
-use std::io::IsTerminal;
-
+use super::progress::CountBar;
 use anyhow::{Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use qsfs::Volume;
 use qsfs::config::HumanDuration;
 use qsfs::repair::{RepairOptions, RepairProgress, RepairReport};
@@ -13,24 +11,9 @@ use qsfs_por::LostSegment;
 use super::format::human_bytes;
 
 /// A bar counting `unit`s, drawn only when stdout is a terminal (so `--json` and pipes stay clean).
-pub fn count_bar(what: &str, unit: &str) -> ProgressBar {
-    if !std::io::stdout().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} eta {{eta}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 pub fn run(vol: &Volume, json: bool, grace: Option<HumanDuration>) -> Result<()> {
     let mut opts = RepairOptions::new(&vol.config().audit);
+    opts.throttle = super::output::admin_throttle();
     if let Some(g) = grace {
         opts.grace = g.0;
     }
@@ -47,7 +30,7 @@ pub fn run(vol: &Volume, json: bool, grace: Option<HumanDuration>) -> Result<()>
 pub fn with_bar<T>(
     f: impl FnOnce(&(dyn Fn(RepairProgress) + Sync)) -> qsfs::Result<T>,
 ) -> Result<T> {
-    let pb = count_bar("repair", "shards");
+    let pb = CountBar::new("repair", "shards");
     let out = f(&|p: RepairProgress| {
         pb.set_length(p.total);
         pb.set_position(p.done);

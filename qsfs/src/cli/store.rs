@@ -61,7 +61,8 @@ pub fn run(vol: &Volume, cmd: StoreCommand) -> Result<()> {
             Ok(())
         }
         StoreCommand::Drain { uri, json } => {
-            let opts = RepairOptions::new(&vol.config().audit);
+            let mut opts = RepairOptions::new(&vol.config().audit);
+            opts.throttle = super::output::admin_throttle();
             let drained = with_bar(|progress| admin::drain_store(vol, &uri, &opts, progress))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&drained)?);

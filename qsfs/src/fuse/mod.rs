@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use session::{
-    AtimeMode, DEFAULT_CACHE_SIZE, MountEntry, MountOptions, MountReport, block_signals,
-    find_mount, is_stale_mount, mount, unmount, wait_for_exit,
+    AtimeMode, DEFAULT_CACHE_SIZE, MountEntry, MountHandle, MountOptions, MountReport,
+    block_signals, find_mount, is_stale_mount, mount, unmount, wait_for_exit,
 };
 
 use crate::error::QsfsError;

@@ -97,6 +97,18 @@ pub struct MountReport {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// The live mount, for the caller's control channel: its volume and what only a mount knows.
+#[derive(Clone)]
+pub struct MountHandle {
+    eng: Arc<Engine>,
+}
+
+impl MountHandle {
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.eng.vol
+    }
+}
+
 /// Starts the metrics endpoint with gauges read from the live mount at each scrape; returns its address.
 fn serve_metrics(
     m: &Arc<crate::metrics::Metrics>,
@@ -142,7 +154,7 @@ pub fn mount(
     vol: Volume,
     mountpoint: &Path,
     opts: &MountOptions,
-    ready: impl FnOnce(&MountReport),
+    ready: impl FnOnce(&MountReport, &MountHandle),
 ) -> Result<()> {
     let mut report = MountReport {
         stale_cleaned: clean_stale(mountpoint, vol.root())?,
@@ -223,7 +235,7 @@ pub fn mount(
         QsfsError::io(format!("mounting {}{hint}", mountpoint.display()), e)
     })?;
     let _ = notifier.set(session.notifier());
-    ready(&report);
+    ready(&report, &MountHandle { eng: eng.clone() });
     raise_readahead(mountpoint.to_path_buf());
 
     let mut unmounter = session.unmount_callable();
