@@ -256,8 +256,12 @@ fn sampled(
             let jobs = leaf_jobs(targets, &mut rng, 0);
             let mut tally = tallies.remove(&id).unwrap_or_default();
             tally.escalated = true;
-            let store = vol.stores().slot(id).expect("selected slot").store.clone();
-            work.push((id, store, jobs, tally));
+            // A store retired while the audit ran (drained on a live mount) is left out of the escalation.
+            let Some(slot) = vol.stores().slot(id).cloned() else {
+                tallies.insert(id, tally);
+                continue;
+            };
+            work.push((id, slot.store.clone(), jobs, tally));
         }
         let results =
             vol.io()

@@ -15,7 +15,7 @@ pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<
     let mut opts = AuditOptions::new(&vol.config().audit);
     opts.full = full;
     opts.throttle = super::output::admin_throttle();
-    opts.store = store.map(|s| find_store(vol.config(), s)).transpose()?;
+    opts.store = store.map(|s| find_store(&vol.config(), s)).transpose()?;
     let pb = CountBar::new("audit", "segments");
     let report = vol.audit(&opts, &|done, total| {
         pb.set_length(total);

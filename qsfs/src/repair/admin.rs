@@ -100,7 +100,7 @@ pub fn add_store(vol: &Volume, uri: &str) -> Result<AddedStore> {
         .max()
         .map_or(0, |m| m + 1);
     let volume_id = config.volume_id.clone();
-    vol.io().block_on(async {
+    let store = vol.io().block_on(async {
         let store: Arc<dyn ShardStore> = open_store(&parsed, true).await?;
         match read_marker(store.as_ref()).await? {
             None => {}
@@ -109,7 +109,7 @@ pub fn add_store(vol: &Volume, uri: &str) -> Result<AddedStore> {
                     && !config.stores.iter().any(|s| s.id == found.store_id) =>
             {
                 id = found.store_id;
-                return Ok(());
+                return Ok(store);
             }
             Some(found) => {
                 return Err(QsfsError::Store(StoreError::IdentityExists {
@@ -121,16 +121,22 @@ pub fn add_store(vol: &Volume, uri: &str) -> Result<AddedStore> {
         }
         store
             .write_identity(&StoreIdentity {
-                volume_id,
+                volume_id: volume_id.clone(),
                 store_id: id,
             })
             .await
-            .map_err(QsfsError::from)
+            .map_err(QsfsError::from)?;
+        Ok(store)
     })?;
-    let mut next = config.clone();
+    let mut next = (*config).clone();
     next.stores.push(StoreConfig { id, uri: text });
     write_config(vol, &next)?;
     vol.meta().write(|c| meta::sync_store(c, id, &shown))?;
+    // An open volume (a mount) places shards on the new store from now on.
+    let stores = vol
+        .stores()
+        .with_added(id, shown.clone(), store, &volume_id);
+    vol.reconfigure(next, stores);
     Ok(AddedStore { id, uri: shown })
 }
 
@@ -145,12 +151,12 @@ pub struct Readmitted {
 /// Re-admits store `spec` after it came back empty (its marker gone): writes a fresh marker and queues every
 /// shard metadata records there for rebuilding. Refuses a store that carries any marker.
 pub fn readmit_store(vol: &Volume, spec: &str) -> Result<Readmitted> {
-    let id = find_store(vol.config(), spec)?;
+    let id = find_store(&vol.config(), spec)?;
     let slot = vol
         .stores()
         .slot(id)
-        .expect("configured stores have slots")
-        .clone();
+        .cloned()
+        .ok_or_else(|| QsfsError::Invalid(format!("store {id} is not open in this volume")))?;
     let expected = StoreIdentity {
         volume_id: vol.config().volume_id.clone(),
         store_id: id,
@@ -175,6 +181,11 @@ pub fn readmit_store(vol: &Volume, spec: &str) -> Result<Readmitted> {
         meta::note_store_reachability(c, id, true)?;
         meta::mark_store_shards_missing(c, id)
     })?;
+    // An open volume (a mount) takes the store back at once: its identity checks out again.
+    vol.io().block_on(
+        vol.stores()
+            .revive_checked_before(std::time::Duration::ZERO),
+    );
     Ok(Readmitted {
         id,
         uri: slot.uri.clone(),
@@ -193,6 +204,31 @@ pub struct Drained {
     pub retired: bool,
 }
 
+/// Repair rounds that move shards off store `id` until none is left or a round moves nothing more (a write that
+/// chose its stores just before the drain began may land one there meanwhile). Returns the last round's report
+/// and how many shards are left.
+fn drain_rounds(
+    vol: &Volume,
+    id: u32,
+    opts: &RepairOptions,
+    progress: &(dyn Fn(RepairProgress) + Sync),
+) -> Result<(RepairReport, u64)> {
+    let drain = RepairOptions {
+        drain: Some(id),
+        ..opts.clone()
+    };
+    let mut report = vol.repair(&drain, progress)?;
+    let mut left = vol.meta().read(|c| meta::shards_on_store(c, id))?;
+    for _ in 0..2 {
+        if left == 0 || !report.is_complete() {
+            break;
+        }
+        report = vol.repair(&drain, progress)?;
+        left = vol.meta().read(|c| meta::shards_on_store(c, id))?;
+    }
+    Ok((report, left))
+}
+
 /// Moves every shard off store `spec` (copying intact ones, rebuilding the rest) and, once none is left, removes
 /// it from `qsfs.toml`. Refused when fewer than K+M stores would remain.
 pub fn drain_store(
@@ -201,7 +237,7 @@ pub fn drain_store(
     opts: &RepairOptions,
     progress: &(dyn Fn(RepairProgress) + Sync),
 ) -> Result<Drained> {
-    let id = find_store(vol.config(), spec)?;
+    let id = find_store(&vol.config(), spec)?;
     let config = vol.config();
     let total = config.data_shards + config.parity_shards;
     if config.stores.len() <= total {
@@ -215,15 +251,20 @@ pub fn drain_store(
         .stores()
         .slot(id)
         .map_or_else(String::new, |s| s.uri.clone());
-    let repair = vol.repair(
-        &RepairOptions {
-            drain: Some(id),
-            ..opts.clone()
-        },
-        progress,
-    )?;
-    let left = vol.meta().read(|c| meta::shards_on_store(c, id))?;
+    // An open volume (a mount) stops placing new shards on the store for the drain; the drain undoes that if it
+    // fails, and retires the store from the live set once it holds nothing.
+    let before = vol.stores();
+    vol.reconfigure((*config).clone(), before.with_draining(id));
+    let drained = drain_rounds(vol, id, opts, progress);
+    let (repair, left) = match drained {
+        Ok(r) => r,
+        Err(e) => {
+            vol.reconfigure((*config).clone(), vol.stores().not_draining(id));
+            return Err(e);
+        }
+    };
     if left > 0 {
+        vol.reconfigure((*config).clone(), vol.stores().not_draining(id));
         return Ok(Drained {
             id,
             uri,
@@ -234,9 +275,10 @@ pub fn drain_store(
     }
     // Its replaced copies were deleted if it answered; a retired store's leftovers are no longer ours to track.
     vol.meta().write(|c| meta::forget_garbage_on_store(c, id))?;
-    let mut next = config.clone();
+    let mut next = (*config).clone();
     next.stores.retain(|s| s.id != id);
     write_config(vol, &next)?;
+    vol.reconfigure(next, vol.stores().without(id));
     Ok(Drained {
         id,
         uri,

@@ -141,6 +141,8 @@ pub(crate) struct StoreView {
     /// Unreachable past the grace period.
     pub lost: HashSet<u32>,
     pub draining: Option<u32>,
+    /// Stores being drained by someone else (an admin's drain while a mount repairs): read, never written.
+    pub not_for_writes: HashSet<u32>,
     /// Good shards per store, kept current as shards are placed (new copies go where there are fewest).
     pub usage: Mutex<HashMap<u32, u64>>,
 }
@@ -148,7 +150,9 @@ pub(crate) struct StoreView {
 impl StoreView {
     /// Healthy enough to receive shards: reachable and not being drained.
     pub fn fit(&self, id: u32) -> bool {
-        self.reachable.contains(&id) && self.draining != Some(id)
+        self.reachable.contains(&id)
+            && self.draining != Some(id)
+            && !self.not_for_writes.contains(&id)
     }
 }
 
@@ -373,6 +377,7 @@ impl Volume {
             reachable,
             lost,
             draining: opts.drain,
+            not_for_writes: self.stores().draining_ids(),
             usage: Mutex::new(usage),
         })
     }

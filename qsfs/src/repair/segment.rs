@@ -341,11 +341,10 @@ fn place(
             };
             let Some(store) = choice else { break None };
             tried.insert(store);
-            let slot = vol
-                .stores()
-                .slot(store)
-                .expect("fit stores are configured")
-                .clone();
+            // The set may have changed since the choice (a store retired meanwhile): choose again.
+            let Some(slot) = vol.stores().slot(store).cloned() else {
+                continue;
+            };
             vol.io().block_on(throttle.admit(shard.blob.len() as u64))?;
             match vol.io().block_on(slot.store.put(&shard.key, &shard.blob)) {
                 Ok(loc) => break Some((store, loc.0)),

@@ -209,7 +209,7 @@ impl Volume {
             self.stores().named_slots().len(),
         );
         let mut manifest = self.io().block_on(snapshot::store(
-            self.stores(),
+            &self.stores(),
             keys,
             (epoch, seq),
             &sealed,
@@ -265,7 +265,7 @@ impl Volume {
         let old: SnapshotManifest = serde_json::from_slice(old)
             .map_err(|e| QsfsError::MetaLog(format!("stored snapshot manifest: {e}")))?;
         self.io().block_on(snapshot::delete(
-            self.stores(),
+            &self.stores(),
             keys,
             (before.epoch, before.snapshot_seq),
             &old,

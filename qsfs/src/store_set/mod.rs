@@ -96,6 +96,22 @@ impl Latency {
 }
 
 impl StoreSlot {
+    /// A slot for store `id` of volume `volume_id`, up until something says otherwise.
+    fn new(id: u32, uri: String, store: Arc<dyn ShardStore>, volume_id: &str) -> StoreSlot {
+        StoreSlot {
+            id,
+            uri,
+            store,
+            state: Mutex::new(StoreState::Up),
+            checked: Mutex::new(Instant::now()),
+            identity: StoreIdentity {
+                volume_id: volume_id.to_string(),
+                store_id: id,
+            },
+            latency: Mutex::new(Latency::default()),
+        }
+    }
+
     /// How long a shard read from this store may take before the reader asks another store too.
     pub fn hedge_after(&self) -> Duration {
         self.latency
@@ -163,6 +179,8 @@ pub struct StoreSet {
     /// How many times a down store has come back: the background worker compares it to know when shards queued
     /// for a store that was away can be placed.
     revivals: AtomicU64,
+    /// Stores being drained: new shards are not placed on them.
+    draining: HashSet<u32>,
 }
 
 impl StoreSet {
@@ -184,18 +202,12 @@ impl StoreSet {
         for c in configs {
             let uri = StoreUri::parse(&c.uri)?;
             let store = wrap(c.id, open_store_or_lazy(&uri).await?);
-            slots.push(Arc::new(StoreSlot {
-                id: c.id,
-                uri: uri.to_string(),
+            slots.push(Arc::new(StoreSlot::new(
+                c.id,
+                uri.to_string(),
                 store,
-                state: Mutex::new(StoreState::Up),
-                checked: Mutex::new(Instant::now()),
-                identity: StoreIdentity {
-                    volume_id: volume_id.to_string(),
-                    store_id: c.id,
-                },
-                latency: Mutex::new(Latency::default()),
-            }));
+                volume_id,
+            )));
         }
         let mut checks = JoinSet::new();
         for slot in &slots {
@@ -220,6 +232,7 @@ impl StoreSet {
             slots,
             revive_interval: REVIVE_INTERVAL,
             revivals: AtomicU64::new(0),
+            draining: HashSet::new(),
         })
     }
 
@@ -343,8 +356,12 @@ impl StoreSet {
         quorum: usize,
     ) -> Result<Vec<ShardRow>> {
         self.revive_due().await;
-        let mut up: Vec<Arc<StoreSlot>> =
-            self.slots.iter().filter(|s| s.is_up()).cloned().collect();
+        let mut up: Vec<Arc<StoreSlot>> = self
+            .slots
+            .iter()
+            .filter(|s| s.is_up() && !self.draining.contains(&s.id))
+            .cloned()
+            .collect();
         if up.len() < quorum {
             return Err(QsfsError::NotEnoughStores {
                 needed: quorum,
@@ -489,6 +506,7 @@ where
     }
 }
 
+mod change;
 mod named;
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod status;
 mod undo;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::audit::ForegroundActivity;
 use crate::codec::{CodecParams, SegmentCodec, SegmentKeys};
@@ -149,10 +149,12 @@ impl InitOptions {
 
 pub struct Volume {
     root: PathBuf,
-    config: VolumeConfig,
+    /// The config and the stores: swapped whole when an admin adds, drains or re-admits a store while the volume
+    /// is open (a mount); readers take the current one.
+    config: RwLock<Arc<VolumeConfig>>,
     meta: MetaStore,
     codec: Arc<SegmentCodec>,
-    stores: Arc<StoreSet>,
+    stores: RwLock<Arc<StoreSet>>,
     rt: IoRuntime,
     /// File reads and writes in flight, so background audits and repairs can yield to them.
     foreground: Arc<ForegroundActivity>,
@@ -418,10 +420,10 @@ impl Volume {
         }
         let vol = Volume {
             root,
-            config,
+            config: RwLock::new(Arc::new(config)),
             meta,
             codec,
-            stores,
+            stores: RwLock::new(stores),
             rt,
             foreground: Arc::new(ForegroundActivity::default()),
             replica,
@@ -455,12 +457,10 @@ impl Volume {
 
     /// Writes this volume's descriptor to the stores (at init, and whenever the set of stores changes).
     pub fn write_descriptor(&self) -> Result<()> {
-        let blob = crate::replica::descriptor::seal(&self.config, self.replica.keys());
-        let quorum = self
-            .config
-            .write_quorum
-            .min(self.stores.named_slots().len());
-        self.rt.block_on(self.stores.replicate(
+        let (config, stores) = (self.config(), self.stores());
+        let blob = crate::replica::descriptor::seal(&config, self.replica.keys());
+        let quorum = config.write_quorum.min(stores.named_slots().len());
+        self.rt.block_on(stores.replicate(
             &crate::replica::descriptor::descriptor_key(),
             &blob,
             quorum,
@@ -476,20 +476,35 @@ impl Volume {
         &self.root
     }
 
-    pub fn config(&self) -> &VolumeConfig {
-        &self.config
+    /// The volume's config as it is now (a store added or drained while open changes it).
+    pub fn config(&self) -> Arc<VolumeConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn meta(&self) -> &MetaStore {
         &self.meta
     }
 
-    pub fn stores(&self) -> &StoreSet {
-        &self.stores
+    /// The volume's stores as they are now.
+    pub fn stores(&self) -> Arc<StoreSet> {
+        self.stores
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a new config and store set (a store added, drained or re-admitted while the volume is open): the
+    /// caller has written `config` to `qsfs.toml` already. Work in flight finishes on the set it started with.
+    pub(crate) fn reconfigure(&self, config: VolumeConfig, stores: StoreSet) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self.stores.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(stores);
     }
 
     pub fn segment_size(&self) -> u64 {
-        self.config.segment_size.0
+        self.config().segment_size.0
     }
 
     pub fn codec(&self) -> &Arc<SegmentCodec> {

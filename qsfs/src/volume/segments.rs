@@ -29,10 +29,10 @@ impl Volume {
             .codec
             .encode_at(id, Some(SegmentPlace { ino, index }), data)?;
         let info = encoded.info.clone();
-        let shards = self.rt.block_on(self.stores.place(
+        let shards = self.rt.block_on(self.stores().place(
             id,
             encoded.shards,
-            self.config.write_quorum,
+            self.config().write_quorum,
         ))?;
         Ok(SegmentRecord {
             id,
@@ -49,10 +49,10 @@ impl Volume {
     /// the same transaction). `name` names the file in errors.
     pub fn read_segment(&self, rec: &SegmentRecord, name: &str) -> Result<Vec<u8>> {
         let _busy = self.foreground.enter();
-        let k = self.config.data_shards;
+        let k = self.config().data_shards;
         let (shards, bad) = self
             .rt
-            .block_on(fetch_verified(&self.stores, &self.codec, rec, k));
+            .block_on(fetch_verified(&self.stores(), &self.codec, rec, k));
         if !bad.is_empty() {
             let recorded = self.meta.write(|c| {
                 for (index, state) in &bad {
@@ -105,7 +105,7 @@ impl Volume {
             let done: Vec<i64> = self.rt.block_on(async {
                 let mut tasks = JoinSet::new();
                 for g in batch {
-                    let stores = self.stores.clone();
+                    let stores = self.stores();
                     tasks.spawn(async move { (g.id, stores.delete(g.store_id, &g.locator).await) });
                 }
                 let mut done = Vec::new();

@@ -66,7 +66,7 @@ impl Volume {
     pub fn status(&self) -> Result<VolumeStatus> {
         let probes = self.rt.block_on(async {
             let mut tasks = JoinSet::new();
-            for slot in self.stores.slots() {
+            for slot in self.stores().slots() {
                 let slot = slot.clone();
                 tasks.spawn(async move {
                     let res = match slot.state() {
@@ -87,7 +87,7 @@ impl Volume {
             .filter(|(_, r)| r.is_ok())
             .map(|(id, _)| *id)
             .collect();
-        let cfg = &self.config;
+        let cfg = &self.config();
         let (files, dirs, logical, usage, health, garbage) = self.meta.read(|c| {
             let (f, d, l) = meta::namespace_totals(c)?;
             let usage = meta::store_usage(c)?;
@@ -107,7 +107,7 @@ impl Volume {
             ))
         })?;
         let mut stores: Vec<StoreStatus> = self
-            .stores
+            .stores()
             .slots()
             .iter()
             .map(|slot| {
@@ -165,7 +165,7 @@ impl Volume {
             seq: st.seq,
             snapshot_seq: st.snapshot_seq,
             pending,
-            stores: self.stores.named_slots().len(),
+            stores: self.stores().named_slots().len(),
             read_only: match self.writer() {
                 crate::replica::lease::Writer::ReadOnly(why) => Some(why),
                 _ => None,
