@@ -25,6 +25,9 @@ struct Lru {
 
 pub struct ReadCache {
     cap: u64,
+    /// Reads served from the cache, and reads that had to fetch (for `status`).
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
     lru: Mutex<Lru>,
     fetched: Condvar,
     prefetch_tx: Mutex<Option<mpsc::Sender<SegmentRecord>>>,
@@ -34,6 +37,8 @@ impl ReadCache {
     pub fn new(cap: u64) -> Arc<ReadCache> {
         Arc::new(ReadCache {
             cap,
+            hits: Default::default(),
+            misses: Default::default(),
             lru: Mutex::new(Lru {
                 entries: HashMap::new(),
                 order: BTreeMap::new(),
@@ -98,15 +103,31 @@ impl ReadCache {
         }
     }
 
+    /// (bytes held, capacity, hits, misses) so far.
+    pub fn usage(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = self.lock().bytes;
+        (
+            bytes,
+            self.cap,
+            self.hits.load(Relaxed),
+            self.misses.load(Relaxed),
+        )
+    }
+
     /// The plaintext of segment `rec`, from the cache or fetched (and verified, decoded) from the stores.
     pub fn get(&self, vol: &Volume, rec: &SegmentRecord, name: &str) -> Result<Arc<Vec<u8>>> {
         {
             let mut l = self.lock();
             loop {
                 if let Some(data) = touch(&mut l, rec.id) {
+                    self.hits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(data);
                 }
                 if l.pending.insert(rec.id) {
+                    self.misses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
                 l = self.fetched.wait(l).unwrap_or_else(|p| p.into_inner());

@@ -84,6 +84,14 @@ impl BackgroundAuditor {
             .clone()
     }
 
+    /// A view of the thread's state that does not keep it alive (for a mount's `status`).
+    pub fn watch(&self) -> AuditorWatch {
+        AuditorWatch {
+            shared: self.shared.clone(),
+            running: self.is_running(),
+        }
+    }
+
     /// Stops the thread and waits for it (an audit in progress stops at its next check).
     pub fn stop(mut self) {
         self.shutdown();
@@ -101,6 +109,28 @@ impl BackgroundAuditor {
 impl Drop for BackgroundAuditor {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What `BackgroundAuditor::watch` gives: the background auditor's state, read at any time.
+#[derive(Clone)]
+pub struct AuditorWatch {
+    shared: Arc<Shared>,
+    running: bool,
+}
+
+impl AuditorWatch {
+    /// Whether the auditor was started (`[audit] enabled`).
+    pub fn enabled(&self) -> bool {
+        self.running
+    }
+
+    pub fn state(&self) -> BackgroundState {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

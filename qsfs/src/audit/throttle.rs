@@ -44,6 +44,11 @@ impl ForegroundActivity {
         ForegroundGuard(self)
     }
 
+    /// Store reads and writes for files running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// True while foreground I/O runs or ended less than `quiet` ago.
     pub fn is_busy(&self, quiet: Duration) -> bool {
         if self.in_flight.load(Ordering::Relaxed) > 0 {

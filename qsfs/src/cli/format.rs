@@ -160,3 +160,43 @@ mod tests {
         assert_eq!(mode_string(0o1777), "rwxrwxrwt");
     }
 }
+
+/// The `mount` part of `status` for a mounted volume.
+pub fn print_mount_status(m: &qsfs::fuse::MountStatus) -> anyhow::Result<()> {
+    let q = &m.upload_queue;
+    let oldest = q
+        .oldest_secs
+        .map_or_else(String::new, |s| format!(", oldest {s:.1} s"));
+    outln!("mount");
+    outln!(
+        "  uploads   {} segments queued ({}){oldest}, {} retrying",
+        q.segments,
+        human_bytes(q.bytes),
+        q.retrying
+    );
+    outln!(
+        "  unsealed  {} files, {} segments; {} segments sealing or uploading",
+        m.dirty_files,
+        m.dirty_segments,
+        m.seal_jobs
+    );
+    let c = &m.read_cache;
+    let rate = if c.hits + c.misses == 0 {
+        "no reads yet".to_string()
+    } else {
+        format!("{:.0}% hits", 100.0 * c.hits as f64 / (c.hits + c.misses) as f64)
+    };
+    outln!(
+        "  cache     {} of {}, {} hits / {} misses ({rate})",
+        human_bytes(c.bytes),
+        human_bytes(c.capacity),
+        c.hits,
+        c.misses
+    );
+    outln!("  store I/O {} file reads/writes in flight", m.store_io_in_flight);
+    outln!("workers");
+    for w in &m.workers {
+        outln!("  {:<13} {}", w.name, w.state);
+    }
+    Ok(())
+}

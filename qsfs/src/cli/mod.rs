@@ -387,14 +387,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let vol = open_volume(&dir)?;
-            let result = run_admin(&vol, command);
+            let result = run_admin(&vol, command, None);
             finish_reading(&vol, result)
         }
     }
 }
 
-/// The admin commands, against an open volume: this process's, or a mount's for a control client.
-fn run_admin(vol: &Volume, command: Command) -> Result<()> {
+/// The admin commands, against an open volume: this process's, or a mount's for a control client (`mount`).
+fn run_admin(
+    vol: &Volume,
+    command: Command,
+    mount: Option<&qsfs::fuse::MountHandle>,
+) -> Result<()> {
     match command {
         Command::Fsck { repair, json } => fsck::fsck(vol, repair, json),
         Command::Audit { full, store, json } => audit::run(vol, full, store.as_deref(), json),
@@ -403,10 +407,18 @@ fn run_admin(vol: &Volume, command: Command) -> Result<()> {
         Command::Store { command } => store::run(vol, command),
         Command::Status { json } => {
             let st = vol.status()?;
+            let live = mount.map(|m| m.status()).transpose()?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&st)?);
+                let mut value = serde_json::to_value(&st)?;
+                if let (Some(live), Some(map)) = (&live, value.as_object_mut()) {
+                    map.insert("mount".into(), serde_json::to_value(live)?);
+                }
+                outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 format::print_status(&st)?;
+                if let Some(live) = &live {
+                    format::print_mount_status(live)?;
+                }
             }
             Ok(())
         }
@@ -433,7 +445,7 @@ fn run_in_mount(mount: &qsfs::fuse::MountHandle, args: &[String]) -> Result<()> 
         | Command::Gc { .. }
         | Command::Store { .. }
         | Command::Status { .. }) => {
-            let result = run_admin(vol, command);
+            let result = run_admin(vol, command, Some(mount));
             finish_reading(vol, result)
         }
         other => anyhow::bail!(

@@ -24,6 +24,7 @@ mod op_metrics;
 mod ops;
 mod privs;
 mod seal;
+mod live;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+pub use live::MountStatus;
 pub use session::{
     AtimeMode, DEFAULT_CACHE_SIZE, MountEntry, MountHandle, MountOptions, MountReport,
     block_signals, find_mount, is_stale_mount, mount, unmount, wait_for_exit,

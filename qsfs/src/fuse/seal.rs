@@ -74,6 +74,11 @@ impl Engine {
         }
     }
 
+    /// Seal and upload jobs submitted and not finished.
+    pub fn jobs_in_flight(&self) -> usize {
+        *self.inflight.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Queued segments waiting for their next upload attempt (stores away).
     pub fn retrying_uploads(&self) -> usize {
         self.retrying.load(Ordering::Acquire)

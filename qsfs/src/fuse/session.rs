@@ -101,11 +101,18 @@ pub struct MountReport {
 #[derive(Clone)]
 pub struct MountHandle {
     eng: Arc<Engine>,
+    /// The background auditor, once started (it starts after the mount is up).
+    auditor: Arc<std::sync::OnceLock<crate::audit::background::AuditorWatch>>,
 }
 
 impl MountHandle {
     pub fn volume(&self) -> &Arc<Volume> {
         &self.eng.vol
+    }
+
+    /// What only the mount knows: upload queue, unsealed data, read cache, workers.
+    pub fn status(&self) -> Result<super::live::MountStatus> {
+        super::live::mount_status(&self.eng, self.auditor.get())
     }
 }
 
@@ -235,7 +242,11 @@ pub fn mount(
         QsfsError::io(format!("mounting {}{hint}", mountpoint.display()), e)
     })?;
     let _ = notifier.set(session.notifier());
-    ready(&report, &MountHandle { eng: eng.clone() });
+    let handle = MountHandle {
+        eng: eng.clone(),
+        auditor: Default::default(),
+    };
+    ready(&report, &handle);
     raise_readahead(mountpoint.to_path_buf());
 
     let mut unmounter = session.unmount_callable();
@@ -284,6 +295,7 @@ pub fn mount(
     // Proof-of-retrievability audits and self-healing while the mount is served (`[audit]` in qsfs.toml); the
     // handle stops the thread when dropped, keeping an interrupted full audit's checkpoint for next time.
     let auditor = crate::audit::BackgroundAuditor::start(vol.clone(), vol.config().audit.clone());
+    let _ = handle.auditor.set(auditor.watch());
     let served = session.run();
     drop(auditor);
     stop.store(true, Ordering::Release);

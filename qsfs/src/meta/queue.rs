@@ -105,6 +105,15 @@ pub fn drop_queued_from(conn: &Connection, ino: u64, from: u64) -> Result<Vec<Qu
     Ok(gone)
 }
 
+/// The upload queue at a glance: segments, plaintext bytes, and when the oldest was queued (ns since the epoch).
+pub fn queue_summary(conn: &Connection) -> Result<(u64, u64, Option<i64>)> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(plain_len), 0), MIN(since_ns) FROM upload_queue",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+    )?)
+}
+
 pub fn queue_len(conn: &Connection) -> Result<u64> {
     Ok(
         conn.query_row("SELECT COUNT(*) FROM upload_queue", [], |r| {
