@@ -121,8 +121,7 @@ impl ReadCache {
             let mut l = self.lock();
             loop {
                 if let Some(data) = touch(&mut l, rec.id) {
-                    self.hits
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(data);
                 }
                 if l.pending.insert(rec.id) {

@@ -12,6 +12,7 @@
 
 pub mod mount;
 
+mod control;
 mod crash;
 mod fstab;
 mod lifecycle;

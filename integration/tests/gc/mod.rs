@@ -11,7 +11,7 @@ use crate::helpers::{Vol, s};
 use crate::restore::init_on_outside_dir_stores;
 
 /// A copy of `shard` under a sibling name (last hex digit changed): a valid shard blob no metadata names.
-fn plant_orphan(shard: &Path) -> PathBuf {
+pub fn plant_orphan(shard: &Path) -> PathBuf {
     let name = shard.file_name().unwrap().to_str().unwrap();
     let last = name.chars().last().unwrap();
     let other = if last == '0' { '1' } else { '0' };

@@ -184,7 +184,10 @@ pub fn print_mount_status(m: &qsfs::fuse::MountStatus) -> anyhow::Result<()> {
     let rate = if c.hits + c.misses == 0 {
         "no reads yet".to_string()
     } else {
-        format!("{:.0}% hits", 100.0 * c.hits as f64 / (c.hits + c.misses) as f64)
+        format!(
+            "{:.0}% hits",
+            100.0 * c.hits as f64 / (c.hits + c.misses) as f64
+        )
     };
     outln!(
         "  cache     {} of {}, {} hits / {} misses ({rate})",
@@ -193,7 +196,10 @@ pub fn print_mount_status(m: &qsfs::fuse::MountStatus) -> anyhow::Result<()> {
         c.hits,
         c.misses
     );
-    outln!("  store I/O {} file reads/writes in flight", m.store_io_in_flight);
+    outln!(
+        "  store I/O {} file reads/writes in flight",
+        m.store_io_in_flight
+    );
     outln!("workers");
     for w in &m.workers {
         outln!("  {:<13} {}", w.name, w.state);

@@ -555,7 +555,9 @@ impl Engine {
                 st.size = new_size;
             }
         }
-        // The committed boundary segment may hold bytes past the new end: replace it by a cut version.
+        // The committed boundary segment may hold bytes past the new end: replace it by a cut version (placed
+        // before its row commits below: gc waits for it meanwhile).
+        let _placing = self.vol.placements().begin();
         let mut boundary: Option<(meta::SegmentRecord, Option<Arc<Job>>)> = None;
         if cut > 0
             && let Some(old) = self

@@ -50,7 +50,10 @@ pub struct WorkerStatus {
 }
 
 /// Reads the mount's state now.
-pub(crate) fn mount_status(eng: &Arc<Engine>, auditor: Option<&AuditorWatch>) -> Result<MountStatus> {
+pub(crate) fn mount_status(
+    eng: &Arc<Engine>,
+    auditor: Option<&AuditorWatch>,
+) -> Result<MountStatus> {
     let (segments, bytes, oldest) = eng.vol.meta().read(meta::queue_summary)?;
     let now = meta::now_ns();
     let (mut dirty_files, mut dirty_segments) = (0, 0);

@@ -19,12 +19,12 @@ mod attr;
 mod engine;
 mod files;
 mod flush;
+mod live;
 mod nodes;
 mod op_metrics;
 mod ops;
 mod privs;
 mod seal;
-mod live;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -123,11 +123,15 @@ impl Engine {
             self.finish_job(cell, job, None, false);
             return;
         }
+        // Until the rows commit, gc must not take the placed shards for orphans.
+        let placing = self.vol.placements().begin();
         let placed = job
             .data
             .read_prefix(job.plain_len)
             .and_then(|bytes| self.vol.encode_and_place(cell.ino, job.idx, &bytes));
-        match placed.and_then(|rec| self.commit_job(cell, job, rec)) {
+        let committed = placed.and_then(|rec| self.commit_job(cell, job, rec));
+        drop(placing);
+        match committed {
             Ok(()) => {}
             Err(e) if job.queue_id().is_some() => {
                 // A queued segment is durable locally and close already succeeded: keep trying; a mount

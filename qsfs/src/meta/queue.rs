@@ -110,7 +110,13 @@ pub fn queue_summary(conn: &Connection) -> Result<(u64, u64, Option<i64>)> {
     Ok(conn.query_row(
         "SELECT COUNT(*), COALESCE(SUM(plain_len), 0), MIN(since_ns) FROM upload_queue",
         [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+            ))
+        },
     )?)
 }
 

@@ -76,6 +76,8 @@ pub(super) fn repair_segment(
     throttle: &Throttle,
     counters: &Counters,
 ) -> Result<SegmentOutcome> {
+    // Shards written here are not in metadata until the segment's rows commit: gc must wait for them.
+    let _placing = vol.placements().begin();
     let k = vol.config().data_shards;
     let n = rec.shards.len();
     let mut out = SegmentOutcome::default();

@@ -6,9 +6,10 @@
 //!   between placing and committing. They are found by listing each store against the metadata.
 //!
 //! Only objects whose first bytes are a shard blob's magic are orphans: the metadata log's objects, identity
-//! markers and anything foreign are never touched. No upload can be in flight while `gc` runs: it holds the
-//! volume's lock (a mount's own housekeeping deletes only recorded garbage), and only the volume's writer deletes
-//! (the lease is re-read first).
+//! markers and anything foreign are never touched. A shard the listing finds unnamed may belong to an upload in
+//! flight (gc run on a mounted volume, through its control socket): it counts as an orphan only if it is still
+//! unnamed after every placement begun before the metadata was read has committed or given up (see
+//! `placements`). Only the volume's writer deletes (the lease is re-read first).
 
 use std::collections::HashSet;
 
@@ -17,6 +18,9 @@ use qsfs_por::shard_blob::{HEADER_LEN, SHARD_BLOB_MAGIC, ShardHeader, ShardLayou
 use serde::Serialize;
 
 use super::Volume;
+
+/// How long gc waits for uploads in flight before it leaves orphan candidates for a later run.
+const PLACEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::error::{QsfsError, Result};
 use crate::meta;
 use crate::store_set::{StoreSlot, StoreState};
@@ -107,8 +111,26 @@ impl Volume {
         let store = slot.store.clone();
         let listed = self.io().block_on(store.list())?;
         let known: HashSet<Vec<u8>> = self.meta().read(|c| meta::locators_on_store(c, slot.id))?;
+        let mut unnamed: Vec<Locator> = listed
+            .into_iter()
+            .filter(|l| !known.contains(&l.0))
+            .collect();
+        if !unnamed.is_empty() {
+            // A mount's upload may have placed shards the listing saw and not committed their rows when the
+            // metadata was read: wait for every placement begun before now, then ask the metadata again.
+            let mark = self.placements().mark();
+            if !self.placements().wait_before(mark, PLACEMENT_WAIT) {
+                row.note = Some(format!(
+                    "uploads kept running for {PLACEMENT_WAIT:?}: orphan candidates kept; run gc again"
+                ));
+                return Ok(());
+            }
+            let known: HashSet<Vec<u8>> =
+                self.meta().read(|c| meta::locators_on_store(c, slot.id))?;
+            unnamed.retain(|l| !known.contains(&l.0));
+        }
         let mut orphans = Vec::new();
-        for loc in listed.into_iter().filter(|l| !known.contains(&l.0)) {
+        for loc in unnamed {
             if let Some(bytes) = self.io().block_on(shard_blob_len(slot, &loc))? {
                 row.orphans += 1;
                 row.orphan_bytes += bytes;

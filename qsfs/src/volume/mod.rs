@@ -10,6 +10,7 @@
 mod files;
 mod gc;
 mod lock;
+pub mod placements;
 mod segments;
 mod status;
 mod undo;
@@ -158,6 +159,8 @@ pub struct Volume {
     rt: IoRuntime,
     /// File reads and writes in flight, so background audits and repairs can yield to them.
     foreground: Arc<ForegroundActivity>,
+    /// Shards placed and not yet committed (see `placements`).
+    placements: placements::Placements,
     /// The metadata log's writer side (see `crate::replica`).
     replica: MetaReplica,
     _lock: VolumeLock,
@@ -426,6 +429,7 @@ impl Volume {
             stores: RwLock::new(stores),
             rt,
             foreground: Arc::new(ForegroundActivity::default()),
+            placements: Default::default(),
             replica,
             _lock: lock,
         };
@@ -517,6 +521,11 @@ impl Volume {
     }
 
     /// The gauge of foreground file I/O that background audits and repairs yield to.
+    /// Placements in flight: hold `placements().begin()` from before placing shards until their rows commit.
+    pub fn placements(&self) -> &placements::Placements {
+        &self.placements
+    }
+
     pub fn foreground(&self) -> &Arc<ForegroundActivity> {
         &self.foreground
     }

@@ -43,9 +43,13 @@ pub fn forward_if_mounted(volume: &Path) -> Result<bool> {
     };
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
-    (&stream)
-        .write_all(&line)
-        .with_context(|| format!("sending the command to the mount at {}", path.display()))?;
+    // A mount that refuses the caller answers without reading the request: its answer is still there to read.
+    if let Err(e) = (&stream).write_all(&line)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e)
+            .with_context(|| format!("sending the command to the mount at {}", path.display()));
+    }
     show_frames(&stream, &path)
 }
 

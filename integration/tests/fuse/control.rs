@@ -1,0 +1,194 @@
+//! Admin commands on a mounted volume, through its control socket, while the mount is busy with a write loop:
+//! `status --json` (with the mount's own section), `audit`, `audit --full`, damage found and `repair`ed, `store
+//! add` then `store drain` of another store, `gc` of an orphan — each with the same JSON and exit status as on an
+//! unmounted volume, and every file written meanwhile reads back identical. Another user is refused by the
+//! socket; the mount's workers show in `status` and it stops cleanly at umount.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::fuse_available;
+use super::mount::Mount;
+use crate::audit::{audit, num, repair};
+use crate::helpers::stores::{flip_bytes, shard_files};
+use crate::helpers::{Vol, s};
+
+/// Writes numbered files into the mount until told to stop; returns what it wrote.
+fn write_loop(mp: &Path, stop: Arc<AtomicBool>) -> JoinHandle<Vec<(String, Vec<u8>)>> {
+    let dir = mp.join("loop");
+    fs::create_dir_all(&dir).unwrap();
+    std::thread::spawn(move || {
+        let mut written = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let name = format!("f{i}");
+            let data = super::record_bytes(i, 40_000 + (i as usize % 7) * 30_000);
+            fs::write(dir.join(&name), &data).unwrap();
+            written.push((name, data));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        written
+    })
+}
+
+fn json_of(v: &Vol, args: &[&str]) -> serde_json::Value {
+    let out = v.ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
+}
+
+#[test]
+fn admin_commands_run_on_a_busy_mount() {
+    if !fuse_available("admin_commands_run_on_a_busy_mount") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let mount = Mount::start(&v, &v.scratch("mnt"), &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_loop(&mount.path(""), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // status: the volume's report plus the mount's own section, with every worker.
+    let st = json_of(&v, &["status", "--json"]);
+    assert_eq!(num(&st["data_shards"]), 4, "{st}");
+    let workers: Vec<&str> = st["mount"]["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no mount section: {st}"))
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        workers,
+        ["seal/upload", "housekeeping", "audit/repair"],
+        "{st}"
+    );
+    assert!(st["mount"]["upload_queue"]["segments"].is_u64(), "{st}");
+    let human = v.ok(&["status"]);
+    assert!(
+        human.contains("workers") && human.contains("uploads"),
+        "{human}"
+    );
+
+    // audit, sampled and full: clean while the writes go on.
+    let (run, j) = audit(&v, &[]);
+    let d = run.describe();
+    run.ok();
+    assert_eq!(j["verdict"], "healthy", "{d}");
+    let (run, _) = audit(&v, &["--full"]);
+    run.ok();
+
+    // Damage on one store: the full audit fails naming it (exit 1, as unmounted); repair fixes it.
+    let damaged = shard_files(&v.store_dir(3));
+    assert!(!damaged.is_empty());
+    flip_bytes(&damaged[0], 8);
+    let (run, j) = audit(&v, &["--full"]);
+    let d = run.describe();
+    run.failed();
+    let bad: u64 = j["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|st| num(&st["store_id"]) == 3)
+        .map(|st| num(&st["corrupt"]) + num(&st["known_bad"]))
+        .sum();
+    assert!(bad > 0, "{d}");
+    let (run, r) = repair(&v, &[]);
+    let d = run.describe();
+    run.ok();
+    assert!(num(&r["rebuilt"]) + num(&r["copied"]) > 0, "{d}");
+
+    // A store added, then another drained, while the writes go on.
+    let extra = v.scratch("extra-store");
+    let added = v.ok(&["store", "add", &format!("dir:{}", s(&extra))]);
+    assert!(added.contains("added store 6"), "{added}");
+    let drained = json_of(&v, &["store", "drain", "0", "--json"]);
+    assert_eq!(drained["retired"], true, "{drained}");
+    let st = json_of(&v, &["status", "--json"]);
+    let ids: Vec<u64> = st["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| num(&s["id"]))
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6], "{st}");
+
+    // gc: an orphan planted on a store is reclaimed, nothing live is touched.
+    let orphan = crate::gc::plant_orphan(&shard_files(&v.store_dir(2))[0]);
+    let gc = json_of(&v, &["gc", "--json"]);
+    let reclaimed: u64 = gc["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| num(&s["orphans_deleted"]))
+        .sum();
+    assert!(reclaimed >= 1 && !orphan.exists(), "{gc}");
+
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("the write loop");
+    assert!(written.len() > 10, "only {} files written", written.len());
+    let (run, _) = audit(&v, &["--full"]);
+    run.ok();
+    for (name, data) in &written {
+        let back = fs::read(mount.path("loop").join(name)).unwrap();
+        assert!(back == *data, "{name} changed");
+    }
+    mount.umount();
+    // After the mount: the same commands open the volume themselves, and its socket is gone.
+    assert!(!v.path.join("control.sock").exists());
+    let (run, _) = audit(&v, &["--full"]);
+    run.ok();
+    let st = json_of(&v, &["status", "--json"]);
+    assert!(st.get("mount").is_none(), "{st}");
+}
+
+/// Only the volume's owner or root may use the socket: another user reaching it (here the socket is opened to
+/// everyone on purpose, so the check under test is the peer's credentials) is refused, and the mount goes on.
+#[test]
+fn another_user_is_refused_by_the_control_socket() {
+    if !fuse_available("another_user_is_refused_by_the_control_socket") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&[]);
+    let mount = Mount::start(&v, &v.scratch("mnt"), &[]);
+    let socket = v.path.join("control.sock");
+    fs::set_permissions(&v.path, fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = super::sh(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            s(&crate::helpers::qsfs_bin()),
+            "--volume",
+            s(&v.path),
+            "status",
+        ],
+    );
+    fs::set_permissions(&v.path, fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(
+        !out.success(),
+        "another user ran status:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.describe().contains("only the volume's owner"),
+        "{}",
+        out.describe()
+    );
+    // The mount still serves its owner.
+    let st = v.ok(&["status"]);
+    assert!(st.contains("workers"), "{st}");
+    mount.umount();
+}
