@@ -147,20 +147,6 @@ pub fn print_status(st: &VolumeStatus) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_times_and_modes() {
-        assert_eq!(utc_time(0), "1970-01-01 00:00");
-        assert_eq!(utc_time(1_700_000_000 * 1_000_000_000), "2023-11-14 22:13");
-        assert_eq!(mode_string(0o755), "rwxr-xr-x");
-        assert_eq!(mode_string(0o4755), "rwsr-xr-x");
-        assert_eq!(mode_string(0o1777), "rwxrwxrwt");
-    }
-}
-
 /// The `mount` part of `status` for a mounted volume.
 pub fn print_mount_status(m: &qsfs::fuse::MountStatus) -> anyhow::Result<()> {
     let q = &m.upload_queue;
@@ -205,4 +191,18 @@ pub fn print_mount_status(m: &qsfs::fuse::MountStatus) -> anyhow::Result<()> {
         outln!("  {:<13} {}", w.name, w.state);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_and_modes() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00");
+        assert_eq!(utc_time(1_700_000_000 * 1_000_000_000), "2023-11-14 22:13");
+        assert_eq!(mode_string(0o755), "rwxr-xr-x");
+        assert_eq!(mode_string(0o4755), "rwsr-xr-x");
+        assert_eq!(mode_string(0o1777), "rwxrwxrwt");
+    }
 }
