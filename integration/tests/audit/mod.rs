@@ -9,6 +9,7 @@
 //! once it touches δ of the shards, and always by `audit --full`.
 
 mod dir;
+mod file;
 mod redis;
 
 use std::path::Path;

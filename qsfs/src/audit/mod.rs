@@ -20,6 +20,7 @@
 
 pub mod background;
 mod check;
+mod file;
 mod full;
 pub mod throttle;
 
@@ -38,6 +39,7 @@ use tokio::task::JoinSet;
 pub use background::BackgroundAuditor;
 pub use check::Tally;
 use check::{Finding, Method, check_many};
+pub use file::{FileAudit, PathAuditReport};
 pub use throttle::{ForegroundActivity, Throttle};
 
 use crate::config::AuditConfig;

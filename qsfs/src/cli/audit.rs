@@ -11,6 +11,99 @@ use qsfs_por::{AuditMode, AuditReport, LostSegment, report::percent};
 use super::format::human_bytes;
 use super::progress::CountBar;
 
+/// `qsfs audit --path P`: is each file under P still retrievable?
+pub fn run_path(vol: &Volume, path: &str, full: bool, json: bool) -> Result<()> {
+    let mut opts = AuditOptions::new(&vol.config().audit);
+    opts.full = full;
+    opts.throttle = super::output::admin_throttle();
+    let r = vol.audit_path(path, &opts)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_path_report(&r)?;
+    }
+    if r.clean {
+        return Ok(());
+    }
+    let bad: Vec<&str> = r
+        .files
+        .iter()
+        .filter(|f| f.verdict != "retrievable")
+        .map(|f| f.path.as_str())
+        .collect();
+    let unreadable = r.files.iter().any(|f| f.verdict == "unreadable");
+    bail!(
+        "audit of {path}: {} of {} files {} ({}); failed shards are queued for repair (run `qsfs repair`)",
+        bad.len(),
+        r.files.len(),
+        if unreadable {
+            "not retrievable now or degraded"
+        } else {
+            "degraded"
+        },
+        bad.join(", ")
+    )
+}
+
+fn print_path_report(r: &qsfs::audit::PathAuditReport) -> Result<()> {
+    let mode = if r.full {
+        "full: every shard of every file, every byte".to_string()
+    } else {
+        format!(
+            "sampled: a loss of δ = {} of a file's shards is caught with probability ≥ {}",
+            percent(r.delta),
+            percent(r.confidence)
+        )
+    };
+    outln!(
+        "audit      {} ({mode}); nonce {}…",
+        r.path,
+        &r.nonce[..16.min(r.nonce.len())]
+    );
+    outln!(
+        "{:>12} {:>8} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9}  {:<12} file",
+        "size",
+        "segments",
+        "shards",
+        "checked",
+        "passed",
+        "missing",
+        "corrupt",
+        "unreach",
+        "detection",
+        "verdict"
+    );
+    for f in &r.files {
+        outln!(
+            "{:>12} {:>8} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9}  {:<12} {}",
+            human_bytes(f.size),
+            f.segments,
+            f.shards,
+            f.checked,
+            f.passed,
+            f.missing,
+            f.corrupt,
+            f.unreachable,
+            percent(f.detection_probability),
+            f.verdict,
+            super::quote::quote_name(f.path.as_bytes(), super::output::stdout_is_terminal())
+        );
+    }
+    let proven = r
+        .files
+        .iter()
+        .filter(|f| f.verdict == "retrievable")
+        .count();
+    let degraded = r.files.iter().filter(|f| f.verdict == "degraded").count();
+    outln!(
+        "result     {proven} of {} files retrievable with every shard proven, {degraded} degraded (readable, repair \
+         queued), {} unreadable now",
+        r.files.len(),
+        r.files.len() - proven - degraded
+    );
+    Ok(())
+}
+
 pub fn run(vol: &Volume, full: bool, store: Option<&str>, json: bool) -> Result<()> {
     let mut opts = AuditOptions::new(&vol.config().audit);
     opts.full = full;

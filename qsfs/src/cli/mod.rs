@@ -108,8 +108,12 @@ enum Command {
         #[arg(long)]
         full: bool,
         /// Only this store (its URI or id).
-        #[arg(long, value_name = "URI")]
+        #[arg(long, value_name = "URI", conflicts_with = "path")]
         store: Option<String>,
+        /// Only the file, or the files of the tree, at this volume path: is each still retrievable? (per-file
+        /// proof of retrievability; with --full every byte of them).
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -401,7 +405,15 @@ fn run_admin(
 ) -> Result<()> {
     match command {
         Command::Fsck { repair, json } => fsck::fsck(vol, repair, json),
-        Command::Audit { full, store, json } => audit::run(vol, full, store.as_deref(), json),
+        Command::Audit {
+            full,
+            path: Some(path),
+            json,
+            ..
+        } => audit::run_path(vol, &path, full, json),
+        Command::Audit {
+            full, store, json, ..
+        } => audit::run(vol, full, store.as_deref(), json),
         Command::Repair { json, grace } => repair::run(vol, json, grace),
         Command::Gc { dry_run, json } => gc::run(vol, dry_run, json),
         Command::Store { command } => store::run(vol, command),
