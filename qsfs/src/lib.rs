@@ -13,6 +13,7 @@ pub mod fuse;
 pub mod keys;
 pub mod meta;
 pub mod metrics;
+pub mod pace;
 pub mod pipeline;
 pub mod private;
 pub mod read_cache;

@@ -11,9 +11,9 @@ use qsfs_por::{Latencies, LeafProbe, ShardBlob, ShardLayout};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::throttle::Throttle;
 use crate::error::{QsfsError, Result};
 use crate::meta::{ShardState, ShardTarget};
+use crate::pace::Throttle;
 
 /// One read may take this long before the store counts as unreachable for it.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -22,7 +22,6 @@ pub mod background;
 mod check;
 mod file;
 mod full;
-pub mod throttle;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -36,11 +35,11 @@ use qsfs_por::{
 };
 use tokio::task::JoinSet;
 
+pub use crate::pace::{ForegroundActivity, Throttle};
 pub use background::BackgroundAuditor;
 pub use check::Tally;
 use check::{Finding, Method, check_many};
 pub use file::{FileAudit, PathAuditReport};
-pub use throttle::{ForegroundActivity, Throttle};
 
 use crate::config::AuditConfig;
 use crate::error::{QsfsError, Result};

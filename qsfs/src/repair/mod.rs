@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use qsfs_por::LostSegment;
 use serde::Serialize;
 
-use crate::audit::Throttle;
 use crate::config::AuditConfig;
 use crate::error::{QsfsError, Result};
 use crate::meta::{self, RepairItem, RepairReason, ShardState};
+use crate::pace::Throttle;
 use crate::store_set::StoreState;
 use crate::volume::Volume;
 

@@ -9,9 +9,9 @@ use qsfs_backends::{ShardKey, StoreError};
 use qsfs_por::LostSegment;
 
 use super::{Counters, RepairFailure, StoreView};
-use crate::audit::Throttle;
 use crate::error::Result;
 use crate::meta::{self, RepairItem, SegmentRecord, ShardRow, ShardState};
+use crate::pace::Throttle;
 use crate::volume::Volume;
 
 /// What one segment's repair produced beyond the shared counters.

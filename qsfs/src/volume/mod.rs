@@ -18,7 +18,6 @@ mod undo;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::audit::ForegroundActivity;
 use crate::codec::{CodecParams, SegmentCodec, SegmentKeys};
 use crate::config::{
     ByteSize, CONFIG_FORMAT_VERSION, KeyConfig, KeySource, StoreConfig, VolumeConfig,
@@ -28,6 +27,7 @@ use crate::durable;
 use crate::error::{QsfsError, Result};
 use crate::keys::{self, MasterKey, Passphrase};
 use crate::meta::{self, MetaStore};
+use crate::pace::ForegroundActivity;
 use crate::replica::MetaReplica;
 use crate::replica::record::LogKeys;
 use crate::runtime::IoRuntime;
