@@ -151,6 +151,23 @@ pub struct VolumeConfig {
     /// the defaults.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Prometheus metrics of a mount. Optional.
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where a mount serves Prometheus metrics (`qsfs mount --metrics ADDR` overrides it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on, e.g. "127.0.0.1:9464"; unset: no metrics endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsConfig {
+    fn is_default(&self) -> bool {
+        self == &MetricsConfig::default()
+    }
 }
 
 /// The write quorum a new volume gets: all shards but one (at least K+1), so writes go on with any one store down

@@ -83,7 +83,15 @@ fn prometheus_scrapes_a_mount() {
     v.init_default(&["--segment-size", "64KiB"]);
     let mp = v.scratch("mnt");
     let target = format!("127.0.0.1:{}", free_port());
-    let m = Mount::start(&v, &mp, &["--metrics", &target]);
+    // The address from `[metrics]` in qsfs.toml (no --metrics flag).
+    let config = v.path.join("qsfs.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        format!("{text}\n[metrics]\nlisten = \"{target}\"\n"),
+    )
+    .unwrap();
+    let m = Mount::start(&v, &mp, &[]);
     for i in 0..5 {
         let mut f = fs::File::create(m.path(&format!("f{i}"))).unwrap();
         f.write_all(&vec![i as u8; 100_000]).unwrap();
@@ -110,6 +118,17 @@ fn prometheus_scrapes_a_mount() {
     at_least(
         "sum(qsfs_fuse_operation_duration_seconds_count{op=\"write\"})",
         1.0,
+    );
+    // Health: every segment healthy, nothing queued, and an audit's results once one ran.
+    at_least("qsfs_segments{state=\"healthy\"}", 5.0);
+    v.ok(&["audit"]);
+    at_least("count(qsfs_audit_score_ratio == 1)", 6.0);
+    at_least("qsfs_audit_last_timestamp_seconds", 1.0);
+    let f = fs::read(m.path("f1")).unwrap();
+    assert_eq!(f.len(), 100_000);
+    at_least(
+        "qsfs_read_cache_hits_total + qsfs_read_cache_misses_total",
+        0.0,
     );
     drop(prom);
     m.umount();

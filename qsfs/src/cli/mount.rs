@@ -71,7 +71,16 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     }
     // Before the volume starts its runtime threads, so they all inherit the mask (see fuse::block_signals).
     fuse::block_signals()?;
-    let metrics = args.metrics.map(|_| qsfs::metrics::Metrics::new());
+    // `--metrics` or, failing that, `[metrics] listen` in qsfs.toml.
+    let metrics_addr = match args.metrics {
+        Some(addr) => Some(addr),
+        None => {
+            qsfs::config::VolumeConfig::load(&volume.join(qsfs::volume::CONFIG_FILE))?
+                .metrics
+                .listen
+        }
+    };
+    let metrics = metrics_addr.map(|_| qsfs::metrics::Metrics::new());
     let wrap = |id, store| -> Arc<dyn qsfs_backends::ShardStore> {
         match &metrics {
             Some(m) => Arc::new(qsfs::metrics::store::MeteredStore::wrap(
@@ -109,7 +118,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
         threads: args.threads,
         read_only: args.read_only,
         atime: args.atime,
-        metrics_addr: args.metrics,
+        metrics_addr,
         metrics,
     };
     let mp = args.mountpoint.clone();

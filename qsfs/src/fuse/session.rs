@@ -136,8 +136,60 @@ fn serve_metrics(
             m.upload_queue.set(n as i64);
         }
         m.upload_retrying.set(live.retrying_uploads() as i64);
+        refresh_health(m, &live);
     }));
     m.serve(addr, eng.vol.io().handle())
+}
+
+/// The health gauges: segment states, repair queue, audit results, read cache, gc.
+fn refresh_health(m: &crate::metrics::Metrics, eng: &Engine) {
+    use crate::metrics::health::{StateLabels, advance};
+    let h = &m.health;
+    let vol = &eng.vol;
+    let cfg = vol.config();
+    let up = vol.stores().up_ids();
+    let read = vol.meta().read(|c| {
+        let health =
+            meta::segment_health(c, &up, cfg.data_shards, cfg.data_shards + cfg.parity_shards)?;
+        Ok((
+            health,
+            meta::repair_queue_len(c)?,
+            meta::store_scores(c)?,
+            meta::last_audit(c)?,
+        ))
+    });
+    match read {
+        Ok((health, queue, scores, last)) => {
+            for (state, n) in [
+                ("healthy", health.healthy),
+                ("degraded", health.degraded),
+                ("unreadable", health.unreadable),
+            ] {
+                h.segments
+                    .get_or_create(&StateLabels {
+                        state: state.into(),
+                    })
+                    .set(n as i64);
+            }
+            h.repair_queue.set(queue as i64);
+            for (id, score) in scores {
+                let labels = crate::metrics::StoreLabels {
+                    store: id.to_string(),
+                };
+                h.audit_score.get_or_create(&labels).set(score);
+            }
+            if let Some(a) = last {
+                h.audit_last_failures.set(a.failures as i64);
+                h.audit_last_timestamp.set(a.finished_unix as i64);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "health metrics not refreshed"),
+    }
+    let (bytes, _, hits, misses) = eng.cache.usage();
+    h.cache_bytes.set(bytes as i64);
+    advance(&h.cache_hits, hits);
+    advance(&h.cache_misses, misses);
+    advance(&h.gc_reclaimed, vol.shards_reclaimed());
 }
 
 /// The signals that end a mount. Call `block_signals` on the main thread before anything starts threads (the

@@ -12,6 +12,7 @@
 //! Recording costs an atomic add and a histogram observation: cheap enough to stay on in every mount that asks
 //! for metrics; a mount without `--metrics` records nothing.
 
+pub mod health;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -67,6 +68,7 @@ pub struct Metrics {
     pub store_up: Family<StoreLabels, Gauge>,
     pub upload_queue: Gauge,
     pub upload_retrying: Gauge,
+    pub health: health::HealthMetrics,
     refresh: Mutex<Option<RefreshHook>>,
 }
 
@@ -85,6 +87,7 @@ impl Metrics {
             store_up: Family::default(),
             upload_queue: Gauge::default(),
             upload_retrying: Gauge::default(),
+            health: health::HealthMetrics::default(),
             refresh: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -148,6 +151,7 @@ impl Metrics {
             "Queued segments waiting to retry a failed upload",
             m.upload_retrying.clone(),
         );
+        m.health.register(r);
         Arc::new(Metrics { registry, ..m })
     }
 

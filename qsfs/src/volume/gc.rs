@@ -150,7 +150,10 @@ impl Volume {
         self.recheck_lease()?;
         for loc in orphans {
             match self.io().block_on(store.delete(&loc)) {
-                Ok(()) | Err(StoreError::NotFound { .. }) => row.orphans_deleted += 1,
+                Ok(()) | Err(StoreError::NotFound { .. }) => {
+                    row.orphans_deleted += 1;
+                    self.count_reclaimed(1);
+                }
                 Err(e) => tracing::warn!(store = %slot.uri, error = %e, "orphan shard not deleted"),
             }
         }

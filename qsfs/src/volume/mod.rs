@@ -161,6 +161,8 @@ pub struct Volume {
     foreground: Arc<ForegroundActivity>,
     /// Shards placed and not yet committed (see `placements`).
     placements: placements::Placements,
+    /// Dead shards (garbage, orphans) this process deleted from the stores.
+    reclaimed: std::sync::atomic::AtomicU64,
     /// The metadata log's writer side (see `crate::replica`).
     replica: MetaReplica,
     _lock: VolumeLock,
@@ -253,6 +255,7 @@ impl Volume {
             key,
             stores,
             audit: crate::config::AuditConfig::default(),
+            metrics: Default::default(),
         };
         let config_path = root.join(CONFIG_FILE);
         config.validate().map_err(|reason| QsfsError::Config {
@@ -430,6 +433,7 @@ impl Volume {
             rt,
             foreground: Arc::new(ForegroundActivity::default()),
             placements: Default::default(),
+            reclaimed: Default::default(),
             replica,
             _lock: lock,
         };
@@ -521,6 +525,16 @@ impl Volume {
     }
 
     /// The gauge of foreground file I/O that background audits and repairs yield to.
+    /// Dead shards this process has deleted from the stores so far.
+    pub fn shards_reclaimed(&self) -> u64 {
+        self.reclaimed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_reclaimed(&self, n: u64) {
+        self.reclaimed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Placements in flight: hold `placements().begin()` from before placing shards until their rows commit.
     pub fn placements(&self) -> &placements::Placements {
         &self.placements

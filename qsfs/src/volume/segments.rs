@@ -123,6 +123,7 @@ impl Volume {
                 return Ok(deleted);
             }
             deleted += done.len();
+            self.count_reclaimed(done.len() as u64);
             self.meta.write(|c| meta::garbage_done(c, &done))?;
         }
     }
