@@ -129,6 +129,26 @@ fn admin_commands_run_on_a_busy_mount() {
         .sum();
     assert!(reclaimed >= 1 && !orphan.exists(), "{gc}");
 
+    // stats: a live view from the mount's counters, by mountpoint.
+    let rows = v.ok(&[
+        "stats",
+        s(&mount.path("")),
+        "--interval",
+        "0.3",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(
+        rows.lines().count(),
+        4,
+        "two header lines and two rows:\n{rows}"
+    );
+    let raw = v.ok(&["stats", "--raw"]);
+    assert!(
+        raw.contains("qsfs_fuse_operations_total{op=\"write\"}"),
+        "{raw}"
+    );
+
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().expect("the write loop");
     assert!(written.len() > 10, "only {} files written", written.len());
@@ -145,6 +165,9 @@ fn admin_commands_run_on_a_busy_mount() {
     run.ok();
     let st = json_of(&v, &["status", "--json"]);
     assert!(st.get("mount").is_none(), "{st}");
+    let stats = v.run(&["stats", "--count", "1"]);
+    assert!(stats.stderr.contains("not mounted"), "{}", stats.describe());
+    stats.failed();
 }
 
 /// Only the volume's owner or root may use the socket: another user reaching it (here the socket is opened to

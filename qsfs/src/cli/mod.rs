@@ -22,6 +22,7 @@ mod progress;
 mod quote;
 mod repair;
 mod restore;
+mod stats;
 mod store;
 mod transfer;
 
@@ -180,6 +181,20 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
     },
+    /// A live view of a mount: FUSE operations, throughput and store latency, one row per interval (like
+    /// `juicefs stats`). Names the mount by MOUNTPOINT or --volume.
+    Stats {
+        mountpoint: Option<PathBuf>,
+        /// Seconds between rows.
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+        /// Stop after N rows (default: until Ctrl-C).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One snapshot of the mount's counters in the Prometheus text format (what the view is made from).
+        #[arg(long)]
+        raw: bool,
+    },
     /// Unmount, waiting until pending uploads are done.
     Umount {
         mountpoint: PathBuf,
@@ -336,6 +351,21 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Stats { raw: true, .. } => {
+            if control::forward_if_mounted(&dir)? {
+                return Ok(());
+            }
+            anyhow::bail!(
+                "volume {} is not mounted: `qsfs stats` watches a running mount",
+                dir.display()
+            )
+        }
+        Command::Stats {
+            mountpoint,
+            interval,
+            count,
+            ..
+        } => stats::run(&dir, mountpoint.as_deref(), interval, count),
         Command::Restore {
             stores,
             key_file,
@@ -448,6 +478,15 @@ fn run_in_mount(mount: &qsfs::fuse::MountHandle, args: &[String]) -> Result<()> 
     };
     let vol = mount.volume();
     match cli.command {
+        Command::Stats { raw: true, .. } => {
+            let text = mount
+                .metrics_text()
+                .context("this mount keeps no metrics")?;
+            for line in text.lines() {
+                outln!("{line}");
+            }
+            Ok(())
+        }
         Command::Fsck { repair: true, .. } => anyhow::bail!(
             "fsck --repair needs a quiet volume: `qsfs umount` it first (fsck without --repair runs while mounted)"
         ),

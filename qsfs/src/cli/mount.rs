@@ -80,7 +80,8 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
                 .listen
         }
     };
-    let metrics = metrics_addr.map(|_| qsfs::metrics::Metrics::new());
+    // Counted always (`qsfs stats` reads them through the control socket); served only at an address.
+    let metrics = Some(qsfs::metrics::Metrics::new());
     let wrap = |id, store| -> Arc<dyn qsfs_backends::ShardStore> {
         match &metrics {
             Some(m) => Arc::new(qsfs::metrics::store::MeteredStore::wrap(

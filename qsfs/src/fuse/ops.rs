@@ -69,7 +69,11 @@ pub(super) fn respond<R: Refuse, T>(
         Ok(v) => ok(reply, v),
         Err(e) => {
             log_err(op, &e);
-            super::op_metrics::note_failure();
+            // "No such attribute" is an answer, not a failure: the kernel asks for security.capability before
+            // every write, and counting those would bury real errors.
+            if e.errno() != nix::libc::ENODATA {
+                super::op_metrics::note_failure();
+            }
             reply.refuse(errno(&e))
         }
     }

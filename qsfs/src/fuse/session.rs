@@ -101,6 +101,7 @@ pub struct MountReport {
 #[derive(Clone)]
 pub struct MountHandle {
     eng: Arc<Engine>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The background auditor, once started (it starts after the mount is up).
     auditor: Arc<std::sync::OnceLock<crate::audit::background::AuditorWatch>>,
 }
@@ -110,18 +111,19 @@ impl MountHandle {
         &self.eng.vol
     }
 
+    /// The mount's metrics in the Prometheus text format, gauges refreshed (`None` if it keeps none).
+    pub fn metrics_text(&self) -> Option<String> {
+        self.metrics.as_ref().map(|m| m.render())
+    }
+
     /// What only the mount knows: upload queue, unsealed data, read cache, workers.
     pub fn status(&self) -> Result<super::live::MountStatus> {
         super::live::mount_status(&self.eng, self.auditor.get())
     }
 }
 
-/// Starts the metrics endpoint with gauges read from the live mount at each scrape; returns its address.
-fn serve_metrics(
-    m: &Arc<crate::metrics::Metrics>,
-    addr: std::net::SocketAddr,
-    eng: &Arc<Engine>,
-) -> Result<std::net::SocketAddr> {
+/// Makes every rendering of the metrics (a scrape, `qsfs stats`) refresh its gauges from the live mount first.
+fn refresh_from_mount(m: &Arc<crate::metrics::Metrics>, eng: &Arc<Engine>) {
     let live = eng.clone();
     m.set_refresh(Box::new(move |m| {
         for slot in live.vol.stores().slots() {
@@ -138,7 +140,6 @@ fn serve_metrics(
         m.upload_retrying.set(live.retrying_uploads() as i64);
         refresh_health(m, &live);
     }));
-    m.serve(addr, eng.vol.io().handle())
 }
 
 /// The health gauges: segment states, repair queue, audit results, read cache, gc.
@@ -234,13 +235,13 @@ pub fn mount(
     };
     report.orphans_deleted = orphans;
     report.uploads_resumed = resumed;
-    let metrics = match (&opts.metrics_addr, &opts.metrics) {
-        (Some(addr), Some(m)) => {
-            report.metrics_addr = Some(serve_metrics(m, *addr, &eng)?);
-            Some(m.clone())
+    if let Some(m) = &opts.metrics {
+        refresh_from_mount(m, &eng);
+        if let Some(addr) = opts.metrics_addr {
+            report.metrics_addr = Some(m.serve(addr, eng.vol.io().handle())?);
         }
-        _ => None,
-    };
+    }
+    let metrics = opts.metrics.clone();
 
     let notifier = Arc::new(std::sync::OnceLock::new());
     let fs = QsfsFs {
@@ -296,6 +297,7 @@ pub fn mount(
     let _ = notifier.set(session.notifier());
     let handle = MountHandle {
         eng: eng.clone(),
+        metrics: opts.metrics.clone(),
         auditor: Default::default(),
     };
     ready(&report, &handle);

@@ -53,6 +53,54 @@ pub fn forward_if_mounted(volume: &Path) -> Result<bool> {
     show_frames(&stream, &path)
 }
 
+/// Runs `args` in the mount serving `volume` and returns its output; `Ok(None)` when no mount serves it.
+pub fn query(volume: &Path, args: &[&str]) -> Result<Option<String>> {
+    let path = volume.join(SOCKET_FILE);
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("connecting to the mount at {}", path.display()));
+        }
+    };
+    let request = Request {
+        version: VERSION,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        tty: false,
+    };
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    (&stream)
+        .write_all(&line)
+        .with_context(|| format!("sending a request to the mount at {}", path.display()))?;
+    let mut out = String::new();
+    for line in BufReader::new(&stream).lines() {
+        let line = line.with_context(|| format!("reading from the mount at {}", path.display()))?;
+        match serde_json::from_str::<Frame>(&line)? {
+            Frame::Out(text) => out.push_str(&text),
+            Frame::Progress { .. } => {}
+            Frame::Exit { code: 0, .. } => return Ok(Some(out)),
+            Frame::Exit { error, .. } => {
+                return Err(anyhow!(error.unwrap_or_else(|| "the mount refused".into())));
+            }
+        }
+    }
+    bail!(
+        "the mount at {} closed the connection early",
+        path.display()
+    )
+}
+
 /// Shows the mount's frames until the exit frame; the command's own result.
 fn show_frames(stream: &UnixStream, path: &Path) -> Result<bool> {
     let mut bar: Option<indicatif::ProgressBar> = None;

@@ -13,7 +13,7 @@
 mod client;
 mod server;
 
-pub use client::forward_if_mounted;
+pub use client::{forward_if_mounted, query};
 pub use server::ControlServer;
 
 use serde::{Deserialize, Serialize};
