@@ -154,6 +154,43 @@ pub struct VolumeConfig {
     /// Prometheus metrics of a mount. Optional.
     #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
+    /// Background gc in a mount. Optional.
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+/// `[gc]`: the mount's background gc (recorded garbage and orphan shards, as `qsfs gc` does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    pub enabled: bool,
+    /// Mean time between background runs (each wait randomized like the audits'). Every run lists every
+    /// store, which costs requests on object stores: hence a day by default.
+    pub interval: HumanDuration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            interval: HumanDuration(std::time::Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl GcConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.interval.0 < std::time::Duration::from_secs(1)
+            || self.interval.0 > MAX_AUDIT_INTERVAL
+        {
+            return Err(format!(
+                "key `gc.interval`: expected 1s to {}, found {}",
+                HumanDuration(MAX_AUDIT_INTERVAL),
+                self.interval
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[metrics]`: where a mount serves Prometheus metrics (`qsfs mount --metrics ADDR` overrides it).
@@ -444,6 +481,7 @@ impl VolumeConfig {
                 .map_err(|e| format!("key `stores` (id {}): {e}", s.id))?;
         }
         self.audit.validate()?;
+        self.gc.validate()?;
         match self.key.source {
             KeySource::File => {}
             KeySource::Passphrase if self.key.argon2.is_none() => {

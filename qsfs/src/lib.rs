@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod staging;
 pub mod store_set;
 pub mod volume;
+pub mod workers;
 
 pub use error::{QsfsError, Result};
 pub use volume::{GcReport, InitOptions, StoreGc, Volume};

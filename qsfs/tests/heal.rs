@@ -439,7 +439,7 @@ fn background_auditor_finds_and_heals_damage() {
     let mut cfg = vol.config().audit.clone();
     cfg.interval = HumanDuration(Duration::from_secs(3600));
     cfg.bandwidth = ByteSize(0);
-    let auditor = BackgroundAuditor::start(vol.clone(), cfg);
+    let auditor = BackgroundAuditor::start(vol.clone(), cfg).unwrap();
     assert!(auditor.is_running());
     auditor.run_now();
     let deadline = Instant::now() + Duration::from_secs(60);

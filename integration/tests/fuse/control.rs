@@ -65,7 +65,7 @@ fn admin_commands_run_on_a_busy_mount() {
         .collect();
     assert_eq!(
         workers,
-        ["seal/upload", "housekeeping", "audit/repair"],
+        ["seal/upload", "housekeeping", "audit/repair", "gc"],
         "{st}"
     );
     assert!(st["mount"]["upload_queue"]["segments"].is_u64(), "{st}");
@@ -213,5 +213,46 @@ fn another_user_is_refused_by_the_control_socket() {
     // The mount still serves its owner.
     let st = v.ok(&["status"]);
     assert!(st.contains("workers"), "{st}");
+    mount.umount();
+}
+
+/// `[gc]` in qsfs.toml: the mount's gc worker reclaims an orphan on its own, shows in `status`, and stops at umount.
+#[test]
+fn the_mount_collects_orphans_in_the_background() {
+    if !fuse_available("the_mount_collects_orphans_in_the_background") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&[]);
+    let config = v.path.join("qsfs.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    let gc_section = "[gc]\nenabled = true\ninterval = \"1d\"";
+    assert!(
+        text.contains(gc_section),
+        "init writes the [gc] defaults: {text}"
+    );
+    fs::write(
+        &config,
+        text.replace(gc_section, "[gc]\nenabled = true\ninterval = \"2s\""),
+    )
+    .unwrap();
+    let mount = Mount::start(&v, &v.scratch("mnt"), &[]);
+    fs::write(mount.path("f"), super::record_bytes(1, 300_000)).unwrap();
+    fs::File::open(mount.path("f")).unwrap().sync_all().unwrap();
+    let orphan = crate::gc::plant_orphan(&shard_files(&v.store_dir(1))[0]);
+    let gone = super::mount::wait_for(Duration::from_secs(30), || !orphan.exists());
+    let st = json_of(&v, &["status", "--json"]);
+    assert!(gone, "the orphan is still there after 30 s: {st}");
+    let gc = st["mount"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "gc")
+        .unwrap_or_else(|| panic!("no gc worker: {st}"));
+    assert!(gc["status"].as_str().unwrap().contains("orphan"), "{st}");
+    assert_eq!(
+        fs::read(mount.path("f")).unwrap(),
+        super::record_bytes(1, 300_000)
+    );
     mount.umount();
 }

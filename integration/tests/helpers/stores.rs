@@ -47,6 +47,11 @@ pub fn shard_files(store_dir: &Path) -> Vec<PathBuf> {
     let shards = store_dir.join("shards");
     let files: Vec<PathBuf> = all_files(&shards)
         .into_iter()
+        // A put in flight writes a temporary file first (a mount busy writing has some at any moment).
+        .filter(|f| {
+            !f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        })
         .filter(|f| {
             let mut head = [0u8; 8];
             let n = fs::File::open(f)

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::engine::Engine;
-use crate::audit::background::AuditorWatch;
 use crate::error::Result;
 use crate::meta;
 
@@ -43,17 +42,10 @@ pub struct ReadCacheStatus {
     pub misses: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct WorkerStatus {
-    pub name: String,
-    pub state: String,
-}
+pub use crate::workers::WorkerStatus;
 
 /// Reads the mount's state now.
-pub(crate) fn mount_status(
-    eng: &Arc<Engine>,
-    auditor: Option<&AuditorWatch>,
-) -> Result<MountStatus> {
+pub(crate) fn mount_status(eng: &Arc<Engine>, workers: &[WorkerStatus]) -> Result<MountStatus> {
     let (segments, bytes, oldest) = eng.vol.meta().read(meta::queue_summary)?;
     let now = meta::now_ns();
     let (mut dirty_files, mut dirty_segments) = (0, 0);
@@ -68,19 +60,15 @@ pub(crate) fn mount_status(
     let retrying = eng.retrying_uploads() as u64;
     let seal_jobs = eng.jobs_in_flight() as u64;
     let seal_workers = eng.seal_workers.load(Ordering::Acquire);
-    let mut workers = vec![
-        WorkerStatus {
-            name: "seal/upload".into(),
-            state: format!(
-                "{seal_workers} workers, {seal_jobs} segments in progress, {segments} queued, {retrying} retrying"
-            ),
-        },
-        WorkerStatus {
-            name: "housekeeping".into(),
-            state: "seals idle data, collects garbage, follows remounts (every 0.5 s)".into(),
-        },
-    ];
-    workers.push(auditor_status(auditor));
+    // The seal/upload pool is a set of threads fed by a channel rather than a worker; it is listed with them.
+    let mut all = vec![WorkerStatus {
+        name: "seal/upload".into(),
+        state: if seal_jobs > 0 { "busy" } else { "idle" }.into(),
+        status: format!(
+            "{seal_workers} threads, {seal_jobs} segments in progress, {segments} queued, {retrying} retrying"
+        ),
+    }];
+    all.extend_from_slice(workers);
     Ok(MountStatus {
         upload_queue: UploadQueue {
             segments,
@@ -98,25 +86,6 @@ pub(crate) fn mount_status(
             misses,
         },
         store_io_in_flight: eng.vol.foreground().in_flight() as u64,
-        workers,
+        workers: all,
     })
-}
-
-fn auditor_status(auditor: Option<&AuditorWatch>) -> WorkerStatus {
-    let state = match auditor {
-        Some(a) if a.enabled() => {
-            let st = a.state();
-            let last = match (&st.last_audit, &st.last_error) {
-                (_, Some(e)) => format!("last error: {e}"),
-                (Some(r), None) => format!("last audit: {}", r.verdict.label()),
-                (None, None) => "no audit yet".into(),
-            };
-            format!("{} cycles; {last}", st.cycles)
-        }
-        _ => "disabled ([audit] enabled = false)".into(),
-    };
-    WorkerStatus {
-        name: "audit/repair".into(),
-        state,
-    }
 }

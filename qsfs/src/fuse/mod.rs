@@ -16,6 +16,7 @@
 //! volume's `IoRuntime::block_on`, the crate's one async boundary.
 
 mod attr;
+mod background;
 mod engine;
 mod files;
 mod flush;

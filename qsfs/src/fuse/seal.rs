@@ -22,13 +22,16 @@ const RETRY_REVIVE_GAP: Duration = Duration::from_secs(2);
 pub const IDLE_SEAL: Duration = Duration::from_secs(2);
 
 impl Engine {
-    /// Starts `n` sealing workers.
-    pub fn start_workers(self: &Arc<Self>, n: usize) {
+    /// Starts `n` sealing workers. Fails if none can be started: jobs would go to a channel no one reads, and
+    /// every flush would wait forever. Fewer than `n` (the system is short of threads) is a warning.
+    pub fn start_workers(self: &Arc<Self>, n: usize) -> crate::error::Result<usize> {
         let (tx, rx) = mpsc::channel::<(Arc<Cell>, Arc<Job>)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        let mut last_error = None;
         for i in 0..n {
             let (eng, rx) = (self.clone(), rx.clone());
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("qsfs-seal-{i}"))
                 .spawn(move || {
                     loop {
@@ -37,9 +40,20 @@ impl Engine {
                         eng.run_job(&cell, &job);
                     }
                 });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => last_error = Some(e),
+            }
         }
-        self.seal_workers.store(n, Ordering::Release);
+        if let Some(e) = last_error {
+            if started == 0 {
+                return Err(crate::error::QsfsError::io("starting the seal workers", e));
+            }
+            tracing::warn!(started, wanted = n, error = %e, "fewer seal workers than asked for");
+        }
+        self.seal_workers.store(started, Ordering::Release);
         *self.jobs_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Ok(started)
     }
 
     /// Stops the workers once the queue they share is empty.

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
@@ -25,8 +25,6 @@ use crate::volume::Volume;
 pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
 /// How long the final drain waits for queued uploads before leaving them for the next mount.
 const QUEUE_DRAIN: Duration = Duration::from_secs(120);
-/// Housekeeping period: idle seals, garbage collection.
-const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 /// When a read writes the access time (the mount options of the same names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -102,8 +100,8 @@ pub struct MountReport {
 pub struct MountHandle {
     eng: Arc<Engine>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// The background auditor, once started (it starts after the mount is up).
-    auditor: Arc<std::sync::OnceLock<crate::audit::background::AuditorWatch>>,
+    /// The mount's background workers.
+    workers: Arc<crate::workers::Workers>,
 }
 
 impl MountHandle {
@@ -118,7 +116,7 @@ impl MountHandle {
 
     /// What only the mount knows: upload queue, unsealed data, read cache, workers.
     pub fn status(&self) -> Result<super::live::MountStatus> {
-        super::live::mount_status(&self.eng, self.auditor.get())
+        super::live::mount_status(&self.eng, &self.workers.list())
     }
 }
 
@@ -226,7 +224,7 @@ pub fn mount(
     let root = vol.root().to_path_buf();
     let vol = Arc::new(vol);
     let eng = Engine::new(vol.clone(), opts.cache_size, opts.sync_close)?;
-    eng.start_workers(default_workers());
+    eng.start_workers(default_workers())?;
     // A read-only mount resumes nothing: the queue and orphans wait for the next read-write mount.
     let (orphans, resumed) = if opts.read_only {
         (0, 0)
@@ -298,7 +296,7 @@ pub fn mount(
     let handle = MountHandle {
         eng: eng.clone(),
         metrics: opts.metrics.clone(),
-        auditor: Default::default(),
+        workers: Default::default(),
     };
     ready(&report, &handle);
     raise_readahead(mountpoint.to_path_buf());
@@ -321,39 +319,32 @@ pub fn mount(
                 }
             }
         });
-    let stop = Arc::new(AtomicBool::new(false));
-    let hk = {
-        let (eng, stop) = (eng.clone(), stop.clone());
-        let (mp, read_write) = (mountpoint.to_path_buf(), !opts.read_only);
-        std::thread::Builder::new()
-            .name("qsfs-housekeeping".into())
-            .spawn(move || {
-                let mut remounted_ro = false;
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(HOUSEKEEPING);
-                    // `mount -o remount,ro|rw` changes only the kernel's flag: follow it, so a read-only mount
-                    // writes nothing of its own either (uploads, access times, the metadata log).
-                    if read_write
-                        && let Some(m) = find_mount(&mp)
-                        && m.read_only != remounted_ro
-                    {
-                        remounted_ro = m.read_only;
-                        eng.vol.follow_remount(remounted_ro);
-                    }
-                    eng.housekeeping(false);
-                }
-            })
-            .map_err(|e| QsfsError::io("starting the housekeeping thread", e))?
-    };
-
-    // Proof-of-retrievability audits and self-healing while the mount is served (`[audit]` in qsfs.toml); the
-    // handle stops the thread when dropped, keeping an interrupted full audit's checkpoint for next time.
-    let auditor = crate::audit::BackgroundAuditor::start(vol.clone(), vol.config().audit.clone());
-    let _ = handle.auditor.set(auditor.watch());
+    // The mount's background work, started, listed (`status`) and stopped in one place.
+    let workers = &handle.workers;
+    workers.start(super::background::Housekeeping {
+        eng: eng.clone(),
+        mountpoint: mountpoint.to_path_buf(),
+        read_write: !opts.read_only,
+        remounted_ro: false,
+        rounds: 0,
+    })?;
+    // Proof-of-retrievability audits and self-healing (`[audit]`), and gc (`[gc]`), while the mount is served;
+    // stopping keeps an interrupted full audit's checkpoint for next time.
+    let cfg = vol.config();
+    if cfg.audit.enabled {
+        workers.start(crate::audit::background::AuditWorker::new(
+            vol.clone(),
+            cfg.audit.clone(),
+        ))?;
+    }
+    if cfg.gc.enabled && !opts.read_only {
+        workers.start(super::background::BackgroundGc::new(
+            eng.clone(),
+            cfg.gc.clone(),
+        ))?;
+    }
     let served = session.run();
-    drop(auditor);
-    stop.store(true, Ordering::Release);
-    let _ = hk.join();
+    workers.stop();
     finish(&eng);
     served.map_err(|e| QsfsError::io("serving the mount", e))
 }

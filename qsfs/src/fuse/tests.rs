@@ -33,7 +33,7 @@ fn new_file(vol: &Volume, name: &str) -> u64 {
 
 fn engine(vol: Volume, sync_close: bool) -> Arc<Engine> {
     let eng = Engine::new(Arc::new(vol), 1 << 20, sync_close).unwrap();
-    eng.start_workers(3);
+    eng.start_workers(3).unwrap();
     eng
 }
 

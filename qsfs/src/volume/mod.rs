@@ -256,6 +256,7 @@ impl Volume {
             stores,
             audit: crate::config::AuditConfig::default(),
             metrics: Default::default(),
+            gc: Default::default(),
         };
         let config_path = root.join(CONFIG_FILE);
         config.validate().map_err(|reason| QsfsError::Config {

@@ -1,0 +1,111 @@
+//! A mount's own workers (see `crate::workers`): housekeeping (sealing idle data, collecting recorded garbage,
+//! following remounts) and the background gc (`[gc]`: recorded garbage and orphan shards, like `qsfs gc`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use super::engine::Engine;
+use super::session::find_mount;
+use crate::config::GcConfig;
+use crate::workers::{Next, Worker};
+
+/// Housekeeping period.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+pub(crate) struct Housekeeping {
+    pub eng: Arc<Engine>,
+    pub mountpoint: PathBuf,
+    /// A read-write mount follows `mount -o remount,ro|rw`; a `--read-only` one stays read-only.
+    pub read_write: bool,
+    pub remounted_ro: bool,
+    pub rounds: u64,
+}
+
+impl Worker for Housekeeping {
+    fn name(&self) -> &'static str {
+        "housekeeping"
+    }
+
+    fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
+        // `mount -o remount,ro|rw` changes only the kernel's flag: follow it, so a read-only mount writes nothing
+        // of its own either (uploads, access times, the metadata log).
+        if self.read_write
+            && let Some(m) = find_mount(&self.mountpoint)
+            && m.read_only != self.remounted_ro
+        {
+            self.remounted_ro = m.read_only;
+            self.eng.vol.follow_remount(self.remounted_ro);
+        }
+        self.eng.housekeeping(false);
+        self.rounds += 1;
+        Next::Idle(HOUSEKEEPING)
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "seals idle data, collects recorded garbage, follows remounts: {} rounds{}",
+            self.rounds,
+            if self.remounted_ro {
+                "; remounted read-only"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+pub(crate) struct BackgroundGc {
+    pub eng: Arc<Engine>,
+    pub cfg: GcConfig,
+    pub next: Instant,
+    pub last: String,
+}
+
+impl BackgroundGc {
+    pub fn new(eng: Arc<Engine>, cfg: GcConfig) -> BackgroundGc {
+        BackgroundGc {
+            next: Instant::now() + cfg.interval.0.mul_f64(rand::random_range(0.1..1.0)),
+            eng,
+            cfg,
+            last: "not run yet".into(),
+        }
+    }
+}
+
+impl Worker for BackgroundGc {
+    fn name(&self) -> &'static str {
+        "gc"
+    }
+
+    fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
+        let left = self.next.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            return Next::Idle(left);
+        }
+        self.next = Instant::now() + self.cfg.interval.0.mul_f64(rand::random_range(0.5..1.5));
+        // A read-only copy deletes nothing: its gc waits for the next round.
+        if self.eng.vol.check_writer().is_err() {
+            self.last = "skipped: the volume is read-only here".into();
+            return Next::Idle(self.cfg.interval.0);
+        }
+        self.last = match self.eng.vol.gc(false) {
+            Ok(r) => format!(
+                "last run: {} garbage and {} orphan shards deleted",
+                r.stores.iter().map(|s| s.garbage_deleted).sum::<u64>(),
+                r.stores.iter().map(|s| s.orphans_deleted).sum::<u64>()
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "background gc failed");
+                format!("last run failed: {e}")
+            }
+        };
+        Next::Idle(self.next.saturating_duration_since(Instant::now()))
+    }
+
+    fn status(&self) -> String {
+        let next = self.next.saturating_duration_since(Instant::now());
+        format!("{}; next in {} min", self.last, next.as_secs().div_ceil(60))
+    }
+}
