@@ -79,6 +79,17 @@ pub enum StoreError {
     InvalidUri { uri: String, reason: String },
 }
 
+/// What a failed read says about the blob it asked for (see [`StoreError::read_fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFault {
+    /// The store does not have it.
+    Missing,
+    /// The store has something, but not the blob: truncated, oversized, unreadable or of the wrong kind.
+    Damaged,
+    /// The store did not answer usefully; nothing is known about the blob.
+    Unreachable,
+}
+
 impl StoreError {
     /// True when the same request may succeed later (network trouble, a server restarting); false when repeating it
     /// cannot help (missing shard, wrong identity, a value too big, bad URI).
@@ -96,6 +107,20 @@ impl StoreError {
                     | std::io::ErrorKind::BrokenPipe
             ),
             _ => false,
+        }
+    }
+
+    /// What a failed read says about the blob asked for — the one classification every reader uses (the read
+    /// path, audits, repair), so a failing disk is recorded against its shard everywhere alike.
+    pub fn read_fault(&self) -> ReadFault {
+        match self {
+            StoreError::NotFound { .. } => ReadFault::Missing,
+            // Cut short, oversized, or not a blob at all (a FIFO, a reply of the wrong shape).
+            StoreError::RangeOutOfBounds { .. } | StoreError::Refused { .. } => ReadFault::Damaged,
+            // A disk that fails to read the file: the copy is unreadable, whatever the cause.
+            StoreError::Io { .. } if !self.is_retryable() => ReadFault::Damaged,
+            // Everything else is about the store, not the blob (down, refusing us, talking nonsense).
+            _ => ReadFault::Unreachable,
         }
     }
 

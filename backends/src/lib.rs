@@ -28,7 +28,7 @@ pub mod zdb;
 pub mod testing;
 
 pub use dir::DirStore;
-pub use error::{Result, StoreError, sanitize};
+pub use error::{ReadFault, Result, StoreError, sanitize};
 pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
 pub use lazy::{LazyStore, open_store_or_lazy};
 pub use redis::RedisStore;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qsfs_backends::{Locator, ShardStore, StoreError};
+use qsfs_backends::{Locator, ReadFault, ShardStore, StoreError};
 use qsfs_por::{Latencies, LeafProbe, ShardBlob, ShardLayout};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -108,17 +108,12 @@ impl Tally {
     }
 }
 
-/// Sorts a store error into what it says about the shard.
+/// Sorts a store error into what it says about the shard (the classification every reader shares).
 fn classify(e: &StoreError) -> Outcome {
-    match e {
-        StoreError::NotFound { .. } => Outcome::Missing,
-        StoreError::RangeOutOfBounds { .. } => Outcome::Corrupt(format!("truncated: {e}")),
-        // Oversized, or not a shard at all (a FIFO, a reply of the wrong shape): the copy on the store is bad.
-        StoreError::Refused { .. } => Outcome::Corrupt(e.to_string()),
-        // A disk that fails to read the file: the shard is unreadable, whatever the cause.
-        StoreError::Io { .. } if !e.is_retryable() => Outcome::Corrupt(format!("unreadable: {e}")),
-        // Everything else is about the store, not the shard (down, refusing us, talking nonsense).
-        _ => Outcome::Unreachable(e.to_string()),
+    match e.read_fault() {
+        ReadFault::Missing => Outcome::Missing,
+        ReadFault::Damaged => Outcome::Corrupt(e.to_string()),
+        ReadFault::Unreachable => Outcome::Unreachable(e.to_string()),
     }
 }
 

@@ -92,15 +92,15 @@ pub const STATFS_BSIZE: u64 = 4096;
 /// free and used space is scaled by K/(K+M). Stores that cannot tell their free space count as holding nothing
 /// free; unreachable stores are skipped.
 pub fn capacity(vol: &Volume) -> Capacity {
-    let probes = vol.io().block_on(async {
-        let mut out = Vec::new();
-        for slot in vol.stores().slots() {
-            if slot.is_up() {
-                out.push(slot.store.probe().await.ok());
-            }
-        }
-        out
-    });
+    // Stores already marked down are left out; one that fails to answer now makes the free space unknown.
+    let up = vol.stores().up_ids();
+    let probes: Vec<Option<qsfs_backends::StoreHealth>> = vol
+        .io()
+        .block_on(vol.stores().probe_all())
+        .into_iter()
+        .filter(|(id, _)| up.contains(id))
+        .map(|(_, r)| r.ok())
+        .collect();
     let (mut free, mut used) = (0u64, 0u64);
     let free_known = !probes.is_empty()
         && probes

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
-use qsfs_backends::{ShardKey, StoreError};
+use qsfs_backends::{ReadFault, ShardKey};
 use qsfs_por::LostSegment;
 
 use super::{Counters, RepairFailure, StoreView};
@@ -56,14 +56,11 @@ async fn fetch_one(vol: &Volume, rec: &SegmentRecord, row: &ShardRow) -> Fetched
             Ok(data) => Fetched::Good(data, blob),
             Err(e) => Fetched::Bad(ShardState::Corrupt, e.to_string()),
         },
-        Err(StoreError::NotFound { .. }) => {
-            Fetched::Bad(ShardState::Missing, "absent from its store".into())
-        }
-        Err(e) if matches!(e, StoreError::Io { .. }) && !e.is_retryable() => {
-            Fetched::Bad(ShardState::Corrupt, format!("unreadable: {e}"))
-        }
-        Err(e @ StoreError::Refused { .. }) => Fetched::Bad(ShardState::Corrupt, e.to_string()),
-        Err(e) => Fetched::Unreachable(e.to_string()),
+        Err(e) => match e.read_fault() {
+            ReadFault::Missing => Fetched::Bad(ShardState::Missing, "absent from its store".into()),
+            ReadFault::Damaged => Fetched::Bad(ShardState::Corrupt, e.to_string()),
+            ReadFault::Unreachable => Fetched::Unreachable(e.to_string()),
+        },
     }
 }
 

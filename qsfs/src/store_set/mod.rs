@@ -508,6 +508,7 @@ where
 
 mod change;
 mod named;
+mod probe;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use qsfs_backends::StoreError;
+use qsfs_backends::{ReadFault, StoreError};
 use tokio::task::JoinSet;
 
 use super::Volume;
@@ -173,19 +173,14 @@ async fn fetch_verified(
                     false
                 }
             },
-            Err(StoreError::NotFound { uri }) => {
-                tracing::warn!(segment = rec.id, shard = index, store = %uri, "shard missing from its store");
-                reads.bad.push((index, ShardState::Missing));
-                false
-            }
-            // More bytes than the shard has, or something that is no shard: the copy on the store is bad.
-            Err(e @ StoreError::Refused { .. }) => {
-                tracing::warn!(segment = rec.id, shard = index, error = %e, "shard refused");
-                reads.bad.push((index, ShardState::Corrupt));
-                false
-            }
             Err(e) => {
-                // Unreachable stores are not the shard's fault: nothing is recorded against the shard.
+                match e.read_fault() {
+                    ReadFault::Missing => reads.bad.push((index, ShardState::Missing)),
+                    // Oversized, truncated, unreadable, or no shard at all: the copy on the store is bad.
+                    ReadFault::Damaged => reads.bad.push((index, ShardState::Corrupt)),
+                    // Unreachable stores are not the shard's fault: nothing is recorded against the shard.
+                    ReadFault::Unreachable => {}
+                }
                 tracing::warn!(segment = rec.id, shard = index, error = %e, "shard unreadable");
                 false
             }
@@ -336,6 +331,25 @@ mod tests {
 
     fn shard_row(rec: &SegmentRecord, index: usize) -> &ShardRow {
         rec.shards.iter().find(|r| r.index == index).unwrap()
+    }
+
+    /// A disk that fails to read a shard file (a permanent I/O error) is the shard's fault, as an audit and a
+    /// repair see it: the read records it corrupt (queued for repair), and reads the data from the other shards.
+    #[test]
+    fn a_permanent_read_error_is_recorded_against_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, faults) = faulty_volume(dir.path());
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let rec = committed_segment(&vol, &data);
+        let failing = shard_row(&rec, 1).store_id.unwrap() as usize;
+        faults[failing].set_plan(FaultPlan::none().with(
+            &[Op::Get],
+            Fault::Permanent,
+            Trigger::Always,
+        ));
+        assert_eq!(vol.read_segment(&rec, "f").unwrap(), data);
+        assert_eq!(states(&vol, &rec)[1], ShardState::Corrupt);
+        assert!(vol.meta().read(meta::repair_queue_len).unwrap() >= 1);
     }
 
     /// A store that stalls on reads costs one hedge delay, not its 30 s stall: the reader asks a parity shard on

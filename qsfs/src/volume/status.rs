@@ -2,12 +2,10 @@
 //! fully redundant, degraded or unreadable, the last audit and the repair backlog. The serialized form is the documented `status --json` schema.
 
 use serde::Serialize;
-use tokio::task::JoinSet;
 
 use super::Volume;
 use crate::error::Result;
 use crate::meta::{self, SegmentHealth};
-use crate::store_set::StoreState;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StoreStatus {
@@ -64,24 +62,7 @@ pub struct MetadataLogStatus {
 impl Volume {
     /// Probes every store (concurrently) and summarizes the volume.
     pub fn status(&self) -> Result<VolumeStatus> {
-        let probes = self.rt.block_on(async {
-            let mut tasks = JoinSet::new();
-            for slot in self.stores().slots() {
-                let slot = slot.clone();
-                tasks.spawn(async move {
-                    let res = match slot.state() {
-                        StoreState::Down(reason) => Err(reason),
-                        StoreState::Up => slot.store.probe().await.map_err(|e| e.to_string()),
-                    };
-                    (slot.id, res)
-                });
-            }
-            let mut out = Vec::new();
-            while let Some(Ok(r)) = tasks.join_next().await {
-                out.push(r);
-            }
-            out
-        });
+        let probes = self.rt.block_on(self.stores().probe_all());
         let reachable = probes
             .iter()
             .filter(|(_, r)| r.is_ok())
