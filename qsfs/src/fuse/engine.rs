@@ -621,7 +621,10 @@ impl Engine {
         let mut st = cell.lock();
         if let Err(e) = committed {
             if let Some((rec, job)) = boundary {
-                let _ = self.vol.meta().write(|c| meta::add_garbage(c, &rec.shards));
+                if let Err(g) = self.vol.meta().write(|c| meta::add_garbage(c, &rec.shards)) {
+                    // Not recorded: the shards stay on their stores as orphans, which gc finds by listing.
+                    tracing::warn!(ino = cell.ino, error = %g, "unused boundary shards left for gc's orphan sweep");
+                }
                 if let Some(j) = job {
                     st.jobs.retain(|x| !Arc::ptr_eq(x, &j));
                     st.dirty.entry(keep).or_insert_with(|| j.data.clone());

@@ -417,7 +417,10 @@ impl StoreSet {
                 if let (Some(id), Some(loc)) = (r.store_id, &r.locator)
                     && let Some(slot) = self.slot(id)
                 {
-                    let _ = slot.store.delete(&Locator(loc.clone())).await;
+                    if let Err(e) = slot.store.delete(&Locator(loc.clone())).await {
+                        // Nothing names the shard: it is an orphan, which gc's listing finds and deletes.
+                        tracing::warn!(store = %slot.uri, error = %e, "shard of a failed write left for gc");
+                    }
                 }
             }
             return Err(QsfsError::NotEnoughStores {
