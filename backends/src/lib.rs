@@ -6,6 +6,7 @@
 //! - [`ZdbStore`] (`zdb://`): shards in a 0-db namespace, user or sequential mode.
 //! - [`FaultyStore`]: wraps any store and injects failures on a plan.
 //! - [`LazyStore`]: a store that could not be opened yet (a disk not mounted), retried on use.
+//! - [`stack`]: the timeout and retry wrappers every store is used through, composed by `stack::standard`.
 //! - [`StoreUri`] / [`open_store`]: from a config string to an `Arc<dyn ShardStore>`.
 //! - `testing` (feature `testing`): a real redis-server launcher, a protocol-level 0-db server and the
 //!   conformance suite every store passes.
@@ -19,6 +20,7 @@ pub mod redis;
 pub mod resp;
 pub mod secret;
 mod shard_file;
+pub mod stack;
 pub mod store;
 pub mod tls;
 pub mod uri;

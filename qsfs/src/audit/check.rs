@@ -4,7 +4,7 @@
 //! when the store has plainly gone away.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use qsfs_backends::{Locator, ReadFault, ShardStore, StoreError};
 use qsfs_por::{Latencies, LeafProbe, ShardBlob, ShardLayout};
@@ -15,10 +15,6 @@ use crate::error::{QsfsError, Result};
 use crate::meta::{ShardState, ShardTarget};
 use crate::pace::Throttle;
 
-/// One read may take this long before the store counts as unreachable for it.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Backoff before retrying a read that failed transiently.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
 /// After this many unreachable checks in a row the rest of the store's checks are not attempted.
 const GIVE_UP_AFTER: u32 = 6;
 
@@ -117,31 +113,6 @@ fn classify(e: &StoreError) -> Outcome {
     }
 }
 
-/// One store call with a timeout and retries of transient failures.
-async fn with_retry<T, F, Fut>(uri: &str, mut op: F) -> std::result::Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, StoreError>>,
-{
-    let mut attempt = 0;
-    loop {
-        let res = match tokio::time::timeout(READ_TIMEOUT, op()).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable {
-                uri: uri.to_string(),
-                reason: format!("no answer within {READ_TIMEOUT:?}"),
-            }),
-        };
-        match res {
-            Err(e) if e.is_retryable() && attempt < RETRY_DELAYS.len() => {
-                tokio::time::sleep(RETRY_DELAYS[attempt]).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Checks one shard; returns the outcome, the bytes read and the time it took (µs).
 pub async fn check_shard(
     store: &dyn ShardStore,
@@ -182,10 +153,8 @@ pub async fn check_shard(
             throttle.admit(probe.read_bytes()).await?;
             let mut parts = Vec::with_capacity(probe.reads().len());
             for r in probe.reads() {
-                let got = with_retry(store.uri(), || {
-                    store.get_range(&loc, r.start, r.end - r.start)
-                })
-                .await;
+                // The store times out and retries the read itself (see `qsfs_backends::stack`).
+                let got = store.get_range(&loc, r.start, r.end - r.start).await;
                 match got {
                     Ok(b) => {
                         bytes += b.len() as u64;
@@ -210,7 +179,7 @@ pub async fn check_shard(
     throttle.admit(t.blob_len).await?;
     let start = Instant::now();
     let max_len = t.blob_len.saturating_add(crate::store_set::READ_SLACK);
-    match with_retry(store.uri(), || store.get(&loc, max_len)).await {
+    match store.get(&loc, max_len).await {
         Ok(blob) => {
             let outcome = match ShardBlob::open(&blob, &t.root, t.data_len) {
                 Ok(_) => Outcome::Passed,

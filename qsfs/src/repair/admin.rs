@@ -101,7 +101,8 @@ pub fn add_store(vol: &Volume, uri: &str) -> Result<AddedStore> {
         .map_or(0, |m| m + 1);
     let volume_id = config.volume_id.clone();
     let store = vol.io().block_on(async {
-        let store: Arc<dyn ShardStore> = open_store(&parsed, true).await?;
+        let store: Arc<dyn ShardStore> =
+            qsfs_backends::stack::standard(open_store(&parsed, true).await?);
         match read_marker(store.as_ref()).await? {
             None => {}
             Some(found)

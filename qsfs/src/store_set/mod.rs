@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use qsfs_backends::{
     Locator, ShardStore, StoreError, StoreIdentity, StoreUri, open_store, open_store_or_lazy,
-    verify_identity,
+    stack, verify_identity,
 };
 use tokio::task::JoinSet;
 
@@ -33,13 +33,6 @@ pub const READ_SLACK: u64 = 4096;
 /// The largest well-known object (a metadata log record; snapshot chunks and the descriptor are smaller) plus
 /// slack: a named read never buffers more, whatever a store claims.
 pub const NAMED_MAX: u64 = crate::replica::record::MAX_RECORD as u64 + 64 * 1024;
-/// Backoff between attempts of a retryable store operation.
-const RETRY_DELAYS: [Duration; 3] = [
-    Duration::from_millis(50),
-    Duration::from_millis(250),
-    Duration::from_millis(1000),
-];
-
 /// Wraps each store as it is opened (store id, store) -> store: the fault-injection hook of tests.
 pub type StoreWrapper<'a> = dyn Fn(u32, Arc<dyn ShardStore>) -> Arc<dyn ShardStore> + Sync + 'a;
 
@@ -153,11 +146,11 @@ impl StoreSlot {
             }
             *checked = Instant::now();
         }
-        // With retries: a redis connection that failed once reconnects in the background and fails the first
-        // command after the server is back; the next attempt, a moment later, goes through.
+        // The store retries (see `qsfs_backends::stack`): a redis connection that failed once reconnects in the
+        // background and fails the first command after the server is back; the next attempt goes through.
         match tokio::time::timeout(
             REVIVE_TIMEOUT,
-            with_retry(|| verify_identity(self.store.as_ref(), &self.identity)),
+            verify_identity(self.store.as_ref(), &self.identity),
         )
         .await
         {
@@ -201,7 +194,9 @@ impl StoreSet {
         let mut slots = Vec::new();
         for c in configs {
             let uri = StoreUri::parse(&c.uri)?;
-            let store = wrap(c.id, open_store_or_lazy(&uri).await?);
+            // Every store through the standard stack (timeouts, retries); what `wrap` adds (metrics, faults)
+            // sees each attempt.
+            let store = stack::standard(wrap(c.id, open_store_or_lazy(&uri).await?));
             slots.push(Arc::new(StoreSlot::new(
                 c.id,
                 uri.to_string(),
@@ -416,11 +411,10 @@ impl StoreSet {
             for r in &rows {
                 if let (Some(id), Some(loc)) = (r.store_id, &r.locator)
                     && let Some(slot) = self.slot(id)
+                    && let Err(e) = slot.store.delete(&Locator(loc.clone())).await
                 {
-                    if let Err(e) = slot.store.delete(&Locator(loc.clone())).await {
-                        // Nothing names the shard: it is an orphan, which gc's listing finds and deletes.
-                        tracing::warn!(store = %slot.uri, error = %e, "shard of a failed write left for gc");
-                    }
+                    // Nothing names the shard: it is an orphan, which gc's listing finds and deletes.
+                    tracing::warn!(store = %slot.uri, error = %e, "shard of a failed write left for gc");
                 }
             }
             return Err(QsfsError::NotEnoughStores {
@@ -460,7 +454,7 @@ impl StoreSet {
         let loc = Locator(locator.to_vec());
         let max_len = blob_len.saturating_add(READ_SLACK);
         let start = Instant::now();
-        let res = with_retry(|| slot.store.get(&loc, max_len)).await;
+        let res = slot.store.get(&loc, max_len).await;
         if res.is_ok() {
             slot.latency
                 .lock()
@@ -479,7 +473,7 @@ impl StoreSet {
     pub async fn delete(&self, store_id: u32, locator: &[u8]) -> Result<(), StoreError> {
         let slot = self.up_slot(store_id)?;
         let loc = Locator(locator.to_vec());
-        with_retry(|| slot.store.delete(&loc)).await
+        slot.store.delete(&loc).await
     }
 }
 
@@ -487,26 +481,9 @@ type PutOutcome = (usize, Arc<StoreSlot>, Result<Locator, StoreError>);
 
 fn spawn_put(tasks: &mut JoinSet<PutOutcome>, shard: Arc<EncodedShard>, slot: Arc<StoreSlot>) {
     tasks.spawn(async move {
-        let res = with_retry(|| slot.store.put(&shard.key, &shard.blob)).await;
+        let res = slot.store.put(&shard.key, &shard.blob).await;
         (shard.index, slot, res)
     });
-}
-
-async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Err(e) if e.is_retryable() && attempt < RETRY_DELAYS.len() => {
-                tokio::time::sleep(RETRY_DELAYS[attempt]).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 mod change;

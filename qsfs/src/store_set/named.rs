@@ -34,7 +34,7 @@ impl StoreSet {
             };
             let key = *key;
             tasks.spawn(async move {
-                let res = with_retry(|| slot.store.put(&key, &blob)).await;
+                let res = slot.store.put(&key, &blob).await;
                 (slot, res)
             });
         }
@@ -134,7 +134,7 @@ impl StoreSet {
             let key = *key;
             tasks.spawn(async move {
                 if let Some(loc) = slot.store.locate(&key)
-                    && let Err(e) = with_retry(|| slot.store.delete(&loc)).await
+                    && let Err(e) = slot.store.delete(&loc).await
                 {
                     tracing::debug!(store = %slot.uri, error = %e, "old metadata object not deleted");
                 }
@@ -152,7 +152,7 @@ async fn read_named(slot: &StoreSlot, key: &ShardKey) -> Result<Option<Vec<u8>>,
     let Some(loc) = slot.store.locate(key) else {
         return Ok(None);
     };
-    let read = with_retry(|| slot.store.get(&loc, NAMED_MAX));
+    let read = slot.store.get(&loc, NAMED_MAX);
     let res = match tokio::time::timeout(NAMED_READ_TIMEOUT, read).await {
         Ok(Ok(blob)) => Ok(Some(blob)),
         Ok(Err(StoreError::NotFound { .. })) => Ok(None),
