@@ -102,11 +102,18 @@ pub struct MountHandle {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The mount's background workers.
     workers: Arc<crate::workers::Workers>,
+    /// Cleared when the session ends (unmounted): the process then only drains and exits.
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MountHandle {
     pub fn volume(&self) -> &Arc<Volume> {
         &self.eng.vol
+    }
+
+    /// Whether the mount still serves (false once unmounted, while it drains its uploads before exiting).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
     }
 
     /// The mount's metrics in the Prometheus text format, gauges refreshed (`None` if it keeps none).
@@ -297,6 +304,7 @@ pub fn mount(
         eng: eng.clone(),
         metrics: opts.metrics.clone(),
         workers: Default::default(),
+        serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     };
     ready(&report, &handle);
     raise_readahead(mountpoint.to_path_buf());
@@ -344,6 +352,7 @@ pub fn mount(
         ))?;
     }
     let served = session.run();
+    handle.serving.store(false, Ordering::Release);
     workers.stop();
     finish(&eng);
     served.map_err(|e| QsfsError::io("serving the mount", e))

@@ -85,6 +85,15 @@ fn serve(conn: UnixStream, mount: &MountHandle) {
     let Ok(writer) = conn.try_clone() else { return };
     let remote = Remote::new(Box::new(writer), false, cancelled.clone());
     let request = peer_allowed(&conn).and_then(|()| read_request(&conn));
+    // Unmounted and draining: the volume is about to be free, but not yet (its lock is still held).
+    let request = request.and_then(|r| {
+        if mount.is_serving() {
+            Ok(r)
+        } else {
+            Err("the volume was unmounted and its process is finishing its uploads; try again once it has exited"
+                .to_string())
+        }
+    });
     let request = match request {
         Ok(r) => r,
         Err(error) => {
