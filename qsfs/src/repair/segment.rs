@@ -326,17 +326,13 @@ fn place(
         let mut tried: HashSet<u32> = HashSet::new();
         let mut last_error = None;
         let target = loop {
-            let choice = match own.filter(|s| !tried.contains(s)) {
-                Some(s) => Some(s),
-                None => {
-                    let usage = view.usage.lock().unwrap_or_else(|p| p.into_inner());
-                    vol.stores()
-                        .slots()
-                        .iter()
-                        .map(|s| s.id)
-                        .filter(|&s| view.fit(s) && !held.contains(&s) && !tried.contains(&s))
-                        .min_by_key(|s| (usage.get(s).copied().unwrap_or(0), *s))
-                }
+            let choice = {
+                let usage = view.usage.lock().unwrap_or_else(|p| p.into_inner());
+                vol.stores().repair_target(
+                    own.filter(|s| !tried.contains(s)),
+                    |s| view.fit(s) && !held.contains(&s) && !tried.contains(&s),
+                    &usage,
+                )
             };
             let Some(store) = choice else { break None };
             tried.insert(store);

@@ -351,26 +351,15 @@ impl StoreSet {
         quorum: usize,
     ) -> Result<Vec<ShardRow>> {
         self.revive_due().await;
-        let mut up: Vec<Arc<StoreSlot>> = self
-            .slots
-            .iter()
-            .filter(|s| s.is_up() && !self.draining.contains(&s.id))
-            .cloned()
-            .collect();
-        if up.len() < quorum {
+        let (up, mut spares) = self.targets_for_segment(segment_id, shards.len());
+        let available = up.len() + spares.len();
+        if available < quorum {
             return Err(QsfsError::NotEnoughStores {
                 needed: quorum,
-                available: up.len(),
+                available,
                 detail: self.down_summary(),
             });
         }
-        let start = (segment_id % up.len() as u64) as usize;
-        up.rotate_left(start);
-        let mut spares: Vec<Arc<StoreSlot>> = up
-            .split_off(shards.len().min(up.len()))
-            .into_iter()
-            .rev()
-            .collect();
 
         let mut rows: Vec<ShardRow> = shards
             .iter()
@@ -488,6 +477,7 @@ fn spawn_put(tasks: &mut JoinSet<PutOutcome>, shard: Arc<EncodedShard>, slot: Ar
 
 mod change;
 mod named;
+mod placement;
 mod probe;
 
 #[cfg(test)]
