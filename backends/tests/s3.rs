@@ -247,6 +247,15 @@ async fn wrong_key_missing_bucket_and_dead_endpoint_are_clear() {
             "{shown}"
         );
     }
+    // The wrong region: Garage names the one it expects.
+    let uri = g
+        .uri("qsfs-errs")
+        .replace("region=garage", "region=us-east-1");
+    let err = store_for(&uri).await.probe().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Auth { .. }) && err.to_string().contains("/garage/"),
+        "{err}"
+    );
     // A bucket that does not exist.
     let missing = store_for(&g.uri("qsfs-nope")).await;
     for err in [
@@ -345,4 +354,37 @@ async fn identity_marker_is_never_overwritten() {
     assert_eq!(a.read_identity().await.unwrap(), Some(mine.clone()));
     a.remove_identity(&mine).await.unwrap();
     assert_eq!(b.read_identity().await.unwrap(), None);
+}
+
+/// What each store call costs in S3 requests (providers bill per request): a put is one PUT, a get one GET, a
+/// listing one LIST per 1,000 objects — counted by the server. Also shows the harness's counter counts.
+#[tokio::test]
+async fn each_call_is_one_request() {
+    let g = garage();
+    g.create_bucket("qsfs-cost").unwrap();
+    let store = store_for(&g.uri("qsfs-cost")).await;
+    let count = |kind: &str| g.s3_requests().unwrap().get(kind).copied().unwrap_or(0);
+    let (puts, gets, lists) = (count("PutObject"), count("GetObject"), count("ListObjects"));
+    let mut locs = Vec::new();
+    for i in 0..3u8 {
+        locs.push(
+            store
+                .put(&ShardKey([i; 32]), &vec![i; 300_000])
+                .await
+                .unwrap(),
+        );
+    }
+    for l in &locs {
+        store.get(l, 300_000).await.unwrap();
+    }
+    store.get_range(&locs[0], 10, 20).await.unwrap();
+    assert_eq!(store.list().await.unwrap().len(), 3);
+    assert_eq!(count("PutObject") - puts, 3);
+    assert_eq!(count("GetObject") - gets, 4);
+    assert_eq!(count("ListObjects") - lists, 1);
+    assert_eq!(
+        count("HeadObject"),
+        0,
+        "no hidden HEAD before a read or write"
+    );
 }
