@@ -4,6 +4,7 @@
 //! - [`DirStore`] (`dir:/path`): one file per shard on a local or mounted disk; the embedded default.
 //! - [`RedisStore`] (`redis://`, `rediss://` over TLS): shards as Redis strings.
 //! - [`ZdbStore`] (`zdb://`): shards in a 0-db namespace, user or sequential mode.
+//! - [`S3Store`] (`s3://`, feature `s3`): shards as objects in an S3-compatible bucket, through Apache OpenDAL.
 //! - [`FaultyStore`]: wraps any store and injects failures on a plan.
 //! - [`LazyStore`]: a store that could not be opened yet (a disk not mounted), retried on use.
 //! - [`stack`]: the timeout and retry wrappers every store is used through, composed by `stack::standard`.
@@ -18,6 +19,8 @@ pub mod faulty;
 pub mod lazy;
 pub mod redis;
 pub mod resp;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod secret;
 mod shard_file;
 pub mod stack;
@@ -34,7 +37,9 @@ pub use error::{ReadFault, Result, StoreError, sanitize};
 pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
 pub use lazy::{LazyStore, open_store_or_lazy};
 pub use redis::RedisStore;
+#[cfg(feature = "s3")]
+pub use s3::S3Store;
 pub use secret::Password;
 pub use store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity, verify_identity};
-pub use uri::{StoreUri, open_store};
+pub use uri::{S3Style, S3Uri, StoreUri, open_store};
 pub use zdb::{ZDB_MAX_VALUE, ZdbMode, ZdbStore};

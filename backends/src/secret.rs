@@ -53,10 +53,15 @@ pub fn redact_raw(text: &str) -> String {
     format!("{head}{rest}")
 }
 
-/// Query keys whose values are secrets (as opposed to `password-file` and `password-env`, which name them).
+/// Query keys whose values are secrets (as opposed to `password-file` and `password-env`, which name them), or
+/// may be: an S3 access key id is half a credential.
 pub(crate) fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    (k.contains("pass") || k.contains("secret") || k.contains("token") || k == "pw")
+    (k.contains("pass")
+        || k.contains("secret")
+        || k.contains("token")
+        || k.contains("key")
+        || k == "pw")
         && k != "password-file"
         && k != "password-env"
 }

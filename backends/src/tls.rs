@@ -1,4 +1,4 @@
-//! TLS to network stores (`rediss://`): which certificate authorities are trusted, and the client configuration
+//! TLS to network stores (`rediss://`, `https://` S3 endpoints): which certificate authorities are trusted, and the client configuration
 //! that both kinds of connection to a store use — the redis crate's (writes) and the bounded `resp` connections
 //! (reads). Server certificates are always verified, host name included; there is no "insecure" switch.
 //!
@@ -22,6 +22,7 @@ use crate::error::{Result, StoreError};
 /// Everything a store needs to speak TLS to its server.
 #[derive(Clone)]
 pub struct TlsClient {
+    config: Arc<ClientConfig>,
     connector: TlsConnector,
     /// The CA file's PEM, handed to the redis crate; `None` means the system's store.
     root_pem: Option<Vec<u8>>,
@@ -37,8 +38,9 @@ impl std::fmt::Debug for TlsClient {
 
 static PROVIDER: Once = Once::new();
 
-/// Makes aws-lc-rs the process's crypto provider (the redis crate asks rustls for the default one).
-fn install_provider() {
+/// Makes aws-lc-rs the process's crypto provider (the redis crate, and OpenDAL's fallback HTTP client, ask rustls
+/// for the default one).
+pub(crate) fn install_provider() {
     PROVIDER.call_once(|| {
         // Err means another provider is already installed, which serves as well.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -89,10 +91,17 @@ impl TlsClient {
         .map_err(|e| bad(format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let config = Arc::new(config);
         Ok(TlsClient {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             root_pem,
         })
+    }
+
+    /// The rustls configuration itself, for HTTP clients (the S3 store's) that take one ready-made.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
     }
 
     /// The certificates to hand to the redis crate's client.

@@ -41,7 +41,27 @@ fn valid_uri() -> impl Strategy<Value = String> {
         format!("zdb://{h}{p}/{ns}?mode={mode}&password-file=/run/pw")
     });
     let dir = "(/[a-zA-Z0-9 ._-]{1,12}){1,4}".prop_map(|p| format!("dir:{p}"));
-    prop_oneof![redis, zdb, dir]
+    let s3 = (
+        "[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]",
+        "(/[a-zA-Z0-9_-]{1,8}){0,3}",
+        prop_oneof![
+            Just(String::new()),
+            "https?://[a-z][a-z0-9.-]{0,12}(:[1-9][0-9]{0,3})?"
+                .prop_map(|e| format!("endpoint={e}&"))
+        ],
+        0u8..3,
+        any::<bool>(),
+    )
+        .prop_map(|(bucket, prefix, endpoint, style, creds)| {
+            let style = ["", "&style=path", "&style=virtual"][style as usize];
+            let creds = if creds {
+                "&credentials-file=/etc/qsfs/s3&profile=b"
+            } else {
+                ""
+            };
+            format!("s3://{bucket}{prefix}?{endpoint}region=eu-1{style}{creds}")
+        });
+    prop_oneof![redis, zdb, dir, s3]
 }
 
 /// One edit of a string: insert, delete or replace a character at some position.
@@ -124,7 +144,7 @@ proptest! {
     /// A password of any characters, in a URI that may also be broken elsewhere, never shows.
     #[test]
     fn passwords_never_show(
-        scheme in prop::sample::select(vec!["redis://", "zdb://", "redis:/", "rediss://", ""]),
+        scheme in prop::sample::select(vec!["redis://", "zdb://", "redis:/", "rediss://", "s3://", ""]),
         user in "[a-z]{0,5}",
         password in "[^\u{0}-\u{1f}]{0,12}",
         tail in prop::sample::select(vec!["h:1/0", "h/ns", "h:bad/0", "h:1/x", "[::1]/0?x=1", "", "h?password-env=V"]),

@@ -11,6 +11,7 @@ mod hostile;
 mod local;
 mod loss;
 mod restore;
+mod s3;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -13,6 +13,10 @@
 //! - `zdb://host[:port]/namespace[?password-file=PATH&mode=user|seq]`: port 9900, mode `user` by default. The
 //!   password lives in a file (its first line), never in the URI, so configs and logs cannot leak it.
 //!
+//! - `s3://BUCKET[/PREFIX]?endpoint=URL&region=R[&style=path|virtual][&credentials-file=PATH][&profile=NAME]
+//!   [&ca-file=PATH]`: an S3-compatible bucket, see [`S3Uri`]. Keys come from `AWS_ACCESS_KEY_ID` /
+//!   `AWS_SECRET_ACCESS_KEY` or a private credentials file, never from the URI.
+//!
 //! Hosts may be names, IPv4 addresses or bracketed IPv6 addresses (`[::1]`).
 //!
 //! `Display` and `Debug` never show a password: an inline redis password is shown as `***`, and error messages
@@ -30,7 +34,9 @@ use crate::store::ShardStore;
 use crate::zdb::{ZdbMode, ZdbStore};
 
 mod parse;
+mod s3;
 use parse::{parse_redis, parse_zdb};
+pub use s3::{DEFAULT_REGION, S3Style, S3Uri};
 
 pub const REDIS_DEFAULT_PORT: u16 = 6379;
 pub const ZDB_DEFAULT_PORT: u16 = 9900;
@@ -63,6 +69,7 @@ pub enum StoreUri {
         password_file: Option<PathBuf>,
         mode: ZdbMode,
     },
+    S3(S3Uri),
 }
 
 impl StoreUri {
@@ -99,8 +106,11 @@ impl StoreUri {
         if let Some(rest) = text.strip_prefix("zdb://") {
             return parse_zdb(rest).map_err(|r| bad(&r));
         }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            return s3::parse_s3(rest).map(StoreUri::S3).map_err(|r| bad(&r));
+        }
         Err(bad(
-            "unknown scheme (expected dir:, redis://, rediss:// or zdb://)",
+            "unknown scheme (expected dir:, redis://, rediss://, zdb:// or s3://)",
         ))
     }
 
@@ -115,12 +125,13 @@ impl StoreUri {
         )
     }
 
-    /// The store kind, for messages: `dir`, `redis` or `zdb`.
+    /// The store kind, for messages: `dir`, `redis`, `zdb` or `s3`.
     pub fn scheme(&self) -> &'static str {
         match self {
             StoreUri::Dir { .. } => "dir",
             StoreUri::Redis { .. } => "redis",
             StoreUri::Zdb { .. } => "zdb",
+            StoreUri::S3(_) => "s3",
         }
     }
 }
@@ -189,6 +200,7 @@ impl fmt::Display for StoreUri {
                 }
                 Ok(())
             }
+            StoreUri::S3(s3) => s3.fmt(f),
         }
     }
 }
@@ -200,7 +212,7 @@ impl fmt::Debug for StoreUri {
     }
 }
 
-/// Opens the store `uri` names. No network I/O happens here: redis and 0-db stores connect on first use, so a
+/// Opens the store `uri` names. No network I/O happens here: redis, 0-db and S3 stores connect on first use, so a
 /// volume whose stores are partly down still opens. `create` lets a dir store create its directory (volume
 /// init); without it a missing directory is `Unavailable`, because an unmounted disk must never turn into writes
 /// on the root filesystem.
@@ -209,6 +221,15 @@ pub async fn open_store(uri: &StoreUri, create: bool) -> Result<Arc<dyn ShardSto
         StoreUri::Dir { path } => Arc::new(DirStore::open(path, create).await?),
         StoreUri::Redis { .. } => Arc::new(RedisStore::new(uri)?),
         StoreUri::Zdb { .. } => Arc::new(ZdbStore::new(uri)?),
+        #[cfg(feature = "s3")]
+        StoreUri::S3(s3) => Arc::new(crate::s3::S3Store::new(s3)?),
+        #[cfg(not(feature = "s3"))]
+        StoreUri::S3(_) => {
+            return Err(StoreError::InvalidUri {
+                uri: uri.to_string(),
+                reason: "this qsfs was built without S3 support (cargo feature `s3`)".into(),
+            });
+        }
     })
 }
 

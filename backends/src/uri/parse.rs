@@ -37,7 +37,7 @@ fn parse_host_port(authority: &str, default_port: u16) -> Result<(String, u16), 
     Ok((host.to_string(), port))
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+pub(super) fn percent_decode(s: &str) -> Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -226,6 +226,85 @@ fn zdb_uris() {
 
 #[test]
 fn unknown_scheme() {
-    assert!(err("s3://bucket").contains("scheme"));
+    assert!(err("gs://bucket").contains("scheme"));
     assert!(err("/abs/path").contains("scheme"));
+}
+
+#[test]
+fn s3_uris() {
+    let u = ok("s3://my-bucket/vol/a?endpoint=http://127.0.0.1:3900&region=garage");
+    assert_eq!(
+        u,
+        StoreUri::S3(S3Uri {
+            bucket: "my-bucket".into(),
+            prefix: "vol/a".into(),
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            region: "garage".into(),
+            style: S3Style::Path,
+            credentials_file: None,
+            profile: None,
+            ca_file: None,
+        })
+    );
+    assert_eq!(
+        u.to_string(),
+        "s3://my-bucket/vol/a?endpoint=http://127.0.0.1:3900&region=garage&style=path"
+    );
+    assert_eq!(ok(&u.to_string()), u);
+    // AWS: the region alone, virtual-host style.
+    let aws = ok("s3://b12/?region=eu-west-3&credentials-file=/etc/qsfs/s3&profile=backup");
+    let StoreUri::S3(s) = &aws else { panic!() };
+    assert_eq!(
+        (s.style, s.endpoint.as_deref(), s.prefix.as_str()),
+        (S3Style::Virtual, None, "")
+    );
+    assert_eq!(ok(&aws.to_string()), aws);
+    let StoreUri::S3(s) = ok("s3://bkt?endpoint=https://s3.eu-central-1.amazonaws.com") else {
+        panic!()
+    };
+    assert_eq!(
+        (s.style, s.region.as_str()),
+        (S3Style::Virtual, DEFAULT_REGION)
+    );
+    let StoreUri::S3(s) =
+        ok("s3://bkt?endpoint=https://minio.lan:9000/&style=virtual&ca-file=/etc/ca.pem")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (s.style, s.endpoint.as_deref()),
+        (S3Style::Virtual, Some("https://minio.lan:9000"))
+    );
+    assert_eq!(
+        ok("s3://bkt?endpoint=http%3A%2F%2Fh%3A1").to_string(),
+        "s3://bkt?endpoint=http://h:1&region=us-east-1&style=path"
+    );
+    assert_eq!(aws.scheme(), "s3");
+}
+
+#[test]
+fn s3_uris_refused() {
+    assert!(err("s3://ab?region=x").contains("bucket"));
+    assert!(err("s3://Upper?region=x").contains("bucket"));
+    assert!(err("s3://bkt").contains("endpoint"));
+    assert!(err("s3://bkt/../x?region=r").contains("prefix"));
+    assert!(err("s3://bkt/a//b?region=r").contains("prefix"));
+    assert!(err("s3://bkt?endpoint=ftp://h").contains("http"));
+    assert!(err("s3://bkt?endpoint=h:9000").contains("http"));
+    assert!(err("s3://bkt?region=r&style=sideways").contains("style"));
+    assert!(err("s3://bkt?region=r&region=s").contains("twice"));
+    assert!(err("s3://bkt?region=r&profile=p").contains("credentials-file"));
+    assert!(err("s3://bkt?region=r&credentials-file=rel/path").contains("absolute"));
+    assert!(err("s3://bkt?endpoint=http://h&ca-file=/ca.pem").contains("https"));
+    assert!(err("s3://bkt?region=r&bogus=1").contains("unknown"));
+    // Secrets are refused without being repeated.
+    for text in [
+        "s3://bkt?region=r&secret_access_key=SuperSecret1",
+        "s3://bkt?region=r&aws_access_key_id=SuperSecret1",
+        "s3://AKIA:SuperSecret1@bkt?region=r",
+        "s3://bkt?endpoint=http://AKIA:SuperSecret1@h&region=r",
+    ] {
+        let e = err(text);
+        assert!(!e.contains("SuperSecret1"), "{e}");
+    }
 }

@@ -21,13 +21,13 @@ pub fn plant_orphan(shard: &Path) -> PathBuf {
     orphan
 }
 
-fn gc_json(v: &Vol, args: &[&str]) -> serde_json::Value {
+pub fn gc_json(v: &Vol, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["gc", "--json"];
     all.extend_from_slice(args);
     serde_json::from_str(&v.ok(&all)).expect("gc --json prints JSON")
 }
 
-fn store_row(report: &serde_json::Value, id: u64) -> &serde_json::Value {
+pub fn store_row(report: &serde_json::Value, id: u64) -> &serde_json::Value {
     report["stores"]
         .as_array()
         .unwrap()

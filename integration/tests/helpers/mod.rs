@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
+pub mod forwarder;
+pub mod s3;
 pub mod status;
 pub mod stores;
 pub mod tree;

@@ -15,6 +15,7 @@
 mod dir;
 mod mounted;
 mod redis;
+mod s3;
 mod zdb;
 
 use std::fs;

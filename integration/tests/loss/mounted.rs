@@ -33,25 +33,25 @@ pub enum Expect {
 
 /// One file the writer made: all its bytes written (`wrote`), then fsync and close.
 #[derive(Debug, Clone)]
-struct FileWrite {
+pub(super) struct FileWrite {
     name: String,
     seed: u64,
     len: usize,
     started: Instant,
-    finished: Instant,
-    wrote: bool,
+    pub(super) finished: Instant,
+    pub(super) wrote: bool,
     /// `None` when fsync and close returned 0, else the failing call and its error.
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
-struct Writer {
+pub(super) struct Writer {
     log: Arc<Mutex<Vec<FileWrite>>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Writer {
-    fn spawn(dir: &Path) -> Writer {
+    pub(super) fn spawn(dir: &Path) -> Writer {
         fs::create_dir_all(dir).unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -73,7 +73,7 @@ impl Writer {
         }
     }
 
-    fn finished(&self) -> Vec<FileWrite> {
+    pub(super) fn finished(&self) -> Vec<FileWrite> {
         self.log.lock().unwrap().clone()
     }
 
@@ -85,7 +85,7 @@ impl Writer {
     }
 
     #[track_caller]
-    fn wait(&self, what: &str, n: usize, t: Instant) {
+    pub(super) fn wait(&self, what: &str, n: usize, t: Instant) {
         assert!(
             wait_until(Duration::from_secs(120), || self.since(t).len() >= n
                 || self.handle.as_ref().is_some_and(|h| h.is_finished())),
@@ -95,7 +95,7 @@ impl Writer {
         assert!(self.since(t).len() >= n, "the writer stopped: {what}");
     }
 
-    fn stop(mut self) -> Vec<FileWrite> {
+    pub(super) fn stop(mut self) -> Vec<FileWrite> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.take().unwrap().join().expect("writer panicked");
         self.finished()
@@ -140,7 +140,7 @@ fn write_one(dir: &Path, n: u64) -> FileWrite {
 
 /// Asserts every file whose bytes were written reads back exactly under `dir` (a mount or a `get` copy).
 #[track_caller]
-fn assert_files(dir: &Path, writes: &[FileWrite], what: &str) {
+pub(super) fn assert_files(dir: &Path, writes: &[FileWrite], what: &str) {
     for w in writes.iter().filter(|w| w.wrote) {
         let got = fs::read(dir.join(&w.name))
             .unwrap_or_else(|e| panic!("read {} {what} ({w:?}): {e}", w.name));
