@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::error::{Result, StoreError};
+use crate::open::open_store;
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
-use crate::uri::{StoreUri, open_store};
+use crate::uri::StoreUri;
 
 /// How often a call may retry opening the real store: callers (revival checks, probes) already space their
 /// checks out, this only keeps a burst of calls from hammering a missing mount point.

@@ -17,6 +17,7 @@ pub mod error;
 mod fanout;
 pub mod faulty;
 pub mod lazy;
+mod open;
 pub mod redis;
 pub mod resp;
 #[cfg(feature = "s3")]
@@ -36,10 +37,11 @@ pub use dir::DirStore;
 pub use error::{ReadFault, Result, StoreError, sanitize};
 pub use faulty::{Fault, FaultCounts, FaultPlan, FaultRule, FaultyStore, Op, Trigger};
 pub use lazy::{LazyStore, open_store_or_lazy};
+pub use open::open_store;
 pub use redis::RedisStore;
 #[cfg(feature = "s3")]
 pub use s3::S3Store;
 pub use secret::Password;
 pub use store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity, verify_identity};
-pub use uri::{S3Style, S3Uri, StoreUri, open_store};
+pub use uri::{S3Style, S3Uri, StoreUri};
 pub use zdb::{ZDB_MAX_VALUE, ZdbMode, ZdbStore};

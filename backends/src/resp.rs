@@ -394,5 +394,10 @@ impl Default for Pool {
     }
 }
 
+mod replies;
+pub(crate) use replies::{
+    CONNECT_TIMEOUT, RESPONSE_TIMEOUT, classify_server_message, info_field, unexpected_reply,
+};
+
 #[cfg(test)]
 mod tests;

@@ -35,10 +35,11 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::error::{Result, StoreError};
-use crate::redis::{info_field, unexpected_reply};
 use crate::resp::{Limits, Reply as Value};
+use crate::resp::{info_field, unexpected_reply};
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 use crate::uri::StoreUri;
+pub use crate::uri::ZdbMode;
 use conn::{Answer, LIMITS, ZdbConn, read_password};
 
 /// 0-db's largest value (`REDIS_MAX_PAYLOAD`, 8 MiB, inclusive).
@@ -51,24 +52,6 @@ const MAX_LISTED: usize = 20_000_000;
 const MARKER_MAX: u64 = 4096;
 /// The seq-mode marker's id: the first entry of the namespace.
 const SEQ_MARKER_ID: [u8; 8] = [0; 8];
-
-/// How a namespace names its entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ZdbMode {
-    /// Keys chosen by the client (qsfs uses the shard key).
-    User,
-    /// Keys are ids the server assigns in sequence.
-    Seq,
-}
-
-impl fmt::Display for ZdbMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ZdbMode::User => "user",
-            ZdbMode::Seq => "seq",
-        })
-    }
-}
 
 /// A shard store in one 0-db namespace.
 pub struct ZdbStore {

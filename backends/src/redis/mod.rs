@@ -15,7 +15,7 @@
 //! `appendfsync always` (Redis 7.0 has no `WAITAOF` to demand it per command). `probe` logs a warning once when
 //! the server runs without an append-only file.
 //!
-//! `errors` holds the RESP error helpers the 0-db store shares.
+//! `errors` maps the redis crate's errors; the RESP helpers both RESP stores use live in `resp`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,14 +31,11 @@ use crate::tls::TlsClient;
 mod errors;
 mod reader;
 
+use crate::resp::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, info_field, unexpected_reply};
 use crate::store::{Locator, ShardKey, ShardStore, StoreHealth, StoreIdentity};
 use crate::uri::StoreUri;
-pub(crate) use errors::{info_field, unexpected_reply};
 use errors::{int, map_redis_error};
 use reader::{Reader, Target, reply_int};
-
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SHARD_PREFIX: &str = "qsfs:s:";
 const IDENTITY_KEY: &str = "qsfs:identity";

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use super::errors::{classify_server_message, unexpected_reply};
 use crate::error::{Result, StoreError};
 use crate::resp::{Limits, Pool, Reply, RespConn};
+use crate::resp::{classify_server_message, unexpected_reply};
 use crate::tls::TlsClient;
 
 /// What a bounded connection needs to reach and log in to the server.

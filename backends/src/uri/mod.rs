@@ -24,14 +24,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use crate::dir::DirStore;
 use crate::error::{Result, StoreError};
-use crate::redis::RedisStore;
 use crate::secret::{Password, redact_raw};
-use crate::store::ShardStore;
-use crate::zdb::{ZdbMode, ZdbStore};
 
 mod parse;
 mod s3;
@@ -45,6 +40,24 @@ pub const ZDB_DEFAULT_PORT: u16 = 9900;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
+}
+
+/// How a namespace names its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ZdbMode {
+    /// Keys chosen by the client (qsfs uses the shard key).
+    User,
+    /// Keys are ids the server assigns in sequence.
+    Seq,
+}
+
+impl fmt::Display for ZdbMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ZdbMode::User => "user",
+            ZdbMode::Seq => "seq",
+        })
+    }
 }
 
 /// A parsed store URI.
@@ -210,27 +223,6 @@ impl fmt::Debug for StoreUri {
         // Debug output lands in logs and panics: it must be as safe as Display.
         write!(f, "StoreUri({self})")
     }
-}
-
-/// Opens the store `uri` names. No network I/O happens here: redis, 0-db and S3 stores connect on first use, so a
-/// volume whose stores are partly down still opens. `create` lets a dir store create its directory (volume
-/// init); without it a missing directory is `Unavailable`, because an unmounted disk must never turn into writes
-/// on the root filesystem.
-pub async fn open_store(uri: &StoreUri, create: bool) -> Result<Arc<dyn ShardStore>> {
-    Ok(match uri {
-        StoreUri::Dir { path } => Arc::new(DirStore::open(path, create).await?),
-        StoreUri::Redis { .. } => Arc::new(RedisStore::new(uri)?),
-        StoreUri::Zdb { .. } => Arc::new(ZdbStore::new(uri)?),
-        #[cfg(feature = "s3")]
-        StoreUri::S3(s3) => Arc::new(crate::s3::S3Store::new(s3)?),
-        #[cfg(not(feature = "s3"))]
-        StoreUri::S3(_) => {
-            return Err(StoreError::InvalidUri {
-                uri: uri.to_string(),
-                reason: "this qsfs was built without S3 support (cargo feature `s3`)".into(),
-            });
-        }
-    })
 }
 
 /// Hosts with a ':' are IPv6 addresses and need brackets in a URI.

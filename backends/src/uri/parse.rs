@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::{REDIS_DEFAULT_PORT, StoreUri, TlsSettings, ZDB_DEFAULT_PORT};
+use super::{REDIS_DEFAULT_PORT, StoreUri, TlsSettings, ZDB_DEFAULT_PORT, ZdbMode};
 use crate::secret::{Password, is_secret_key, redact_raw};
-use crate::zdb::ZdbMode;
 
 /// Splits `host[:port]` (or `[v6][:port]`) into its parts.
 fn parse_host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use sha1::{Digest, Sha1};
 
 use crate::error::{Result, StoreError};
-use crate::redis::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, unexpected_reply};
+use crate::resp::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, unexpected_reply};
 use crate::resp::{Limits, Pool, Reply, RespConn};
 
 /// A server error reply's text, kept apart from transport failures so callers can match on 0-db's messages.
