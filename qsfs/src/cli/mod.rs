@@ -234,6 +234,21 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The admin commands: they run against a mounted volume through its control socket.
+    fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Command::Fsck { .. }
+                | Command::Audit { .. }
+                | Command::Repair { .. }
+                | Command::Gc { .. }
+                | Command::Store { .. }
+                | Command::Status { .. }
+        )
+    }
+}
+
 /// Stdout was closed by its reader (EPIPE): `main` exits quietly, like coreutils killed by SIGPIPE.
 #[derive(Debug, thiserror::Error)]
 #[error("stdout closed")]
@@ -407,12 +422,8 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        command @ (Command::Fsck { .. }
-        | Command::Audit { .. }
-        | Command::Repair { .. }
-        | Command::Gc { .. }
-        | Command::Store { .. }
-        | Command::Status { .. }) => {
+        // Every other command is an admin command (`Command::is_admin`).
+        command => {
             if let Command::Store { command } = &command {
                 refuse_inline_passwords(&[command.uri().to_string()])?;
             }
@@ -490,12 +501,7 @@ fn run_in_mount(mount: &qsfs::fuse::MountHandle, args: &[String]) -> Result<()> 
         Command::Fsck { repair: true, .. } => anyhow::bail!(
             "fsck --repair needs a quiet volume: `qsfs umount` it first (fsck without --repair runs while mounted)"
         ),
-        command @ (Command::Fsck { .. }
-        | Command::Audit { .. }
-        | Command::Repair { .. }
-        | Command::Gc { .. }
-        | Command::Store { .. }
-        | Command::Status { .. }) => {
+        command if command.is_admin() => {
             let result = run_admin(vol, command, Some(mount));
             finish_reading(vol, result)
         }

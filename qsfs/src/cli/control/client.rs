@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -11,50 +11,9 @@ use super::{Frame, Request, SOCKET_FILE, VERSION};
 use crate::cli::progress::local_count_bar;
 use crate::cli::stdout_error;
 
-/// Runs this process's command in the mount serving `volume`, if there is one: `Ok(false)` when nothing serves
-/// the volume's control socket (the caller then opens the volume itself), `Ok(true)` when the command ran there
-/// and succeeded, the command's error when it failed.
-pub fn forward_if_mounted(volume: &Path) -> Result<bool> {
-    let path = volume.join(SOCKET_FILE);
-    let stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        // No mount (never served, or a crashed one left its socket file; or a volume path too long for a
-        // socket address, whose mount serves none): open the volume here.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound
-                    | std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::InvalidInput
-            ) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("connecting to the mount at {}", path.display()));
-        }
-    };
-    let args = std::env::args().skip(1).collect::<Vec<_>>();
-    let request = Request {
-        version: VERSION,
-        args,
-        tty: std::io::stdout().is_terminal(),
-    };
-    let mut line = serde_json::to_vec(&request)?;
-    line.push(b'\n');
-    // A mount that refuses the caller answers without reading the request: its answer is still there to read.
-    if let Err(e) = (&stream).write_all(&line)
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        return Err(e)
-            .with_context(|| format!("sending the command to the mount at {}", path.display()));
-    }
-    show_frames(&stream, &path)
-}
-
-/// Runs `args` in the mount serving `volume` and returns its output; `Ok(None)` when no mount serves it.
-pub fn query(volume: &Path, args: &[&str]) -> Result<Option<String>> {
+/// Connects to the mount serving `volume` and sends it `args`: `None` when nothing serves the volume's control
+/// socket (never mounted, a crashed mount's socket file, or a volume path too long for a socket address).
+fn send(volume: &Path, args: Vec<String>, tty: bool) -> Result<Option<(UnixStream, PathBuf)>> {
     let path = volume.join(SOCKET_FILE);
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -75,14 +34,38 @@ pub fn query(volume: &Path, args: &[&str]) -> Result<Option<String>> {
     };
     let request = Request {
         version: VERSION,
-        args: args.iter().map(|a| a.to_string()).collect(),
-        tty: false,
+        args,
+        tty,
     };
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
-    (&stream)
-        .write_all(&line)
-        .with_context(|| format!("sending a request to the mount at {}", path.display()))?;
+    // A mount that refuses the caller answers without reading the request: its answer is still there to read.
+    if let Err(e) = (&stream).write_all(&line)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e)
+            .with_context(|| format!("sending the command to the mount at {}", path.display()));
+    }
+    Ok(Some((stream, path)))
+}
+
+/// Runs this process's command in the mount serving `volume`, if there is one: `Ok(false)` when nothing serves
+/// the volume's control socket (the caller then opens the volume itself), `Ok(true)` when the command ran there
+/// and succeeded, the command's error when it failed.
+pub fn forward_if_mounted(volume: &Path) -> Result<bool> {
+    let args = std::env::args().skip(1).collect::<Vec<_>>();
+    match send(volume, args, std::io::stdout().is_terminal())? {
+        Some((stream, path)) => show_frames(&stream, &path),
+        None => Ok(false),
+    }
+}
+
+/// Runs `args` in the mount serving `volume` and returns its output; `Ok(None)` when no mount serves it.
+pub fn query(volume: &Path, args: &[&str]) -> Result<Option<String>> {
+    let args = args.iter().map(|a| a.to_string()).collect();
+    let Some((stream, path)) = send(volume, args, false)? else {
+        return Ok(None);
+    };
     let mut out = String::new();
     for line in BufReader::new(&stream).lines() {
         let line = line.with_context(|| format!("reading from the mount at {}", path.display()))?;
