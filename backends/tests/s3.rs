@@ -388,3 +388,149 @@ async fn each_call_is_one_request() {
         "no hidden HEAD before a read or write"
     );
 }
+
+/// An HTTP proxy in front of Garage that, while armed, answers every PUT carrying `If-None-Match: *` with 412
+/// Precondition Failed, as a server with conditional writes (AWS, MinIO) does for an object that exists — Garage
+/// 2.x ignores the header. Every other request goes to Garage unchanged, one connection per request.
+struct ConditionalProxy {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConditionalProxy {
+    fn start(target: u16) -> ConditionalProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (armed.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (a, r) = (a.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let mut client = std::io::BufReader::new(conn);
+                    while let Some((head, body)) = read_request(&mut client) {
+                        let conditional =
+                            head.to_ascii_lowercase().contains("\r\nif-none-match: *");
+                        let reply = if head.starts_with("PUT ")
+                            && conditional
+                            && a.load(Ordering::SeqCst)
+                        {
+                            r.fetch_add(1, Ordering::SeqCst);
+                            let xml = "<Error><Code>PreconditionFailed</Code><Message>exists</Message></Error>";
+                            format!("HTTP/1.1 412 Precondition Failed\r\nContent-Length: {}\r\n\r\n{xml}", xml.len()).into_bytes()
+                        } else {
+                            forward(target, &head, &body)
+                        };
+                        if client.get_mut().write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ConditionalProxy {
+            port,
+            armed,
+            refused,
+        }
+    }
+}
+
+/// One request off a keep-alive connection: its head (through the blank line) and its Content-Length body.
+fn read_request(r: &mut impl std::io::BufRead) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>())
+        })
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// Sends one request to Garage on a fresh connection it is asked to close, and returns the whole reply.
+fn forward(port: u16, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    reply
+}
+
+/// Where the server refuses to overwrite (412), a put of the same bytes is done without a second write, a put
+/// over a damaged copy replaces it, and an identity marker is never replaced.
+#[tokio::test]
+async fn conditional_writes_keep_good_copies_and_replace_damaged_ones() {
+    use std::sync::atomic::Ordering;
+    let g = garage();
+    g.create_bucket("qsfs-cond").unwrap();
+    let proxy = ConditionalProxy::start(g.s3_port(0));
+    let store =
+        store_for(&g.uri_via("qsfs-cond", &format!("http://127.0.0.1:{}", proxy.port))).await;
+    let direct = store_for(&g.uri("qsfs-cond")).await;
+    let puts = || {
+        g.s3_requests()
+            .unwrap()
+            .get("PutObject")
+            .copied()
+            .unwrap_or(0)
+    };
+    let key = ShardKey([0x5c; 32]);
+    let good = vec![0xa5u8; 200_000];
+    let loc = store.put(&key, &good).await.unwrap();
+    proxy.armed.store(true, Ordering::SeqCst);
+
+    let before = puts();
+    store.put(&key, &good).await.unwrap();
+    assert_eq!(proxy.refused.load(Ordering::SeqCst), 1);
+    assert_eq!(puts(), before, "an intact shard was written again");
+
+    let mut bad = good.clone();
+    bad[1234] ^= 0xff;
+    direct.delete(&loc).await.unwrap();
+    direct.put(&key, &bad).await.unwrap();
+    store.put(&key, &good).await.unwrap();
+    assert_eq!(proxy.refused.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        direct.get(&loc, 200_000).await.unwrap(),
+        good,
+        "the damaged copy stays"
+    );
+
+    let mine = StoreIdentity {
+        volume_id: "v1".into(),
+        store_id: 1,
+    };
+    proxy.armed.store(false, Ordering::SeqCst);
+    store.write_identity(&mine).await.unwrap();
+    proxy.armed.store(true, Ordering::SeqCst);
+    let theirs = StoreIdentity {
+        volume_id: "v2".into(),
+        store_id: 1,
+    };
+    assert!(matches!(
+        store.write_identity(&theirs).await,
+        Err(StoreError::IdentityExists { .. })
+    ));
+    assert_eq!(direct.read_identity().await.unwrap(), Some(mine));
+}

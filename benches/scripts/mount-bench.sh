@@ -14,6 +14,8 @@
 #   TAR_SRC        directory to archive for the `tar x` workload (default: the tokio crate's sources from
 #                  ~/.cargo/registry if there, else this repository's tracked files)
 #   QSFS_MOUNT_OPTS  extra `qsfs mount` options, e.g. "--sync-close" or "--cache-size 1GiB"
+#   STORES         dir (default: the six embedded dir stores) or s3 (six buckets on a local Garage server on
+#                  loopback, see garage.sh; the S3 requests of the whole run are printed after the table)
 #   BENCH_DIR      parent of the temporary directory (default $TMPDIR or /tmp); needs about 6x SIZE_MIB free
 #
 # Workloads, each timed on wall clock and followed by `sync`:
@@ -38,6 +40,8 @@ for v in size_mib files fio_size_mib fio_runtime; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive whole number, not '${!v}'" >&2; exit 2; }
 done
 read -r -a qsfs_mount_opts <<<"${QSFS_MOUNT_OPTS:-}"
+stores=${STORES:-dir}
+case "$stores" in dir | s3) ;; *) echo "STORES must be dir or s3, not '$stores'" >&2; exit 2 ;; esac
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "run as root: the benchmark mounts FUSE filesystems and drops the page cache" >&2
@@ -69,8 +73,11 @@ unmount_all() {
     if [[ -n $qsfs_pid ]]; then wait "$qsfs_pid" 2>/dev/null || true; qsfs_pid=""; fi
     if is_mounted "$work/gocryptfs"; then fusermount3 -u "$work/gocryptfs" || umount -l "$work/gocryptfs" || true; fi
 }
+# shellcheck source=benches/scripts/garage.sh
+source "$repo_root/benches/scripts/garage.sh"
 cleanup() {
     unmount_all
+    garage_stop
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -111,7 +118,12 @@ cold() {
 mkdir -p "$work/plain" "$work/gocryptfs" "$work/gocryptfs.cipher" "$work/qsfs"
 head -c 32 /dev/urandom | base64 >"$work/gocryptfs.pass"
 gocryptfs -init -q -passfile "$work/gocryptfs.pass" "$work/gocryptfs.cipher" >&2
-"$qsfs" --volume "$work/qsfs-vol" init >&2
+init_args=()
+if [[ $stores == s3 ]]; then
+    garage_start "$work/garage" 6
+    init_args=("${garage_stores[@]}")
+fi
+"$qsfs" --volume "$work/qsfs-vol" init "${init_args[@]}" >&2
 mount_all
 targets=(plain gocryptfs qsfs)
 
@@ -260,7 +272,7 @@ echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), ${mem_gib} GiB memory, kernel $(uname -r)"
 echo "- disk: $dev ($fstype; $(echo "$disk" | awk '{ printf "%s, rota=%s", $2, $3 }')), all three on it under $(dirname "$work")"
-echo "- qsfs $(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo '?') release build, 4+2 over 6 dir stores, 4 MiB segments, mount options: ${QSFS_MOUNT_OPTS:-(none)}; $(gocryptfs -version | head -n 1 | cut -d';' -f1); $(fio --version)"
+echo "- qsfs $(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo '?') release build, 4+2 over $([[ $stores == s3 ]] && echo '6 S3 buckets on a loopback Garage server' || echo '6 dir stores'), 4 MiB segments, mount options: ${QSFS_MOUNT_OPTS:-(none)}; $(gocryptfs -version | head -n 1 | cut -d';' -f1); $(fio --version)"
 echo "- sizes: SIZE_MIB=$size_mib FILES=$files FIO_SIZE_MIB=$fio_size_mib FIO_RUNTIME=$fio_runtime"
 echo
 echo "| workload | plain | gocryptfs | qsfs | qsfs/plain | gocryptfs/plain |"
@@ -269,3 +281,8 @@ for row in "${rows[@]}"; do
     p=${result["$row|plain"]} g=${result["$row|gocryptfs"]} q=${result["$row|qsfs"]}
     echo "| $row | $p | $g | $q | $(ratio "$q" "$p") | $(ratio "$g" "$p") |"
 done
+if [[ $stores == s3 ]]; then
+    read -r put get list head del other < <(garage_requests)
+    echo
+    echo "S3 requests of the whole qsfs run: PUT $put, GET $get, LIST $list, HEAD $head, DELETE $del, other $other"
+fi

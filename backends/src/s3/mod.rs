@@ -232,6 +232,9 @@ impl ShardStore for S3Store {
         // copy, which a repair writes this put to replace.
         match self.read_object(&path, data.len() as u64).await {
             Ok(existing) if existing == data => Ok(loc),
+            // Unreadable for now: the caller retries the put, which looks again.
+            Err(e) if e.is_retryable() => Err(e),
+            // Other bytes, too many of them, or gone since the create was refused.
             _ => {
                 tracing::warn!(store = %self.uri, %path, "replacing a damaged copy of a shard");
                 self.op
