@@ -55,9 +55,10 @@ impl ReadCache {
     pub fn start_prefetch(self: &Arc<Self>, vol: Arc<Volume>) {
         let (tx, rx) = mpsc::channel::<SegmentRecord>();
         let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
         for i in 0..PREFETCH_THREADS {
             let (cache, vol, rx) = (self.clone(), vol.clone(), rx.clone());
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("qsfs-readahead-{i}"))
                 .spawn(move || {
                     loop {
@@ -68,8 +69,15 @@ impl ReadCache {
                         }
                     }
                 });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "a readahead thread did not start"),
+            }
         }
-        *self.prefetch_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        // Without a thread, nothing would read the queue: reads then just fetch on demand.
+        if started > 0 {
+            *self.prefetch_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        }
     }
 
     pub fn stop_prefetch(&self) {

@@ -65,7 +65,13 @@ fn admin_commands_run_on_a_busy_mount() {
         .collect();
     assert_eq!(
         workers,
-        ["seal/upload", "housekeeping", "audit/repair", "gc"],
+        [
+            "seal/upload",
+            "housekeeping",
+            "store reviver",
+            "audit/repair",
+            "gc"
+        ],
         "{st}"
     );
     assert!(st["mount"]["upload_queue"]["segments"].is_u64(), "{st}");

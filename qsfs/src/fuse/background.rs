@@ -109,3 +109,29 @@ impl Worker for BackgroundGc {
         format!("{}; next in {} min", self.last, next.as_secs().div_ceil(60))
     }
 }
+
+/// How often the reviver checks the stores that are down.
+const REVIVE_POLL: Duration = Duration::from_secs(5);
+
+/// Brings stores that were marked down back as soon as they answer as themselves (each down store is asked at
+/// most every `store_set::REVIVE_INTERVAL`; reads, writes and fsync ask sooner on their own paths).
+pub(crate) struct Reviver {
+    pub vol: Arc<crate::volume::Volume>,
+}
+
+impl Worker for Reviver {
+    fn name(&self) -> &'static str {
+        "store reviver"
+    }
+
+    fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
+        self.vol.io().block_on(self.vol.stores().revive_due());
+        Next::Idle(REVIVE_POLL)
+    }
+
+    fn status(&self) -> String {
+        let stores = self.vol.stores();
+        let down = stores.slots().len() - stores.up_ids().len();
+        format!("{down} stores down; {} returns so far", stores.revivals())
+    }
+}

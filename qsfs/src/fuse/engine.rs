@@ -160,6 +160,8 @@ pub(crate) struct Engine {
     /// Set when a commit produced garbage; the housekeeping thread collects it.
     pub garbage_pending: AtomicBool,
     pub(super) seal_workers: AtomicUsize,
+    /// The seal/upload workers (see `seal::SealWorker`).
+    pub(super) seal_pool: crate::workers::Workers,
     me: Weak<Engine>,
 }
 
@@ -184,6 +186,7 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             garbage_pending: AtomicBool::new(false),
             seal_workers: AtomicUsize::new(0),
+            seal_pool: crate::workers::Workers::new(),
         }))
     }
 

@@ -60,12 +60,14 @@ pub(crate) fn mount_status(eng: &Arc<Engine>, workers: &[WorkerStatus]) -> Resul
     let retrying = eng.retrying_uploads() as u64;
     let seal_jobs = eng.jobs_in_flight() as u64;
     let seal_workers = eng.seal_workers.load(Ordering::Acquire);
-    // The seal/upload pool is a set of threads fed by a channel rather than a worker; it is listed with them.
+    // The seal/upload workers share one channel: listed as one line.
+    let pool = eng.seal_pool.list();
+    let busy = pool.iter().filter(|w| w.state == "busy").count();
     let mut all = vec![WorkerStatus {
         name: "seal/upload".into(),
-        state: if seal_jobs > 0 { "busy" } else { "idle" }.into(),
+        state: if busy > 0 { "busy" } else { "idle" }.into(),
         status: format!(
-            "{seal_workers} threads, {seal_jobs} segments in progress, {segments} queued, {retrying} retrying"
+            "{seal_workers} workers ({busy} busy), {seal_jobs} segments in progress, {segments} queued, {retrying} retrying"
         ),
     }];
     all.extend_from_slice(workers);

@@ -21,33 +21,68 @@ const RETRY_REVIVE_GAP: Duration = Duration::from_secs(2);
 /// Dirty data untouched this long is sealed by the housekeeping thread.
 pub const IDLE_SEAL: Duration = Duration::from_secs(2);
 
+/// The receiving end of the seal workers' shared channel.
+type JobQueue = Arc<std::sync::Mutex<mpsc::Receiver<(Arc<Cell>, Arc<Job>)>>>;
+
+/// Seals and uploads the jobs of one shared channel, one job per unit of work; done once the channel is closed
+/// and empty (`stop_workers`).
+struct SealWorker {
+    eng: Arc<Engine>,
+    rx: JobQueue,
+    sealed: u64,
+}
+
+impl crate::workers::Worker for SealWorker {
+    fn name(&self) -> &'static str {
+        "seal/upload"
+    }
+
+    fn work(&mut self, _stop: &Arc<std::sync::atomic::AtomicBool>) -> crate::workers::Next {
+        use crate::workers::Next;
+        let next = self
+            .rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(Duration::from_millis(500));
+        match next {
+            Ok((cell, job)) => {
+                self.eng.run_job(&cell, &job);
+                self.sealed += 1;
+                Next::Busy
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Next::Idle(Duration::ZERO),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Next::Done,
+        }
+    }
+
+    fn status(&self) -> String {
+        format!("{} segments sealed and uploaded or queued", self.sealed)
+    }
+}
+
 impl Engine {
-    /// Starts `n` sealing workers. Fails if none can be started: jobs would go to a channel no one reads, and
-    /// every flush would wait forever. Fewer than `n` (the system is short of threads) is a warning.
+    /// Starts `n` sealing workers (workers of the engine's `seal_pool`, fed by one channel). Fails if none can be
+    /// started: jobs would go to a channel no one reads, and every flush would wait forever. Fewer than `n` (the
+    /// system is short of threads) is a warning.
     pub fn start_workers(self: &Arc<Self>, n: usize) -> crate::error::Result<usize> {
         let (tx, rx) = mpsc::channel::<(Arc<Cell>, Arc<Job>)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let mut started = 0;
         let mut last_error = None;
-        for i in 0..n {
-            let (eng, rx) = (self.clone(), rx.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("qsfs-seal-{i}"))
-                .spawn(move || {
-                    loop {
-                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((cell, job)) = next else { break };
-                        eng.run_job(&cell, &job);
-                    }
-                });
-            match spawned {
-                Ok(_) => started += 1,
+        for _ in 0..n {
+            let worker = SealWorker {
+                eng: self.clone(),
+                rx: rx.clone(),
+                sealed: 0,
+            };
+            match self.seal_pool.start(worker) {
+                Ok(()) => started += 1,
                 Err(e) => last_error = Some(e),
             }
         }
         if let Some(e) = last_error {
             if started == 0 {
-                return Err(crate::error::QsfsError::io("starting the seal workers", e));
+                return Err(e);
             }
             tracing::warn!(started, wanted = n, error = %e, "fewer seal workers than asked for");
         }
@@ -81,9 +116,17 @@ impl Engine {
                 // No pool (stopped at shutdown): seal on a thread of its own, never on the caller's, which may
                 // hold this cell's locks.
                 let eng = self.self_arc();
-                let _ = std::thread::Builder::new()
-                    .name("qsfs-seal-late".into())
-                    .spawn(move || eng.run_job(&cell, &job));
+                let late = {
+                    let (cell, job) = (cell.clone(), job.clone());
+                    std::thread::Builder::new()
+                        .name("qsfs-seal-late".into())
+                        .spawn(move || eng.run_job(&cell, &job))
+                };
+                if let Err(e) = late {
+                    // No thread to spare: fail the job now rather than leave its flush waiting forever.
+                    tracing::error!(ino = cell.ino, error = %e, "cannot start a thread to seal a segment");
+                    self.finish_job(&cell, &job, Some(nix::libc::EIO), true);
+                }
             }
         }
     }

@@ -312,7 +312,8 @@ pub fn mount(
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     let sig_eng = eng.clone();
-    let _ = std::thread::Builder::new()
+    // Without it the blocked SIGTERM/SIGINT/SIGHUP would never reach anyone: no mount without it.
+    std::thread::Builder::new()
         .name("qsfs-signals".into())
         .spawn(move || {
             if let Ok(sig) = stop_signals().wait() {
@@ -326,7 +327,8 @@ pub fn mount(
                     let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
                 }
             }
-        });
+        })
+        .map_err(|e| QsfsError::io("starting the signal thread", e))?;
     // The mount's background work, started, listed (`status`) and stopped in one place.
     let workers = &handle.workers;
     workers.start(super::background::Housekeeping {
@@ -336,6 +338,7 @@ pub fn mount(
         remounted_ro: false,
         rounds: 0,
     })?;
+    workers.start(super::background::Reviver { vol: vol.clone() })?;
     // Proof-of-retrievability audits and self-healing (`[audit]`), and gc (`[gc]`), while the mount is served;
     // stopping keeps an interrupted full audit's checkpoint for next time.
     let cfg = vol.config();
