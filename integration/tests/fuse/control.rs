@@ -262,3 +262,54 @@ fn the_mount_collects_orphans_in_the_background() {
     );
     mount.umount();
 }
+
+/// Ctrl-C in the CLI stops the operation the mount runs for it, not the mount: a long `audit --full` through
+/// the socket is interrupted (its checkpoint kept, so the next full audit resumes), and the mount serves on.
+#[test]
+fn ctrl_c_stops_the_operation_not_the_mount() {
+    if !fuse_available("ctrl_c_stops_the_operation_not_the_mount") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&["--segment-size", "64KiB"]);
+    let mount = Mount::start(&v, &v.scratch("mnt"), &[]);
+    for i in 0..4 {
+        fs::write(
+            mount.path(&format!("big{i}")),
+            super::record_bytes(i, 48 << 20),
+        )
+        .unwrap();
+    }
+    // On the stores, so the audit has every shard to read.
+    for i in 0..4 {
+        fs::File::open(mount.path(&format!("big{i}")))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    }
+    let mut client = std::process::Command::new(crate::helpers::qsfs_bin())
+        .args(["--volume", s(&v.path), "audit", "--full", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(client.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = client.wait().unwrap();
+    assert!(!status.success(), "the audit was not interrupted: {status}");
+    // The mount serves on, and the next full audit resumes from the interrupted one's checkpoint.
+    let st = json_of(&v, &["status", "--json"]);
+    assert!(st["mount"].is_object(), "{st}");
+    let full = json_of(&v, &["audit", "--full", "--json"]);
+    assert_eq!(full["resumed"], true, "{full}");
+    assert_eq!(full["verdict"], "healthy", "{full}");
+    assert_eq!(
+        fs::read(mount.path("big3")).unwrap(),
+        super::record_bytes(3, 48 << 20)
+    );
+    mount.umount();
+}
