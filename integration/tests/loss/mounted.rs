@@ -87,7 +87,9 @@ impl Writer {
     #[track_caller]
     pub(super) fn wait(&self, what: &str, n: usize, t: Instant) {
         assert!(
-            wait_until(Duration::from_secs(120), || self.since(t).len() >= n
+            // Below the write quorum each file's fsync waits out the upload wait (30 s) before its EIO: three
+            // of them, plus one already waiting, take up to two minutes on their own.
+            wait_until(Duration::from_secs(240), || self.since(t).len() >= n
                 || self.handle.as_ref().is_some_and(|h| h.is_finished())),
             "timed out waiting for {what}: {:#?}",
             self.finished()
