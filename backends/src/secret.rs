@@ -29,9 +29,15 @@ impl Password {
 /// Best-effort redaction of a URI we could not parse, for error messages: everything between the scheme and the
 /// last `@` (a password may hold `/`, `?`, `#` or `:`) and the value of any `password=` query item.
 pub fn redact_raw(text: &str) -> String {
+    // Only a real scheme before the first "://" is kept: a password may hold "://" itself.
+    let is_scheme = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    };
     let (head, rest) = match text.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), text),
+        Some((scheme, rest)) if is_scheme(scheme) => (format!("{scheme}://"), rest),
+        _ => (String::new(), text),
     };
     let rest = match rest.rfind('@') {
         Some(at) => format!("***@{}", &rest[at + 1..]),

@@ -168,6 +168,10 @@ fn passwords_with_any_character_never_show() {
         let bad = format!("redis://:{pw}@h:bad/0");
         let e = err(&bad);
         assert!(!e.contains(pw), "{pw}: {e}");
+        // A mistyped scheme, and a password holding "://" (found by the million-case fuzz run).
+        let typo = format!("redis:/:{pw}://@h:1/0");
+        let e = err(&typo);
+        assert!(!e.contains(&format!("{pw}:")), "{pw}: {e}");
     }
     assert_eq!(
         StoreUri::parse("redis://:pa/ss@h:1/0").unwrap(),
