@@ -29,6 +29,7 @@ mod seal;
 mod session;
 #[cfg(test)]
 mod tests;
+mod truncate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
