@@ -217,9 +217,6 @@ fn ensure_lost_found(vol: &Volume) -> Result<u64> {
 fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> {
     let meta = vol.meta();
     let seg = vol.segment_size();
-    let total = vol.config().data_shards + vol.config().parity_shards;
-    let k = vol.config().data_shards;
-    let known_stores: HashSet<u32> = vol.stores().slots().iter().map(|s| s.id).collect();
     // Segments of inodes that are gone or not regular files.
     let stray = meta.read(meta::checks::stray_segments)?;
     for (ino, idx) in stray {
@@ -266,55 +263,87 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
                     fixed,
                 );
             }
-            if rec.shards.len() != total {
-                r.problem(
+            match &rec.pack {
+                None => check_shard_rows(
+                    vol,
+                    &rec,
+                    &format!("inode {ino}: segment {}", rec.index),
+                    repair,
+                    r,
+                )?,
+                Some(p) if p.offset + rec.info.plain_len > p.record.info.plain_len => r.problem(
                     format!(
-                        "inode {ino}: segment {} has {} shard rows, expected {total}",
-                        rec.index,
-                        rec.shards.len()
+                        "inode {ino}: segment {} lies past the end of pack {}: data loss",
+                        rec.index, p.record.id
                     ),
                     false,
-                );
-            }
-            let mut good = 0;
-            for s in &rec.shards {
-                match (s.state, s.store_id, &s.locator) {
-                    (ShardState::Ok, Some(store), Some(_)) if known_stores.contains(&store) => {
-                        good += 1
-                    }
-                    (ShardState::Ok, Some(store), Some(_)) => r.problem(
-                        format!(
-                            "inode {ino}: segment {} shard {} is on unknown store {store}",
-                            rec.index, s.index
-                        ),
-                        false,
-                    ),
-                    (ShardState::Ok, _, _) => {
-                        if repair {
-                            meta.write(|c| {
-                                meta::mark_shard(c, rec.id, s.index, ShardState::Missing)
-                            })?;
-                        }
-                        r.problem(
-                            format!("inode {ino}: segment {} shard {} is marked good but has no store or locator", rec.index, s.index),
-                            repair,
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            if good < k {
-                r.problem(
-                    format!("inode {ino}: segment {} has only {good} good shards, {k} needed: data loss", rec.index),
-                    false,
-                );
-            } else if good < total {
-                r.notes.push(format!(
-                    "inode {ino}: segment {} is degraded ({good}/{total} shards); `qsfs repair` restores it",
-                    rec.index
-                ));
+                ),
+                Some(_) => {}
             }
         }
+    }
+    // Packs: the shards of many small files' segments.
+    for pack in meta.read(meta::pack_usage)? {
+        let rec = meta.read(|c| meta::pack_record(c, pack.id))?;
+        r.segments += 1;
+        check_shard_rows(vol, &rec, &format!("pack {}", pack.id), repair, r)?;
+    }
+    Ok(())
+}
+
+/// Checks one stored segment's shard rows: as many as K+M, each good one on a known store, at least K good.
+fn check_shard_rows(
+    vol: &Volume,
+    rec: &meta::SegmentRecord,
+    what: &str,
+    repair: bool,
+    r: &mut FsckReport,
+) -> Result<()> {
+    let meta = vol.meta();
+    let total = vol.config().data_shards + vol.config().parity_shards;
+    let k = vol.config().data_shards;
+    let known_stores: HashSet<u32> = vol.stores().slots().iter().map(|s| s.id).collect();
+    if rec.shards.len() != total {
+        r.problem(
+            format!(
+                "{what} has {} shard rows, expected {total}",
+                rec.shards.len()
+            ),
+            false,
+        );
+    }
+    let mut good = 0;
+    for s in &rec.shards {
+        match (s.state, s.store_id, &s.locator) {
+            (ShardState::Ok, Some(store), Some(_)) if known_stores.contains(&store) => good += 1,
+            (ShardState::Ok, Some(store), Some(_)) => r.problem(
+                format!("{what} shard {} is on unknown store {store}", s.index),
+                false,
+            ),
+            (ShardState::Ok, _, _) => {
+                if repair {
+                    meta.write(|c| meta::mark_shard(c, rec.id, s.index, ShardState::Missing))?;
+                }
+                r.problem(
+                    format!(
+                        "{what} shard {} is marked good but has no store or locator",
+                        s.index
+                    ),
+                    repair,
+                );
+            }
+            _ => {}
+        }
+    }
+    if good < k {
+        r.problem(
+            format!("{what} has only {good} good shards, {k} needed: data loss"),
+            false,
+        );
+    } else if good < total {
+        r.notes.push(format!(
+            "{what} is degraded ({good}/{total} shards); `qsfs repair` restores it"
+        ));
     }
     Ok(())
 }

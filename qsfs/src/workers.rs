@@ -130,7 +130,11 @@ impl Workers {
         }
         for h in &mut handles {
             if let Some(t) = h.thread.take() {
-                let _ = t.join();
+                // The set may be dropped by one of its own workers (the last owner of what holds it went away on
+                // that thread): it is finishing anyway, and joining itself would panic.
+                if t.thread().id() != std::thread::current().id() {
+                    let _ = t.join();
+                }
             }
         }
     }

@@ -117,7 +117,14 @@ impl Volume {
         rng: &mut ChallengeStream,
     ) -> Result<FileAudit> {
         let segments = self.meta().read(|c| meta::segments_of(c, ino))?;
-        let keys: Vec<(u64, u32)> = segments
+        // A packed segment's shards are its pack's (shared with other small files): each pack is proved once.
+        let mut seen = std::collections::HashSet::new();
+        let stored: Vec<&meta::SegmentRecord> = segments
+            .iter()
+            .map(|s| s.stored())
+            .filter(|s| seen.insert(s.id))
+            .collect();
+        let keys: Vec<(u64, u32)> = stored
             .iter()
             .flat_map(|s| {
                 s.shards
@@ -126,7 +133,7 @@ impl Volume {
                     .map(|r| (s.id, r.index as u32))
             })
             .collect();
-        let total_shards: usize = segments.iter().map(|s| s.shards.len()).sum();
+        let total_shards: usize = stored.iter().map(|s| s.shards.len()).sum();
         let c = guarantee.samples_per_store;
         let picked: Vec<(u64, u32)> = if opts.full || keys.len() as u64 <= c {
             keys.clone()

@@ -368,7 +368,7 @@ fn finish(
         for s in short {
             lost.push(LostSegment {
                 segment: s.segment_id,
-                files: meta::paths_of(c, s.ino)?,
+                files: meta::segment_paths(c, s.segment_id, s.ino)?,
                 healthy_shards: s.healthy,
                 unreachable_shards: s.elsewhere,
                 needed: k as u64,

@@ -17,6 +17,18 @@ pub fn run(vol: &Volume, dry_run: bool, json: bool) -> Result<()> {
 }
 
 fn print_report(r: &GcReport) -> Result<()> {
+    let p = &r.packs;
+    if p.packs > 0 {
+        outln!(
+            "packs: {} holding {} of small files' data, {} of it live; {} compacted ({} moved), {} dropped",
+            p.packs,
+            human_bytes(p.pack_bytes),
+            human_bytes(p.live_bytes),
+            p.compacted,
+            human_bytes(p.moved_bytes),
+            p.dropped
+        );
+    }
     for s in &r.stores {
         let line = if r.dry_run {
             format!(

@@ -17,6 +17,7 @@
 
 mod attr;
 mod background;
+mod commit;
 mod engine;
 mod files;
 mod flush;
@@ -24,6 +25,9 @@ mod live;
 mod nodes;
 mod op_metrics;
 mod ops;
+mod pack;
+#[cfg(test)]
+mod pack_tests;
 mod privs;
 mod seal;
 mod session;

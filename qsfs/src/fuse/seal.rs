@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::commit::CommitView;
 use super::engine::{Cell, Engine, Job};
 use crate::error::{QsfsError, Result};
 use crate::meta::{self, SegmentRecord};
@@ -39,13 +40,21 @@ impl crate::workers::Worker for SealWorker {
 
     fn work(&mut self, _stop: &Arc<std::sync::atomic::AtomicBool>) -> crate::workers::Next {
         use crate::workers::Next;
-        let next = self
-            .rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .recv_timeout(Duration::from_millis(500));
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let next = rx.recv_timeout(Duration::from_millis(500));
         match next {
+            Ok((cell, job)) if self.eng.packable(&job) => {
+                let (pack, others) = self.eng.gather_pack((cell, job), &rx);
+                drop(rx);
+                self.sealed += (pack.len() + others.len()) as u64;
+                self.eng.run_pack(pack);
+                for (cell, job) in others {
+                    self.eng.run_job(&cell, &job);
+                }
+                Next::Busy
+            }
             Ok((cell, job)) => {
+                drop(rx);
                 self.eng.run_job(&cell, &job);
                 self.sealed += 1;
                 Next::Busy
@@ -158,7 +167,7 @@ impl Engine {
         cv.notify_all();
     }
 
-    fn run_job(&self, cell: &Arc<Cell>, job: &Arc<Job>) {
+    pub(super) fn run_job(&self, cell: &Arc<Cell>, job: &Arc<Job>) {
         self.seal_once(cell, job);
         self.maybe_evict(cell.ino);
     }
@@ -166,18 +175,7 @@ impl Engine {
     /// One attempt at a job. A queued segment that fails is sent again later (see `retry_later`); any other
     /// failure finishes the job with its errno.
     fn seal_once(&self, cell: &Arc<Cell>, job: &Arc<Job>) {
-        if job.is_cancelled() {
-            if let Some(q) = job.queue_id() {
-                // Superseded or cut away: its row must not outlive it (the truncate or unlink that cancelled
-                // it may have deleted it already; deleting again is harmless).
-                match self.vol.meta().write_fast(|c| meta::dequeue(c, q)) {
-                    Ok(_) => job.data.remove(),
-                    Err(e) => {
-                        tracing::warn!(ino = cell.ino, error = %e, "stale queue row left")
-                    }
-                }
-            }
-            self.finish_job(cell, job, None, false);
+        if self.drop_if_cancelled(cell, job) {
             return;
         }
         // Until the rows commit, gc must not take the placed shards for orphans.
@@ -188,27 +186,47 @@ impl Engine {
             .and_then(|bytes| self.vol.encode_and_place(cell.ino, job.idx, &bytes));
         let committed = placed.and_then(|rec| self.commit_job(cell, job, rec));
         drop(placing);
-        match committed {
-            Ok(()) => {}
-            Err(e) if job.queue_id().is_some() => {
-                // A queued segment is durable locally and close already succeeded: keep trying; a mount
-                // that stops first leaves the row for the next one.
-                if self.shutting_down.load(Ordering::Acquire) {
-                    tracing::warn!(ino = cell.ino, error = %e, "queued segment left for the next mount");
-                    self.finish_job(cell, job, None, false);
-                    return;
-                }
-                // A read-only copy or mount uploads nothing until it may write again: no warning per try.
-                if !matches!(e, QsfsError::ReadOnly(_)) {
-                    tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
-                }
-                self.retry_later(cell.clone(), job.clone());
-            }
-            Err(e) => {
-                tracing::error!(ino = cell.ino, error = %e, "sealing a segment failed");
-                self.finish_job(cell, job, Some(e.errno()), true);
+        if let Err(e) = committed {
+            self.seal_failed(cell, job, &e);
+        }
+    }
+
+    /// A job's upload or commit failed. A queued segment is durable locally and its close already succeeded: it is
+    /// tried again (a mount that stops first leaves its row for the next one); any other job finishes with the
+    /// error's errno, its bytes back in dirty.
+    pub(super) fn seal_failed(&self, cell: &Arc<Cell>, job: &Arc<Job>, e: &QsfsError) {
+        if job.queue_id().is_none() {
+            tracing::error!(ino = cell.ino, error = %e, "sealing a segment failed");
+            self.finish_job(cell, job, Some(e.errno()), true);
+            return;
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            tracing::warn!(ino = cell.ino, error = %e, "queued segment left for the next mount");
+            self.finish_job(cell, job, None, false);
+            return;
+        }
+        // A read-only copy or mount uploads nothing until it may write again: no warning per try.
+        if !matches!(e, QsfsError::ReadOnly(_)) {
+            tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
+        }
+        self.retry_later(cell.clone(), job.clone());
+    }
+
+    /// Finishes a job a truncate, unlink or newer version cancelled before it was placed; true if it was.
+    pub(super) fn drop_if_cancelled(&self, cell: &Cell, job: &Arc<Job>) -> bool {
+        if !job.is_cancelled() {
+            return false;
+        }
+        if let Some(q) = job.queue_id() {
+            // Superseded or cut away: its row must not outlive it (the truncate or unlink that cancelled it may
+            // have deleted it already; deleting again is harmless).
+            match self.vol.meta().write_fast(|c| meta::dequeue(c, q)) {
+                Ok(_) => job.data.remove(),
+                Err(e) => tracing::warn!(ino = cell.ino, error = %e, "stale queue row left"),
             }
         }
+        self.finish_job(cell, job, None, false);
+        true
     }
 
     /// Sends a failed queued job to the workers again after a backoff, without holding a worker meanwhile (while
@@ -237,7 +255,13 @@ impl Engine {
 
     /// Removes a finished job from its cell. A failed job's bytes go back to dirty (unless newer bytes or a
     /// truncate superseded them) and its errno waits for the next flush.
-    fn finish_job(&self, cell: &Cell, job: &Arc<Job>, errno: Option<i32>, restore: bool) {
+    pub(super) fn finish_job(
+        &self,
+        cell: &Cell,
+        job: &Arc<Job>,
+        errno: Option<i32>,
+        restore: bool,
+    ) {
         let mut st = cell.lock();
         st.jobs.retain(|j| !Arc::ptr_eq(j, job));
         if restore && !job.is_cancelled() {
@@ -265,60 +289,17 @@ impl Engine {
     /// shards become garbage).
     fn commit_job(&self, cell: &Cell, job: &Arc<Job>, rec: SegmentRecord) -> Result<()> {
         let _commit = cell.lock_commit();
-        let (stale, db_size, mtime, ctime, older) = {
-            let st = cell.lock();
-            let older = st.older_rows(job.idx, job.version);
-            let stale = job.is_cancelled()
-                || st
-                    .committed
-                    .get(&job.idx)
-                    .is_some_and(|v| *v >= job.version);
-            let end = job.idx * self.seg + job.plain_len;
-            (stale, st.db_size.max(end), st.mtime_ns, st.ctime_ns, older)
-        };
-        let queue_id = job.queue_id();
-        let mut inline = false;
-        let applied = self.vol.meta().write_fast(|c| {
-            let live = match queue_id {
-                Some(q) => {
-                    inline = meta::is_inline(c, q)?;
-                    meta::dequeue(c, q)? && !stale
-                }
-                None => !stale,
-            };
-            if !live {
+        let view = CommitView::of(cell, job, self.seg);
+        let outcome = self.vol.meta().write_fast(|c| {
+            let outcome = view.apply(c, cell.ino, job, &rec)?;
+            if !outcome.applied {
                 meta::add_garbage(c, &rec.shards)?;
-                return Ok(false);
             }
-            meta::put_segment(c, cell.ino, &rec)?;
-            for q in &older {
-                meta::dequeue(c, *q)?;
-            }
-            meta::set_size_times(c, cell.ino, db_size, mtime, ctime)?;
-            Ok(true)
+            Ok(outcome)
         })?;
-        {
-            let mut st = cell.lock();
-            if applied {
-                st.mark_committed(job.idx, job.version);
-                st.db_size = st.db_size.max(db_size);
-                st.unsynced = true;
-                // `times_dirty` stays set even when the row got the cell's current times: a setattr may have
-                // committed newer times between this job's read of the cell and its commit, and only the flush's
-                // own commit of the cell's times puts them back.
-            }
-        }
-        if queue_id.is_some() {
-            job.data.remove();
-        }
-        if inline {
-            self.vol.meta().note_inline_uploaded();
-        }
-        self.garbage_pending.store(true, Ordering::Release);
-        self.finish_job(cell, job, None, false);
+        self.after_commit(cell, job, &view, outcome);
         Ok(())
     }
-
     /// Deletes inode `ino` (no names left) unless a handle still holds it open; the last release calls this
     /// again. Its segments and queued uploads go with it.
     pub fn forget_inode(&self, ino: u64) -> Result<()> {

@@ -67,9 +67,9 @@ pub fn stray_segments(c: &Connection) -> Result<Vec<(i64, i64)>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// (inode, size) of every regular file.
+/// (inode, size) of every regular file (not the pack holder, whose segments are packs).
 pub fn file_sizes(c: &Connection) -> Result<Vec<(u64, u64)>> {
-    let mut st = c.prepare("SELECT ino, size FROM inodes WHERE kind = 1")?;
+    let mut st = c.prepare("SELECT ino, size FROM inodes WHERE kind = 1 AND ino != 0")?;
     let rows = st.query_map([], |x| {
         Ok((x.get::<_, i64>(0)? as u64, x.get::<_, i64>(1)? as u64))
     })?;
@@ -98,7 +98,11 @@ pub fn good_shards(c: &Connection) -> Result<Vec<RecordedShard>> {
 }
 
 pub fn inode_count(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get::<_, i64>(0))? as u64)
+    Ok(
+        c.query_row("SELECT COUNT(*) FROM inodes WHERE ino != 0", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
 }
 
 /// Committed transactions whose changes are not yet shipped to the stores' metadata log.

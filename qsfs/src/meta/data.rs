@@ -49,14 +49,40 @@ pub struct SegmentRecord {
     pub index: u64,
     pub info: SegmentInfo,
     pub shards: Vec<ShardRow>,
+    /// Set for a small file segment stored inside a pack segment (see `packs`): its bytes are
+    /// `info.plain_len` bytes at `offset` of the pack's plaintext, and `info`'s other fields and `shards` are
+    /// empty (the pack's record holds them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackSlice>,
+}
+
+/// Where a packed file segment's bytes are: the pack's own record, and the offset in its plaintext.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PackSlice {
+    pub offset: u64,
+    pub record: Box<SegmentRecord>,
+}
+
+impl SegmentRecord {
+    /// The record whose shards hold this segment's bytes: the pack's for a packed segment, else its own.
+    pub fn stored(&self) -> &SegmentRecord {
+        match &self.pack {
+            Some(p) => &p.record,
+            None => self,
+        }
+    }
 }
 
 /// Records segment `rec` as part `rec.index` of file `ino`, replacing (and turning into garbage) any older version.
 pub fn put_segment(conn: &Connection, ino: u64, rec: &SegmentRecord) -> Result<()> {
     drop_segment_range(conn, ino, rec.index, Some(rec.index + 1))?;
+    let (pack_id, pack_off) = match &rec.pack {
+        Some(p) => (Some(p.record.id as i64), p.offset as i64),
+        None => (None, 0),
+    };
     conn.prepare_cached(
-        "INSERT INTO segments (id, ino, idx, plain_len, stored_len, shard_len, nonce, flags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO segments (id, ino, idx, plain_len, stored_len, shard_len, nonce, flags, pack_id, pack_off)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         rec.id as i64,
@@ -66,7 +92,9 @@ pub fn put_segment(conn: &Connection, ino: u64, rec: &SegmentRecord) -> Result<(
         rec.info.stored_len as i64,
         rec.info.shard_len as i64,
         &rec.info.nonce[..],
-        rec.info.flags
+        rec.info.flags,
+        pack_id,
+        pack_off
     ])?;
     let mut st = conn.prepare_cached(
         "INSERT INTO shards (segment_id, idx, store_id, locator, blob_len, root, state)
@@ -126,9 +154,10 @@ fn shards_of(conn: &Connection, segment_id: u64) -> Result<Vec<ShardRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-const SEGMENT_COLS: &str = "id, idx, plain_len, stored_len, shard_len, nonce, flags, ino";
+pub(super) const SEGMENT_COLS: &str =
+    "id, idx, plain_len, stored_len, shard_len, nonce, flags, ino, pack_id, pack_off";
 
-fn segment_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<SegmentRecord> {
+pub(super) fn segment_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<SegmentRecord> {
     let id = r.get::<_, i64>(0)? as u64;
     let nonce_v: Vec<u8> = r.get(5)?;
     let mut nonce = [0u8; 24];
@@ -144,12 +173,20 @@ fn segment_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> Result<SegmentR
         flags: r.get(6)?,
         roots: shards.iter().map(|s| s.root).collect(),
     };
+    let pack = match r.get::<_, Option<i64>>(8)? {
+        Some(pack_id) => Some(PackSlice {
+            offset: r.get::<_, i64>(9)? as u64,
+            record: Box::new(super::packs::pack_record(conn, pack_id as u64)?),
+        }),
+        None => None,
+    };
     Ok(SegmentRecord {
         id,
         ino: r.get::<_, i64>(7)? as u64,
         index: r.get::<_, i64>(1)? as u64,
         info,
         shards,
+        pack,
     })
 }
 

@@ -392,7 +392,7 @@ pub fn link_census(conn: &Connection) -> Result<Vec<(Inode, u32, u32)>> {
             (SELECT COUNT(*) FROM dirents d WHERE d.ino = inodes.ino),
             (SELECT COUNT(*) FROM dirents d JOIN inodes c ON c.ino = d.ino
                WHERE d.parent = inodes.ino AND c.kind = 2)
-         FROM inodes"
+         FROM inodes WHERE ino != 0"
     ))?;
     let rows = st.query_map([], |r| {
         Ok((

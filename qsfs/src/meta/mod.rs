@@ -22,6 +22,7 @@ mod fsops;
 pub mod journal;
 mod namespace;
 mod ops;
+mod packs;
 mod queue;
 mod schema;
 
@@ -37,8 +38,9 @@ pub use data::*;
 pub use fsops::*;
 pub use namespace::*;
 pub use ops::*;
+pub use packs::*;
 pub use queue::*;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{SCHEMA_VERSION, migrate_image};
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -296,7 +296,7 @@ pub fn resolve(conn: &Connection, path: &str) -> Result<Option<u64>> {
 pub fn namespace_totals(conn: &Connection) -> Result<(u64, u64, u64)> {
     Ok(conn.query_row(
         "SELECT COALESCE(SUM(kind = 1), 0), COALESCE(SUM(kind = 2 AND ino != 1), 0),
-                COALESCE(SUM(CASE WHEN kind = 1 THEN size ELSE 0 END), 0) FROM inodes",
+                COALESCE(SUM(CASE WHEN kind = 1 THEN size ELSE 0 END), 0) FROM inodes WHERE ino != 0",
         [],
         |r| {
             Ok((

@@ -464,6 +464,21 @@ pub fn segment_margins(
     Ok((min_margin, short))
 }
 
+/// The paths of the files whose bytes segment `segment_id` of inode `ino` holds: that file's, or for a pack every
+/// member's.
+pub fn segment_paths(conn: &Connection, segment_id: u64, ino: u64) -> Result<Vec<String>> {
+    if ino != super::PACK_HOLDER {
+        return paths_of(conn, ino);
+    }
+    let mut out = Vec::new();
+    for m in super::pack_members(conn, segment_id)? {
+        out.extend(paths_of(conn, m.ino)?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Every path naming inode `ino` (several for hard links), or a note when it has none (an open, unlinked file).
 pub fn paths_of(conn: &Connection, ino: u64) -> Result<Vec<String>> {
     let mut names = conn.prepare_cached("SELECT parent, name FROM dirents WHERE ino = ?1")?;

@@ -165,9 +165,23 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO meta_log_state VALUES (1, 0, zeroblob(32), 0, NULL, 0, 0, 1);
     "#,
+    // 5 -> 6: pack segments (see `packs`). A pack is a segment of the hidden pack holder inode (0) carrying the
+    // bytes of many small file segments; such a file segment has no shards of its own and names its pack and
+    // the offset of its bytes in the pack's plaintext.
+    r#"
+    ALTER TABLE segments ADD COLUMN pack_id INTEGER;
+    ALTER TABLE segments ADD COLUMN pack_off INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX segments_by_pack ON segments(pack_id) WHERE pack_id IS NOT NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings a database image (a restored snapshot) up to this binary's schema before the log's changesets are
+/// applied to it: changesets recorded under an older schema still apply to the added columns' defaults.
+pub fn migrate_image(conn: &mut Connection) -> Result<()> {
+    migrate(conn)
+}
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;

@@ -256,7 +256,7 @@ pub(super) fn repair_segment(
                     r.state == ShardState::Ok && verified[r.index].is_none() && !reachable(r)
                 })
                 .count() as u64;
-            let files = vol.meta().read(|c| meta::paths_of(c, ino))?;
+            let files = vol.meta().read(|c| meta::segment_paths(c, rec.id, ino))?;
             let reason = format!(
                 "only {have} of the {k} shards needed verified; cannot rebuild (files: {})",
                 files.join(", ")

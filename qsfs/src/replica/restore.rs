@@ -339,7 +339,10 @@ async fn build_database(
         .open(tmp)
         .and_then(|mut f| write(&mut f))
         .map_err(|e| QsfsError::io("writing the restored metadata", e))?;
-    let conn = rusqlite::Connection::open(tmp)?;
+    let mut conn = rusqlite::Connection::open(tmp)?;
+    // A snapshot written by an older release: its tables gain this release's columns before the log's newer
+    // changesets name them.
+    meta::migrate_image(&mut conn)?;
     // Changesets already hold every row a cascade changed: cascading again would delete rows the changeset then
     // fails to find.
     // One transaction and no syncs while building: the file is fsynced once, whole, before it is installed.

@@ -47,6 +47,8 @@ pub struct StoreGc {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Pack segments: their live share, and what compaction did (nothing in a dry run).
+    pub packs: super::PackCompaction,
     pub stores: Vec<StoreGc>,
 }
 
@@ -63,6 +65,12 @@ impl Volume {
         if !dry_run {
             self.check_writer()?;
         }
+        // Packs first: what compaction leaves dead is garbage this run deletes.
+        let packs = if dry_run {
+            self.pack_census()?
+        } else {
+            self.compact_packs()?
+        };
         let before = self.garbage_per_store()?;
         if !dry_run {
             self.collect_garbage()?;
@@ -70,6 +78,7 @@ impl Volume {
         let after = self.garbage_per_store()?;
         let mut report = GcReport {
             dry_run,
+            packs,
             stores: Vec::new(),
         };
         for slot in self.stores().slots() {

@@ -11,6 +11,7 @@ mod files;
 mod gc;
 mod init_options;
 mod lock;
+mod packs;
 pub mod placements;
 mod segments;
 mod status;
@@ -37,6 +38,7 @@ pub use init_options::InitOptions;
 pub use files::PutOptions;
 pub use gc::{GcReport, StoreGc};
 pub use lock::VolumeLock;
+pub use packs::{COMPACT_BELOW, PackCompaction};
 pub use status::{StoreStatus, VolumeStatus};
 pub(crate) use undo::remove_partial_volume;
 
@@ -68,6 +70,8 @@ pub struct Volume {
     foreground: Arc<ForegroundActivity>,
     /// Shards placed and not yet committed (see `placements`).
     placements: placements::Placements,
+    /// Recently read packs' plaintext (see `packs`).
+    packs: packs::PackCache,
     /// Dead shards (garbage, orphans) this process deleted from the stores.
     reclaimed: std::sync::atomic::AtomicU64,
     /// The metadata log's writer side (see `crate::replica`).
@@ -341,6 +345,7 @@ impl Volume {
             rt,
             foreground: Arc::new(ForegroundActivity::default()),
             placements: Default::default(),
+            packs: Default::default(),
             reclaimed: Default::default(),
             replica,
             _lock: lock,

@@ -21,10 +21,20 @@ impl Volume {
     /// records the returned `SegmentRecord` in its own metadata transaction (invariant 1: metadata only ever points
     /// at shards that were durable when it committed).
     pub fn encode_and_place(&self, ino: u64, index: u64, data: &[u8]) -> Result<SegmentRecord> {
+        self.encode_and_place_as(meta::new_segment_id(), ino, index, data)
+    }
+
+    /// `encode_and_place` under a chosen segment id (a pack's index is its id).
+    pub(super) fn encode_and_place_as(
+        &self,
+        id: u64,
+        ino: u64,
+        index: u64,
+        data: &[u8],
+    ) -> Result<SegmentRecord> {
         // A read-only copy writes no shard (it could not commit one anyway).
         self.check_writer()?;
         let _busy = self.foreground.enter();
-        let id = meta::new_segment_id();
         let encoded = self
             .codec
             .encode_at(id, Some(SegmentPlace { ino, index }), data)?;
@@ -40,6 +50,7 @@ impl Volume {
             index,
             info,
             shards,
+            pack: None,
         })
     }
 
@@ -48,6 +59,9 @@ impl Volume {
     /// status shows them and repair can find them (recording a shard bad queues it for repair, by trigger, in
     /// the same transaction). `name` names the file in errors.
     pub fn read_segment(&self, rec: &SegmentRecord, name: &str) -> Result<Vec<u8>> {
+        if let Some(slice) = &rec.pack {
+            return self.read_packed(rec, slice, name);
+        }
         let _busy = self.foreground.enter();
         let k = self.config().data_shards;
         let (shards, bad) = self
@@ -90,6 +104,13 @@ impl Volume {
     /// Deletes garbage shards from their stores (those on reachable stores) and forgets them. Returns how many
     /// were deleted. Safe to call at any time: garbage rows exist only for shards no committed row references.
     pub fn collect_garbage(&self) -> Result<usize> {
+        // Packs whose last member was deleted or rewritten are garbage too (a read-only copy leaves them).
+        if self.check_writer().is_ok() {
+            match self.meta.write_fast(meta::drop_dead_packs) {
+                Ok(_) | Err(QsfsError::ReadOnly(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         // A shard is deleted only once the transaction that dropped it is in the stores' metadata log: a restore
         // must never find metadata pointing at a shard already deleted.
         self.replicate_metadata()?;

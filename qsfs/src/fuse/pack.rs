@@ -1,0 +1,174 @@
+//! Packing at upload: queued small segments — the bodies of small files and the tails of larger ones, closed
+//! close together — are sealed together as one pack segment (`volume::packs`): one set of K+M shard writes and
+//! one metadata commit for many files, instead of one of each per file.
+//!
+//! A seal worker that takes a packable job from the shared channel also takes the packable jobs queued behind it
+//! (waiting [`PACK_LINGER`] at most for more while the pack is small), up to a segment's worth of bytes. Jobs
+//! that are not packable and arrive meanwhile are sealed alone after the pack. A pack that fails to upload or
+//! commit sends each of its jobs to the usual retry (they are packed again when they come back).
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::commit::{CommitOutcome, CommitView};
+use super::engine::{Cell, Engine, Job, SealRequest};
+use crate::codec::SegmentInfo;
+use crate::error::Result;
+use crate::meta::{self, PackSlice, SegmentRecord};
+
+/// How long a worker holding packable jobs waits for more before sealing a pack smaller than a segment.
+const PACK_LINGER: Duration = Duration::from_millis(50);
+/// Jobs in one pack at most (bounds the pack's metadata transaction).
+const PACK_MAX_JOBS: usize = 2048;
+
+impl Engine {
+    /// Whether `job` may go into a pack: a queued (closed, durable locally) segment of at most a quarter segment.
+    /// Larger ones gain little from sharing and would make reading a packed neighbour fetch too much.
+    pub(super) fn packable(&self, job: &Job) -> bool {
+        job.queue_id().is_some() && job.plain_len <= self.seg / 4 && !job.is_cancelled()
+    }
+
+    /// Takes the packable jobs queued behind `first` from `rx`: returns the pack's jobs and the other jobs
+    /// received meanwhile.
+    pub(super) fn gather_pack(
+        &self,
+        first: SealRequest,
+        rx: &mpsc::Receiver<SealRequest>,
+    ) -> (Vec<SealRequest>, Vec<SealRequest>) {
+        let mut bytes = first.1.plain_len;
+        let (mut pack, mut others) = (vec![first], Vec::new());
+        let deadline = Instant::now() + PACK_LINGER;
+        while bytes < self.seg && pack.len() < PACK_MAX_JOBS {
+            let next = match rx.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    }
+                }
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            };
+            if self.packable(&next.1) && bytes + next.1.plain_len <= self.seg {
+                bytes += next.1.plain_len;
+                pack.push(next);
+            } else {
+                others.push(next);
+                // A job that does not fit waits for its turn after this pack rather than start one of its own.
+                if self.packable(&others[others.len() - 1].1) {
+                    break;
+                }
+            }
+        }
+        (pack, others)
+    }
+
+    /// Seals `jobs` as one pack, or alone when only one is left live.
+    pub(super) fn run_pack(&self, jobs: Vec<SealRequest>) {
+        let mut live: Vec<SealRequest> = jobs
+            .into_iter()
+            .filter(|(cell, job)| !self.drop_if_cancelled(cell, job))
+            .collect();
+        if live.len() <= 1 {
+            if let Some((cell, job)) = live.pop() {
+                self.run_job(&cell, &job);
+            }
+            return;
+        }
+        let mut data = Vec::new();
+        let mut offsets = Vec::with_capacity(live.len());
+        for (_, job) in &live {
+            match job.data.read_prefix(job.plain_len) {
+                Ok(bytes) => {
+                    offsets.push(data.len() as u64);
+                    data.extend_from_slice(&bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a queued segment's local copy is unreadable; sealing alone");
+                    for (cell, job) in &live {
+                        self.run_job(cell, job);
+                    }
+                    return;
+                }
+            }
+        }
+        // Until the rows commit, gc must not take the placed shards for orphans.
+        let placing = self.vol.placements().begin();
+        let committed = self
+            .vol
+            .encode_and_place_pack(&data)
+            .and_then(|rec| self.commit_pack(&live, &offsets, rec));
+        drop(placing);
+        match committed {
+            Ok(()) => {
+                for (cell, _) in &live {
+                    self.maybe_evict(cell.ino);
+                }
+            }
+            Err(e) => {
+                for (cell, job) in &live {
+                    self.seal_failed(cell, job, &e);
+                }
+            }
+        }
+    }
+
+    /// Records the pack and, in the same transaction, each live job's segment as a slice of it. A pack none of
+    /// whose jobs is live any more is dropped in that transaction (its shards become garbage).
+    fn commit_pack(
+        &self,
+        jobs: &[SealRequest],
+        offsets: &[u64],
+        pack: SegmentRecord,
+    ) -> Result<()> {
+        // Every file's commit lock, in inode order (the engine's lock order; a file may have several jobs here).
+        let mut cells: Vec<&Arc<Cell>> = jobs.iter().map(|(c, _)| c).collect();
+        cells.sort_by_key(|c| c.ino);
+        cells.dedup_by_key(|c| c.ino);
+        let _commits: Vec<_> = cells.iter().map(|c| c.lock_commit()).collect();
+        let views: Vec<CommitView> = jobs
+            .iter()
+            .map(|(cell, job)| CommitView::of(cell, job, self.seg))
+            .collect();
+        let outcomes = self.vol.meta().write_fast(|c| {
+            meta::put_pack(c, &pack)?;
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for (((cell, job), view), off) in jobs.iter().zip(&views).zip(offsets) {
+                let member = member_record(&pack, cell.ino, job, *off);
+                outcomes.push(view.apply(c, cell.ino, job, &member)?);
+            }
+            if !outcomes.iter().any(|o: &CommitOutcome| o.applied) {
+                meta::drop_dead_packs(c)?;
+            }
+            Ok(outcomes)
+        })?;
+        for (((cell, job), view), outcome) in jobs.iter().zip(&views).zip(outcomes) {
+            self.after_commit(cell, job, view, outcome);
+        }
+        Ok(())
+    }
+}
+
+/// The segment row of `job`'s bytes at `offset` of `pack`.
+fn member_record(pack: &SegmentRecord, ino: u64, job: &Job, offset: u64) -> SegmentRecord {
+    SegmentRecord {
+        id: meta::new_segment_id(),
+        ino,
+        index: job.idx,
+        info: SegmentInfo {
+            plain_len: job.plain_len,
+            stored_len: 0,
+            shard_len: 0,
+            nonce: [0; 24],
+            flags: 0,
+            roots: Vec::new(),
+        },
+        shards: Vec::new(),
+        pack: Some(PackSlice {
+            offset,
+            record: Box::new(pack.clone()),
+        }),
+    }
+}

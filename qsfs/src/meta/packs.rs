@@ -1,0 +1,155 @@
+//! Pack segments in metadata. A pack is one segment carrying the bytes of many small file segments (small files
+//! and the tails of larger ones, uploaded together), so that storing them costs one set of K+M shard writes
+//! instead of one per file. A pack is a `segments` row of the hidden pack holder inode ([`PACK_HOLDER`], which no
+//! directory entry names), with the pack's id as its index; its shards are audited and repaired like any other
+//! segment's. A packed file segment is a `segments` row without shards that names its pack (`pack_id`) and where
+//! its bytes start in the pack's plaintext (`pack_off`).
+//!
+//! Overwrites and deletes leave dead bytes in packs. A pack with no member left is dropped whole
+//! ([`drop_dead_packs`], its shards become garbage in the same transaction); one whose live share fell below a
+//! threshold is compacted by the volume: its live members are copied into a new pack and moved there
+//! ([`move_member`]), which leaves the old pack dead.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::data::{SEGMENT_COLS, segment_from_row};
+use super::{SegmentRecord, now_ns};
+use crate::error::{QsfsError, Result};
+
+/// The inode that owns every pack segment. Inode numbers start at 1 (the root), and the kernel never sees 0.
+pub const PACK_HOLDER: u64 = 0;
+
+/// Creates the pack holder inode if this volume has none yet (in the transaction of the first pack, so the
+/// metadata log carries it to a restore).
+fn ensure_pack_holder(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, crtime_ns)
+         VALUES (0, 1, 32768, 0, 0, 0, 1, 0, 0, 0, 0)",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+/// Records a placed pack (its `ino` must be [`PACK_HOLDER`] and its index its id). Its members are recorded by
+/// the caller, in the same transaction, with `put_segment`.
+pub fn put_pack(conn: &Connection, rec: &SegmentRecord) -> Result<()> {
+    ensure_pack_holder(conn)?;
+    super::put_segment(conn, PACK_HOLDER, rec)
+}
+
+/// The pack segment `id`.
+pub fn pack_record(conn: &Connection, id: u64) -> Result<SegmentRecord> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {SEGMENT_COLS} FROM segments WHERE id = ?1 AND ino = 0"
+    ))?;
+    let mut rows = st.query([id as i64])?;
+    match rows.next()? {
+        Some(r) => segment_from_row(conn, r),
+        None => Err(QsfsError::CorruptSegment {
+            segment: id,
+            reason: "a file segment names a pack that metadata does not hold".into(),
+        }),
+    }
+}
+
+/// Drops every pack no file segment lives in any more; their shards become garbage. Returns how many.
+pub fn drop_dead_packs(conn: &Connection) -> Result<usize> {
+    let cond = "s.ino = 0 AND NOT EXISTS (SELECT 1 FROM segments f WHERE f.pack_id = s.id)";
+    conn.prepare_cached(&format!(
+        "INSERT INTO garbage (store_id, locator, since_ns)
+         SELECT sh.store_id, sh.locator, ?1 FROM shards sh JOIN segments s ON s.id = sh.segment_id
+         WHERE {cond} AND sh.store_id IS NOT NULL AND sh.locator IS NOT NULL"
+    ))?
+    .execute([now_ns()])?;
+    Ok(conn
+        .prepare_cached(&format!("DELETE FROM segments AS s WHERE {cond}"))?
+        .execute([])?)
+}
+
+/// A pack's size and how much of it is still some file's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackUse {
+    pub id: u64,
+    pub plain_len: u64,
+    pub live: u64,
+    pub members: u64,
+}
+
+/// Every pack with its live bytes, emptiest first.
+pub fn pack_usage(conn: &Connection) -> Result<Vec<PackUse>> {
+    let mut st = conn.prepare_cached(
+        "SELECT p.id, p.plain_len, COALESCE(SUM(f.plain_len), 0), COUNT(f.id)
+         FROM segments p LEFT JOIN segments f ON f.pack_id = p.id
+         WHERE p.ino = 0 GROUP BY p.id ORDER BY 3 * 1.0 / MAX(p.plain_len, 1), p.id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(PackUse {
+            id: r.get::<_, i64>(0)? as u64,
+            plain_len: r.get::<_, i64>(1)? as u64,
+            live: r.get::<_, i64>(2)? as u64,
+            members: r.get::<_, i64>(3)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One file segment living in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackMember {
+    /// The file segment's own row id.
+    pub id: u64,
+    pub ino: u64,
+    pub index: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+pub fn pack_members(conn: &Connection, pack_id: u64) -> Result<Vec<PackMember>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, ino, idx, pack_off, plain_len FROM segments WHERE pack_id = ?1 ORDER BY pack_off",
+    )?;
+    let rows = st.query_map([pack_id as i64], |r| {
+        Ok(PackMember {
+            id: r.get::<_, i64>(0)? as u64,
+            ino: r.get::<_, i64>(1)? as u64,
+            index: r.get::<_, i64>(2)? as u64,
+            offset: r.get::<_, i64>(3)? as u64,
+            len: r.get::<_, i64>(4)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Moves `member` from pack `from` to offset `offset` of pack `to`, unless the file segment changed since it was
+/// read (rewritten, truncated or deleted meanwhile: then its old bytes are simply dead). True if moved.
+pub fn move_member(
+    conn: &Connection,
+    member: &PackMember,
+    from: u64,
+    to: u64,
+    offset: u64,
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE segments SET pack_id = ?1, pack_off = ?2
+             WHERE id = ?3 AND pack_id = ?4 AND pack_off = ?5 AND plain_len = ?6",
+        )?
+        .execute(params![
+            to as i64,
+            offset as i64,
+            member.id as i64,
+            from as i64,
+            member.offset as i64,
+            member.len as i64
+        ])?
+        > 0)
+}
+
+/// Whether segment `id` is a pack.
+pub fn is_pack(conn: &Connection, id: u64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM segments WHERE id = ?1 AND ino = 0")?
+        .query_row([id as i64], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
