@@ -13,6 +13,64 @@ use crate::workers::{Next, Worker};
 
 /// Housekeeping period.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// The longest a local-first close stays unsynced (the loss window of a power cut; `kill -9` loses nothing).
+pub const LOCAL_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Syncs the metadata journal when local-first closes committed without a sync, at least every
+/// `LOCAL_COMMIT_INTERVAL`: the bound on what a power loss can take from closed files.
+pub(crate) struct LocalCommitter {
+    pub eng: Arc<Engine>,
+    pub syncs: u64,
+    pub last_error: Option<String>,
+}
+
+impl Worker for LocalCommitter {
+    fn name(&self) -> &'static str {
+        "local committer"
+    }
+
+    fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
+        match self.eng.commit_local() {
+            Ok(synced) => {
+                self.syncs += u64::from(synced);
+                self.last_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "syncing closed files' local journal failed; will retry");
+                self.last_error = Some(e.to_string());
+            }
+        }
+        // Half the interval: a close just after a sync is synced within the interval.
+        Next::Idle(LOCAL_COMMIT_INTERVAL / 2)
+    }
+
+    fn status(&self) -> String {
+        let done = format!(
+            "syncs closed files' journal within a second: {} syncs",
+            self.syncs
+        );
+        match &self.last_error {
+            Some(e) => format!("{done}; the last one failed: {e}"),
+            None => done,
+        }
+    }
+}
+
+impl Engine {
+    /// Syncs the metadata journal if a local-first close left it unsynced; true if it did.
+    pub fn commit_local(&self) -> crate::error::Result<bool> {
+        if !self
+            .local_unsynced
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(false);
+        }
+        self.vol.meta().sync().map(|()| true).inspect_err(|_| {
+            self.local_unsynced
+                .store(true, std::sync::atomic::Ordering::Release)
+        })
+    }
+}
 
 pub(crate) struct Housekeeping {
     pub eng: Arc<Engine>,

@@ -159,6 +159,9 @@ pub(crate) struct Engine {
     pub shutting_down: AtomicBool,
     /// Set when a commit produced garbage; the housekeeping thread collects it.
     pub garbage_pending: AtomicBool,
+    /// A local-first close committed without syncing; the local committer (`background::LocalCommitter`) syncs
+    /// the metadata within `LOCAL_COMMIT_INTERVAL`.
+    pub local_unsynced: AtomicBool,
     pub(super) seal_workers: AtomicUsize,
     /// The seal/upload workers (see `seal::SealWorker`).
     pub(super) seal_pool: crate::workers::Workers,
@@ -185,6 +188,7 @@ impl Engine {
             retrying: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             garbage_pending: AtomicBool::new(false),
+            local_unsynced: AtomicBool::new(false),
             seal_workers: AtomicUsize::new(0),
             seal_pool: crate::workers::Workers::new(),
         }))

@@ -1,9 +1,12 @@
 //! What close(2) and fsync(2) wait for: the mount's durability points.
 //!
-//! Local-first (the default). `close` returns once the file's dirty snapshots are durable *locally*: small ones
-//! inside their upload-queue rows, larger ones fsynced into `cache/queue/`, recorded with the new size in one FULL
-//! SQLite commit (so they survive `kill -9` and a power loss, and the next mount resumes them); sealing workers
-//! upload them in the background, retrying until they succeed. Full segments of a sequential writer are already
+//! Local-first (the default). `close` returns once the file's dirty snapshots are in the local journal: small ones
+//! inside their upload-queue rows, larger ones fsynced into `cache/queue/`, recorded with the new size in one
+//! SQLite commit that is written but not synced — like ext4's commit interval, it survives `kill -9` of the mount
+//! at once and a power loss once the local committer (`background::LocalCommitter`) has synced it, within
+//! [`super::background::LOCAL_COMMIT_INTERVAL`]; the WAL keeps commits in order, so a power loss drops only the
+//! newest closes, never older ones. Sealing workers upload them in the background (packing small ones, see
+//! `pack`), retrying until they succeed. Full segments of a sequential writer are already
 //! being sealed straight from staging: close waits for those (and queues the bytes of any that failed), so
 //! nothing it acknowledged lives only in an unqueued staging file.
 //!
@@ -153,7 +156,7 @@ impl Engine {
             );
         }
         drop(st);
-        self.queue_dirty(cell, false)
+        self.queue_dirty(cell)
     }
 
     /// Commits the in-memory size and times with a FULL commit if they changed, else hardens earlier NORMAL
@@ -189,9 +192,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes each dirty snapshot durable locally (fsynced into the queue directory, or inline in its row), then one
-    /// FULL commit records the queue rows and the size; the uploads run later.
-    pub(super) fn queue_dirty(&self, cell: &Arc<Cell>, always_sync: bool) -> Result<()> {
+    /// Puts each dirty snapshot in the local journal (fsynced into the queue directory, or inline in its row), then
+    /// one unsynced commit records the queue rows and the size; the local committer syncs it, the uploads run
+    /// later.
+    pub(super) fn queue_dirty(&self, cell: &Arc<Cell>) -> Result<()> {
         let _commit = cell.lock_commit();
         let mut batch = Vec::new();
         let (size, mtime, ctime, changed) = {
@@ -240,8 +244,10 @@ impl Engine {
             restore(&batch);
             return Err(e);
         }
+        // Local-first: the rows are written, not synced: they survive the process, and the local committer syncs
+        // them within `LOCAL_COMMIT_INTERVAL` (segments queued as files were fsynced above).
         let committed = if changed {
-            self.vol.meta().write(|c| {
+            self.vol.meta().write_fast(|c| {
                 let mut ids = Vec::with_capacity(batch.len());
                 for (j, queued) in &batch {
                     ids.push(match queued {
@@ -252,8 +258,6 @@ impl Engine {
                 meta::set_size_times(c, cell.ino, size, mtime, ctime)?;
                 Ok(ids)
             })
-        } else if always_sync || cell.lock().unsynced {
-            self.vol.meta().sync().map(|_| Vec::new())
         } else {
             Ok(Vec::new())
         };
@@ -264,9 +268,9 @@ impl Engine {
                 return Err(e);
             }
         };
+        self.local_unsynced.store(true, Ordering::Release);
         let mut st = cell.lock();
         st.db_size = size;
-        st.unsynced = false;
         if st.mtime_ns == mtime {
             st.times_dirty = false;
         }

@@ -28,6 +28,8 @@ mod ops;
 mod pack;
 #[cfg(test)]
 mod pack_tests;
+#[cfg(test)]
+mod power_tests;
 mod privs;
 mod seal;
 mod session;

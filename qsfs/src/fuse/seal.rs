@@ -457,6 +457,9 @@ impl Engine {
         }
         drop(n);
         self.park_unsealed();
+        if let Err(e) = self.commit_local() {
+            tracing::error!(error = %e, "closed files' local journal could not be synced at unmount");
+        }
         self.vol.meta().read(meta::queue_len).unwrap_or(0) as usize
     }
 
@@ -468,7 +471,7 @@ impl Engine {
             if cell.lock().dirty.is_empty() {
                 continue;
             }
-            match self.queue_dirty(&cell, false) {
+            match self.queue_dirty(&cell) {
                 Ok(()) => tracing::warn!(
                     ino = cell.ino,
                     "data not yet on the stores is queued locally for the next mount"

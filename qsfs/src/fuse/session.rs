@@ -339,6 +339,13 @@ pub fn mount(
         rounds: 0,
     })?;
     workers.start(super::background::Reviver { vol: vol.clone() })?;
+    if !opts.read_only {
+        workers.start(super::background::LocalCommitter {
+            eng: eng.clone(),
+            syncs: 0,
+            last_error: None,
+        })?;
+    }
     // Proof-of-retrievability audits and self-healing (`[audit]`), and gc (`[gc]`), while the mount is served;
     // stopping keeps an interrupted full audit's checkpoint for next time.
     let cfg = vol.config();

@@ -86,6 +86,9 @@ impl Volume {
             return Ok(());
         }
         self.check_writer()?;
+        // What the stores' log holds must never be ahead of what this machine keeps through a power loss: the
+        // pending changes may come from unsynced (local-first) commits.
+        self.meta().sync()?;
         let _ship = self
             .replica()
             .ship
