@@ -17,6 +17,7 @@ mod crash;
 mod fstab;
 mod lifecycle;
 mod metrics;
+mod packs;
 mod posix;
 mod redis;
 mod sqlite;

@@ -3,7 +3,8 @@
 //! one metadata commit for many files, instead of one of each per file.
 //!
 //! A seal worker that takes a packable job from the shared channel also takes the packable jobs queued behind it
-//! (waiting [`PACK_LINGER`] at most for more while the pack is small), up to a segment's worth of bytes. Jobs
+//! and those arriving while it gathers — until a segment's worth of bytes, a pause of [`PACK_GAP`] or
+//! [`PACK_LINGER`] in all. Jobs
 //! that are not packable and arrive meanwhile are sealed alone after the pack. A pack that fails to upload or
 //! commit sends each of its jobs to the usual retry (they are packed again when they come back).
 
@@ -17,8 +18,11 @@ use crate::codec::SegmentInfo;
 use crate::error::Result;
 use crate::meta::{self, PackSlice, SegmentRecord};
 
-/// How long a worker holding packable jobs waits for more before sealing a pack smaller than a segment.
-const PACK_LINGER: Duration = Duration::from_millis(50);
+/// A pack smaller than a segment is sealed once no packable job arrived for this long (the writer paused, or
+/// waits in fsync for this very upload)...
+const PACK_GAP: Duration = Duration::from_millis(20);
+/// ...or once it has been gathering this long: the most a close's upload waits for neighbours.
+const PACK_LINGER: Duration = Duration::from_millis(500);
 /// Jobs in one pack at most (bounds the pack's metadata transaction).
 const PACK_MAX_JOBS: usize = 2048;
 
@@ -44,7 +48,7 @@ impl Engine {
                 Ok(r) => r,
                 Err(mpsc::TryRecvError::Empty) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
+                    match rx.recv_timeout(left.min(PACK_GAP)) {
                         Ok(r) => r,
                         Err(_) => break,
                     }
