@@ -16,6 +16,7 @@
 #   QSFS_MOUNT_OPTS  extra `qsfs mount` options, e.g. "--sync-close" or "--cache-size 1GiB"
 #   STORES         dir (default: the six embedded dir stores) or s3 (six buckets on a local Garage server on
 #                  loopback, see garage.sh; the S3 requests of the whole run are printed after the table)
+#   CP_TREES       directories to copy with `cp -a` (default "/usr/share/zoneinfo /usr/include", those present)
 #   BENCH_DIR      parent of the temporary directory (default $TMPDIR or /tmp); needs about 6x SIZE_MIB free
 #
 # Workloads, each timed on wall clock and followed by `sync`:
@@ -23,10 +24,10 @@
 #   - sequential read of both files after `echo 3 > /proc/sys/vm/drop_caches` and a remount of the FUSE
 #     filesystems (so neither qsfs's read cache nor the page cache holds them);
 #   - fio 4 KiB random reads (cold, as above) and random writes (buffered, fsync at the end), psync engine;
-#   - creating FILES small files (each written and closed), then stat-ing them cold;
-#   - `tar x` of TAR_SRC's tarball.
-# Prints a markdown table: workload | plain | gocryptfs | qsfs | qsfs/plain | gocryptfs/plain (rates: higher is
-# better, so a ratio below 1 is slower than the plain directory), with the date and the machine.
+#   - creating FILES small files (each written and closed), then stat-ing them cold; creating FILES empty files;
+#   - `tar x` of TAR_SRC's tarball; `cp -a` of /usr/share/zoneinfo and of /usr/include (CP_TREES), in entries/s.
+# Prints a markdown table: workload | plain | gocryptfs | qsfs | qsfs/plain | gocryptfs/plain | qsfs/gocryptfs
+# (rates: higher is better, so a ratio below 1 is slower), with the date and the machine.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -226,6 +227,28 @@ small_files() { # DIR create|stat
             }
         }' "$1" "$files" "$2"
 }
+empty_files() { # DIR
+    perl -e '
+        my ($dir, $n) = @ARGV;
+        for my $i (0 .. $n - 1) {
+            my $d = sprintf("%s/d%03d", $dir, int($i / 100));
+            if ($i % 100 == 0) { mkdir $d or die "mkdir $d: $!" }
+            open(my $h, ">", sprintf("%s/f%05d", $d, $i)) or die "open: $!";
+            close($h) or die "close: $!";
+        }' "$1" "$files"
+}
+row="create $files empty files (files/s)"
+log "$row"
+for t in "${targets[@]}"; do
+    mkdir "$work/$t/empty"
+    start=$(now_ns)
+    empty_files "$work/$t/empty"
+    sync
+    end=$(now_ns)
+    record "$row" "$t" "$(rate "$files" "$((end - start))")"
+done
+for t in "${targets[@]}"; do rm -rf "$work/$t/empty"; done
+
 row="create $files files of 1 KiB (files/s)"
 log "$row"
 for t in "${targets[@]}"; do
@@ -261,6 +284,26 @@ for t in gocryptfs qsfs; do
     diff -r "$work/plain/tarx" "$work/$t/tarx" >/dev/null || { log "FAIL: tar x on $t differs from plain"; exit 1; }
 done
 
+# cp -a of real trees (the source read from the page cache after the first copy), entries per second.
+read -r -a cp_trees <<<"${CP_TREES:-/usr/share/zoneinfo /usr/include}"
+for tree in "${cp_trees[@]}"; do
+    [[ -d $tree ]] || { log "skipping cp -a $tree: not a directory"; continue; }
+    entries=$(find "$tree" | wc -l)
+    tree_mib=$(du -sm "$tree" | cut -f1)
+    row="cp -a $tree ($entries entries, $tree_mib MiB) (entries/s)"
+    log "$row"
+    cp -a "$tree" "$work/warm-up-copy" && rm -rf "$work/warm-up-copy"
+    for t in "${targets[@]}"; do
+        dest="$work/$t/cp-$(basename "$tree")"
+        start=$(now_ns)
+        cp -a "$tree" "$dest"
+        sync
+        end=$(now_ns)
+        record "$row" "$t" "$(rate "$entries" "$((end - start))")"
+        diff -r --no-dereference "$tree" "$dest" >/dev/null || { log "FAIL: cp -a $tree on $t differs"; exit 1; }
+    done
+done
+
 # --- report ----------------------------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 mem_gib=$(awk '/^MemTotal:/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)
@@ -275,11 +318,11 @@ echo "- disk: $dev ($fstype; $(echo "$disk" | awk '{ printf "%s, rota=%s", $2, $
 echo "- qsfs $(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo '?') release build, 4+2 over $([[ $stores == s3 ]] && echo '6 S3 buckets on a loopback Garage server' || echo '6 dir stores'), 4 MiB segments, mount options: ${QSFS_MOUNT_OPTS:-(none)}; $(gocryptfs -version | head -n 1 | cut -d';' -f1); $(fio --version)"
 echo "- sizes: SIZE_MIB=$size_mib FILES=$files FIO_SIZE_MIB=$fio_size_mib FIO_RUNTIME=$fio_runtime"
 echo
-echo "| workload | plain | gocryptfs | qsfs | qsfs/plain | gocryptfs/plain |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| workload | plain | gocryptfs | qsfs | qsfs/plain | gocryptfs/plain | qsfs/gocryptfs |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for row in "${rows[@]}"; do
     p=${result["$row|plain"]} g=${result["$row|gocryptfs"]} q=${result["$row|qsfs"]}
-    echo "| $row | $p | $g | $q | $(ratio "$q" "$p") | $(ratio "$g" "$p") |"
+    echo "| $row | $p | $g | $q | $(ratio "$q" "$p") | $(ratio "$g" "$p") | $(ratio "$q" "$g") |"
 done
 if [[ $stores == s3 ]]; then
     read -r put get list head del other < <(garage_requests)
