@@ -187,25 +187,31 @@ for data in random text; do
 done
 for t in "${targets[@]}"; do rm -f "$work/$t"/seq-*.bin; done
 
-# fio terse output (version 3): field 8 is read IOPS, field 49 write IOPS.
-fio_job() { # DIR RW -> IOPS
-    local field=8
-    [[ $2 == randwrite ]] && field=49
+# fio terse output (version 3): field 8 is read IOPS, field 49 write IOPS; the read completion latency
+# percentiles are fields 18-37 as "P%=USEC".
+fio_job() { # DIR RW -> terse line
     fio --name=bench --directory="$1" --filename=fio.dat --rw="$2" --bs=4k --size="${fio_size_mib}M" \
         --runtime="$fio_runtime" --time_based --ioengine=psync --end_fsync=1 --output-format=terse |
-        tail -n 1 | cut -d';' -f"$field"
+        tail -n 1
 }
+terse_field() { cut -d';' -f"$1" <<<"$2"; }
+terse_median_us() { tr ';' '\n' <<<"$1" | sed -n '18,37p' | awk -F= '$1 == "50.000000%" { print $2; exit }'; }
 log "fio: laying out ${fio_size_mib} MiB files"
 for t in "${targets[@]}"; do
     dd if=/dev/urandom of="$work/$t/fio.dat" bs=1M count="$fio_size_mib" conv=fsync status=none
 done
 cold
 row="fio 4 KiB random read, cold, ${fio_runtime} s (IOPS)"
+median_row="fio 4 KiB random read, cold: median latency (µs; lower is better)"
 log "$row"
-for t in "${targets[@]}"; do record "$row" "$t" "$(fio_job "$work/$t" randread)"; done
+for t in "${targets[@]}"; do
+    line=$(fio_job "$work/$t" randread)
+    record "$row" "$t" "$(terse_field 8 "$line")"
+    record "$median_row" "$t" "$(terse_median_us "$line")"
+done
 row="fio 4 KiB random write + fsync at end, ${fio_runtime} s (IOPS)"
 log "$row"
-for t in "${targets[@]}"; do record "$row" "$t" "$(fio_job "$work/$t" randwrite)"; done
+for t in "${targets[@]}"; do record "$row" "$t" "$(terse_field 49 "$(fio_job "$work/$t" randwrite)")"; done
 for t in "${targets[@]}"; do rm -f "$work/$t/fio.dat"; done
 
 # Small files: one perl process creates (write + close) or stats them all, so process start-up is not measured.
