@@ -7,25 +7,35 @@
 //!   SQLite queue rows instead). Each file is fsynced and named by a row of the SQLite upload queue before close
 //!   returns; the uploader deletes it after the segment commits.
 //!
-//! One file per segment keeps a segment's snapshot immutable once it is handed to the sealer (later writes go to
-//! a fresh file), and lets a queued segment be renamed into `queue/` instead of copied.
+//! One staged object per segment keeps a segment's snapshot immutable once it is handed to the sealer (later
+//! writes go to a fresh one), and lets a queued segment be renamed into `queue/` instead of copied. A small
+//! segment stays in memory — no file is created at all — until it grows past [`MEMORY_MAX`] or the mount's
+//! in-memory staging reaches [`MEMORY_BUDGET`]: creating and deleting a file per small file cost more than the rest
+//! of its write (ext4 inode allocation), and a small closed segment goes into its queue row anyway.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::durable;
 use crate::error::{QsfsError, Result};
 
 pub const STAGING_DIR: &str = "staging";
 pub const QUEUE_DIR: &str = "queue";
+/// A staged segment larger than this is kept in a file (the inline queue limit: smaller ones are queued in
+/// their SQLite row).
+pub const MEMORY_MAX: u64 = 64 * 1024;
+/// In-memory staging of the whole mount at most; past it new segments are staged in files.
+pub const MEMORY_BUDGET: u64 = 64 << 20;
 
 pub struct StagingArea {
     staging: PathBuf,
     queue: PathBuf,
     next: AtomicU64,
+    /// Bytes staged in memory now, over all segments.
+    in_memory: Arc<AtomicU64>,
 }
 
 impl StagingArea {
@@ -46,6 +56,7 @@ impl StagingArea {
             staging,
             queue,
             next: AtomicU64::new(0),
+            in_memory: Arc::default(),
         })
     }
 
@@ -53,28 +64,25 @@ impl StagingArea {
         &self.queue
     }
 
-    /// A new staging file holding `base` (the segment's current bytes, or nothing).
+    /// A new staged segment holding `base` (the segment's current bytes, or nothing): in memory while it is small
+    /// and the budget allows, else in a new file.
     pub fn create(&self, base: &[u8]) -> Result<Staged> {
         let name = format!(
             "{}-{}",
             std::process::id(),
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        let path = self.staging.join(name);
-        // Plaintext of open files: private whatever the umask.
-        let file = crate::private::file_options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| QsfsError::io(format!("creating staging file {}", path.display()), e))?;
         let staged = Staged {
-            path: Mutex::new(path),
-            file,
+            path: Mutex::new(self.staging.join(name)),
+            data: RwLock::new(Data::Memory(Vec::new())),
             cursor: Mutex::new(()),
             len: AtomicU64::new(0),
             keep: AtomicBool::new(false),
+            in_memory: self.in_memory.clone(),
         };
+        if self.in_memory.load(Ordering::Relaxed) + MEMORY_MAX > MEMORY_BUDGET {
+            staged.spill()?;
+        }
         if !base.is_empty() {
             staged.write_at(0, base)?;
         }
@@ -91,16 +99,18 @@ impl StagingArea {
             .map_err(|e| QsfsError::io(format!("opening queued segment {}", path.display()), e))?;
         Ok(Staged {
             path: Mutex::new(path),
-            file: f,
+            data: RwLock::new(Data::File(f)),
             cursor: Mutex::new(()),
             len: AtomicU64::new(len),
             keep: AtomicBool::new(true),
+            in_memory: self.in_memory.clone(),
         })
     }
 
     /// Makes `staged` durable and moves it into the queue directory under a new unique name, which it returns.
     /// The caller fsyncs the queue directory (once for a batch) before committing rows that name the files.
     pub fn enqueue(&self, staged: &Staged) -> Result<String> {
+        staged.spill()?;
         staged.sync()?;
         let name = format!(
             "{}-{}-{}",
@@ -145,15 +155,23 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// One segment's plaintext in a local file. Bytes past `len` do not exist; holes inside read as zeros. The file
-/// is removed when the `Staged` is dropped, unless it was queued (then the uploader removes it explicitly, after
-/// the commit that forgets its queue row).
+/// One segment's plaintext, in memory or in a local file. Bytes past `len` do not exist; holes inside read as
+/// zeros. A file is removed when the `Staged` is dropped, unless it was queued (then the uploader removes it
+/// explicitly, after the commit that forgets its queue row).
 pub struct Staged {
+    /// The file's path (where it will be, while the bytes are in memory).
     path: Mutex<PathBuf>,
-    file: File,
+    data: RwLock<Data>,
     cursor: Mutex<()>,
     len: AtomicU64,
     keep: AtomicBool,
+    in_memory: Arc<AtomicU64>,
+}
+
+enum Data {
+    /// The bytes written so far (shorter than `len` when the segment ends in a hole).
+    Memory(Vec<u8>),
+    File(File),
 }
 
 impl Staged {
@@ -170,13 +188,64 @@ impl Staged {
         QsfsError::io(format!("{what} staging file {}", path.display()), e)
     }
 
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| self.io_err("writing", e))?;
-        self.len
-            .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
+    fn read_data(&self) -> std::sync::RwLockReadGuard<'_, Data> {
+        self.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_data(&self) -> std::sync::RwLockWriteGuard<'_, Data> {
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves in-memory bytes into the file (a segment that outgrew memory, or one being queued as a file).
+    fn spill(&self) -> Result<()> {
+        let mut data = self.write_data();
+        let Data::Memory(bytes) = &mut *data else {
+            return Ok(());
+        };
+        let path = self.path.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Plaintext of open files: private whatever the umask.
+        let file = crate::private::file_options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| QsfsError::io(format!("creating staging file {}", path.display()), e))?;
+        file.write_all_at(bytes, 0)
+            .map_err(|e| QsfsError::io(format!("writing staging file {}", path.display()), e))?;
+        self.in_memory
+            .fetch_sub(bytes.capacity() as u64, Ordering::Relaxed);
+        *data = Data::File(file);
         Ok(())
+    }
+
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let end = offset + bytes.len() as u64;
+        {
+            let data = self.read_data();
+            if let Data::File(f) = &*data {
+                f.write_all_at(bytes, offset)
+                    .map_err(|e| self.io_err("writing", e))?;
+                self.len.fetch_max(end, Ordering::AcqRel);
+                return Ok(());
+            }
+        }
+        let mut data = self.write_data();
+        if let Data::Memory(v) = &mut *data
+            && end <= MEMORY_MAX
+        {
+            let before = v.capacity();
+            if (v.len() as u64) < end {
+                v.resize(end as usize, 0);
+            }
+            v[offset as usize..end as usize].copy_from_slice(bytes);
+            self.in_memory
+                .fetch_add((v.capacity() - before) as u64, Ordering::Relaxed);
+            self.len.fetch_max(end, Ordering::AcqRel);
+            return Ok(());
+        }
+        drop(data);
+        self.spill()?;
+        self.write_at(offset, bytes)
     }
 
     /// Fills `buf` from `offset`; bytes at or past `len` are zeros.
@@ -184,22 +253,30 @@ impl Staged {
         let len = self.len();
         let avail = len.saturating_sub(offset).min(buf.len() as u64) as usize;
         let (data, tail) = buf.split_at_mut(avail);
-        if !data.is_empty() {
-            let mut done = 0;
-            while done < data.len() {
-                let n = self
-                    .file
-                    .read_at(&mut data[done..], offset + done as u64)
-                    .map_err(|e| self.io_err("reading", e))?;
-                if n == 0 {
-                    // The file is shorter than `len` (a trailing hole never written): zeros.
-                    data[done..].fill(0);
-                    break;
-                }
-                done += n;
-            }
-        }
         tail.fill(0);
+        let guard = self.read_data();
+        let file = match &*guard {
+            Data::Memory(v) => {
+                let have = v.get(offset as usize..).unwrap_or(&[]);
+                let n = have.len().min(data.len());
+                data[..n].copy_from_slice(&have[..n]);
+                data[n..].fill(0);
+                return Ok(());
+            }
+            Data::File(f) => f,
+        };
+        let mut done = 0;
+        while done < data.len() {
+            let n = file
+                .read_at(&mut data[done..], offset + done as u64)
+                .map_err(|e| self.io_err("reading", e))?;
+            if n == 0 {
+                // The file is shorter than `len` (a trailing hole never written): zeros.
+                data[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
         Ok(())
     }
 
@@ -207,52 +284,70 @@ impl Staged {
     pub fn read_prefix(&self, len: u64) -> Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         let want = len.min(self.len()) as usize;
-        let mut buf = Vec::with_capacity(want);
-        {
-            // read_to_end fills the spare capacity without zero-filling it first (a segment is megabytes). The
-            // file cursor is used here only (everything else reads and writes at explicit offsets); the lock
-            // keeps two callers from moving it under each other.
-            let _cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-            let mut file = &self.file;
-            file.seek(SeekFrom::Start(0))
-                .and_then(|_| file.take(want as u64).read_to_end(&mut buf))
-                .map_err(|e| self.io_err("reading", e))?;
-        }
+        let guard = self.read_data();
+        let mut buf = match &*guard {
+            Data::Memory(v) => v[..want.min(v.len())].to_vec(),
+            Data::File(f) => {
+                let mut buf = Vec::with_capacity(want);
+                // read_to_end fills the spare capacity without zero-filling it first (a segment is megabytes).
+                // The file cursor is used here only (everything else reads and writes at explicit offsets); the
+                // lock keeps two callers from moving it under each other.
+                let _cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+                let mut file = f;
+                file.seek(SeekFrom::Start(0))
+                    .and_then(|_| file.take(want as u64).read_to_end(&mut buf))
+                    .map_err(|e| self.io_err("reading", e))?;
+                buf
+            }
+        };
         // A trailing hole never written reads as zeros.
         buf.resize(want, 0);
         Ok(buf)
     }
 
     pub fn truncate(&self, len: u64) -> Result<()> {
-        self.file
-            .set_len(len)
-            .map_err(|e| self.io_err("truncating", e))?;
+        match &mut *self.write_data() {
+            Data::Memory(v) => v.truncate(len as usize),
+            Data::File(f) => f.set_len(len).map_err(|e| self.io_err("truncating", e))?,
+        }
         self.len.store(len, Ordering::Release);
         Ok(())
     }
 
+    /// Makes a file-backed segment durable (in-memory ones have nothing on disk to sync).
     pub fn sync(&self) -> Result<()> {
-        // Extending the file to `len` first makes a trailing hole part of the durable file.
-        self.file
-            .set_len(self.len())
-            .and_then(|_| self.file.sync_all())
-            .map_err(|e| self.io_err("syncing", e))
+        if let Data::File(f) = &*self.read_data() {
+            // Extending the file to `len` first makes a trailing hole part of the durable file.
+            f.set_len(self.len())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| self.io_err("syncing", e))?;
+        }
+        Ok(())
     }
 
     /// Removes the file now (a queued segment after its upload committed, or a cancelled one).
     pub fn remove(&self) {
         self.keep.store(false, Ordering::Release);
-        let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = std::fs::remove_file(&*path);
+        if matches!(&*self.read_data(), Data::File(_)) {
+            let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = std::fs::remove_file(&*path);
+        }
         self.keep.store(true, Ordering::Release); // removed; nothing left for Drop to do
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.keep.load(Ordering::Acquire) {
-            let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = std::fs::remove_file(&*path);
+        match &*self.read_data() {
+            Data::Memory(v) => {
+                self.in_memory
+                    .fetch_sub(v.capacity() as u64, Ordering::Relaxed);
+            }
+            Data::File(_) if !self.keep.load(Ordering::Acquire) => {
+                let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = std::fs::remove_file(&*path);
+            }
+            Data::File(_) => {}
         }
     }
 }
