@@ -250,6 +250,31 @@ impl ShardBlob {
         expected_root: &Hash,
         expected_data_len: u64,
     ) -> Result<&'a [u8]> {
+        let data = Self::data_unhashed(blob, expected_root, expected_data_len)?;
+        let layout = ShardLayout::new(expected_data_len)?;
+        let tree = ShardTree::build(data);
+        if &tree.root() != expected_root {
+            return Err(PorError::RootMismatch);
+        }
+        let nodes = &blob[layout.nodes_range().start as usize..];
+        let computed = tree.levels().iter().flatten();
+        if !nodes
+            .chunks_exact(NODE_LEN as usize)
+            .eq(computed.map(|node| &node[..]))
+        {
+            return Err(PorError::NodeMismatch);
+        }
+        Ok(data)
+    }
+
+    /// The blob's data after the cheap checks of [`Self::open`] only (header, lengths, the root the header
+    /// claims), without hashing: for a reader whose own check of the bytes (an AEAD tag over the whole segment)
+    /// follows, and which falls back to `open` when that check fails.
+    pub fn data_unhashed<'a>(
+        blob: &'a [u8],
+        expected_root: &Hash,
+        expected_data_len: u64,
+    ) -> Result<&'a [u8]> {
         let header = ShardHeader::parse(blob)?;
         let layout = ShardLayout::new(expected_data_len)?;
         let mismatch = |field, found: u64, expected: u64| {
@@ -280,20 +305,7 @@ impl ShardBlob {
             });
         }
         let data_range = layout.data_range();
-        let data = &blob[data_range.start as usize..data_range.end as usize];
-        let tree = ShardTree::build(data);
-        if &tree.root() != expected_root {
-            return Err(PorError::RootMismatch);
-        }
-        let nodes = &blob[layout.nodes_range().start as usize..];
-        let computed = tree.levels().iter().flatten();
-        if !nodes
-            .chunks_exact(NODE_LEN as usize)
-            .eq(computed.map(|node| &node[..]))
-        {
-            return Err(PorError::NodeMismatch);
-        }
-        Ok(data)
+        Ok(&blob[data_range.start as usize..data_range.end as usize])
     }
 
     /// Audit check from range reads: `leaf_bytes` are the bytes at `layout.leaf_range(index)` and `sibling_nodes`

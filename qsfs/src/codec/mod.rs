@@ -311,6 +311,29 @@ impl SegmentCodec {
         index: usize,
         blob: &[u8],
     ) -> Result<Vec<u8>> {
+        self.open_shard(segment_id, info, index, blob, true)
+    }
+
+    /// `verify_shard` without hashing the shard (see `ShardBlob::data_unhashed`): only for a decode whose AEAD
+    /// check decides, with `verify_shard` to fall back on when it fails.
+    pub fn shard_data_unhashed(
+        &self,
+        segment_id: u64,
+        info: &SegmentInfo,
+        index: usize,
+        blob: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.open_shard(segment_id, info, index, blob, false)
+    }
+
+    fn open_shard(
+        &self,
+        segment_id: u64,
+        info: &SegmentInfo,
+        index: usize,
+        blob: &[u8],
+        hashed: bool,
+    ) -> Result<Vec<u8>> {
         self.check_info(segment_id, info)?;
         let root = info
             .roots
@@ -320,7 +343,12 @@ impl SegmentCodec {
                 index,
                 reason: format!("the segment has only {} shards", info.roots.len()),
             })?;
-        ShardBlob::open(blob, root, info.shard_len)
+        let opened = if hashed {
+            ShardBlob::open(blob, root, info.shard_len)
+        } else {
+            ShardBlob::data_unhashed(blob, root, info.shard_len)
+        };
+        opened
             .map(<[u8]>::to_vec)
             .map_err(|e| QsfsError::CorruptShard {
                 segment: segment_id,
