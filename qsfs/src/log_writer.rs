@@ -111,8 +111,8 @@ mod tests {
     }
 
     #[test]
-    fn a_log_event_to_an_unwritable_stderr_does_not_panic() {
-        // The writer through tracing: an event with no stderr to go to returns normally.
+    fn tracing_events_go_through_the_writer() {
+        // Wired as main.rs wires it (internal error reports off: they would panic on a full disk).
         let sub = tracing_subscriber::fmt()
             .with_writer(ResilientStderr)
             .log_internal_errors(false)

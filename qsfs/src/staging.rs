@@ -13,8 +13,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::durable;
 use crate::error::{QsfsError, Result};
@@ -26,6 +26,9 @@ pub struct StagingArea {
     staging: PathBuf,
     queue: PathBuf,
     next: AtomicU64,
+    /// Bytes held by this area's live files (dirty, sealing and queued segments): what the mount's staging
+    /// limit counts (`fuse::space`).
+    usage: Arc<AtomicU64>,
 }
 
 impl StagingArea {
@@ -46,7 +49,13 @@ impl StagingArea {
             staging,
             queue,
             next: AtomicU64::new(0),
+            usage: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The byte count of this area's live files (shared: it changes as they are written and removed).
+    pub fn usage(&self) -> Arc<AtomicU64> {
+        self.usage.clone()
     }
 
     pub fn queue_dir(&self) -> &Path {
@@ -74,6 +83,8 @@ impl StagingArea {
             cursor: Mutex::new(()),
             len: AtomicU64::new(0),
             keep: AtomicBool::new(false),
+            usage: self.usage.clone(),
+            counted: AtomicBool::new(true),
         };
         if !base.is_empty() {
             staged.write_at(0, base)?;
@@ -89,12 +100,15 @@ impl StagingArea {
             .write(true)
             .open(&path)
             .map_err(|e| QsfsError::io(format!("opening queued segment {}", path.display()), e))?;
+        self.usage.fetch_add(len, Ordering::AcqRel);
         Ok(Staged {
             path: Mutex::new(path),
             file: f,
             cursor: Mutex::new(()),
             len: AtomicU64::new(len),
             keep: AtomicBool::new(true),
+            usage: self.usage.clone(),
+            counted: AtomicBool::new(true),
         })
     }
 
@@ -154,6 +168,9 @@ pub struct Staged {
     cursor: Mutex<()>,
     len: AtomicU64,
     keep: AtomicBool,
+    /// The area's byte count, which holds `len` for this file while `counted`.
+    usage: Arc<AtomicU64>,
+    counted: AtomicBool,
 }
 
 impl Staged {
@@ -174,8 +191,11 @@ impl Staged {
         self.file
             .write_all_at(data, offset)
             .map_err(|e| self.io_err("writing", e))?;
-        self.len
-            .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
+        let end = offset + data.len() as u64;
+        let old = self.len.fetch_max(end, Ordering::AcqRel);
+        if end > old && self.counted.load(Ordering::Acquire) {
+            self.usage.fetch_add(end - old, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -227,7 +247,14 @@ impl Staged {
         self.file
             .set_len(len)
             .map_err(|e| self.io_err("truncating", e))?;
-        self.len.store(len, Ordering::Release);
+        let old = self.len.swap(len, Ordering::AcqRel);
+        if self.counted.load(Ordering::Acquire) {
+            if len > old {
+                self.usage.fetch_add(len - old, Ordering::AcqRel);
+            } else {
+                self.usage.fetch_sub(old - len, Ordering::AcqRel);
+            }
+        }
         Ok(())
     }
 
@@ -245,11 +272,20 @@ impl Staged {
         let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
         let _ = std::fs::remove_file(&*path);
         self.keep.store(true, Ordering::Release); // removed; nothing left for Drop to do
+        self.uncount();
+    }
+
+    /// Takes this file's bytes out of the area's count (once).
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.usage.fetch_sub(self.len(), Ordering::AcqRel);
+        }
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        self.uncount();
         if !self.keep.load(Ordering::Acquire) {
             let path = self.path.lock().unwrap_or_else(|p| p.into_inner());
             let _ = std::fs::remove_file(&*path);

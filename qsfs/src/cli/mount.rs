@@ -33,6 +33,7 @@ pub struct MountArgs {
     pub foreground: bool,
     pub allow_other: bool,
     pub cache_size: ByteSize,
+    pub staging_limit: Option<ByteSize>,
     pub sync_close: bool,
     pub threads: usize,
     pub atime: qsfs::fuse::AtimeMode,
@@ -115,6 +116,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,
+        staging_limit: args.staging_limit.map(|s| s.0),
         sync_close: args.sync_close,
         threads: args.threads,
         read_only: args.read_only,
@@ -196,6 +198,9 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
         .arg(args.threads.to_string());
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(limit) = args.staging_limit {
+        cmd.arg("--staging-limit").arg(limit.to_string());
     }
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());

@@ -88,9 +88,18 @@ impl Engine {
         {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // Stores full: ENOSPC, as for a local disk; stores away (or anything else): EIO.
+                let full = waits
+                    .iter()
+                    .any(|j| j.last_errno.load(Ordering::Acquire) == nix::libc::ENOSPC);
+                let errno = if full {
+                    nix::libc::ENOSPC
+                } else {
+                    nix::libc::EIO
+                };
                 return Err(QsfsError::io(
                     "waiting for queued data to reach the stores (it stays queued and is retried)",
-                    std::io::Error::from_raw_os_error(nix::errno::Errno::EIO as i32),
+                    std::io::Error::from_raw_os_error(errno),
                 ));
             }
             st = cell

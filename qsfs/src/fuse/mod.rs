@@ -27,6 +27,7 @@ mod ops;
 mod privs;
 mod seal;
 mod session;
+mod space;
 #[cfg(test)]
 mod tests;
 mod truncate;
