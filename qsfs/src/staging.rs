@@ -7,6 +7,9 @@
 //!   SQLite queue rows instead). Each file is fsynced and named by a row of the SQLite upload queue before close
 //!   returns; the uploader deletes it after the segment commits.
 //!
+//! The area counts the bytes of its live files: the mount's staging limit and free-space check (`fuse::space`)
+//! admit writes against it.
+//!
 //! One file per segment keeps a segment's snapshot immutable once it is handed to the sealer (later writes go to
 //! a fresh file), and lets a queued segment be renamed into `queue/` instead of copied.
 

@@ -9,8 +9,8 @@
 //!
 //! `fsync`/`fdatasync` return once every snapshot of the file taken so far is placed on at least `write_quorum`
 //! stores and committed — its queued uploads included, for at most [`FSYNC_UPLOAD_WAIT`] — and the metadata log
-//! records it depends on are on the stores. A failed upload fails fsync with its errno (EIO) and keeps the bytes
-//! (dirty, and queued at the next close), so a later fsync retries them.
+//! records it depends on are on the stores. A failed upload fails fsync with its errno (EIO; ENOSPC when the stores
+//! are full) and keeps the bytes (dirty, and queued at the next close), so a later fsync retries them.
 //!
 //! `--sync-close` makes every close an fsync (NFS-style close-to-open durability, the behaviour before
 //! local-first).
