@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsck;
 pub mod fuse;
 pub mod keys;
+pub mod log_writer;
 pub mod meta;
 pub mod metrics;
 pub mod pace;

@@ -38,7 +38,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Never panics on a full disk (a background mount logs to VOLUME/mount.log): see `qsfs::log_writer`.
+        .with_writer(qsfs::log_writer::ResilientStderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .with_target(false)

@@ -12,6 +12,9 @@
 //! segment stays in memory — no file is created at all — until it grows past [`MEMORY_MAX`] or the mount's
 //! in-memory staging reaches [`MEMORY_BUDGET`]: creating and deleting a file per small file cost more than the rest
 //! of its write (ext4 inode allocation), and a small closed segment goes into its queue row anyway.
+//!
+//! The area counts the bytes of its live segments, in memory or in files: the mount's staging limit and
+//! free-space check (`fuse::space`) admit writes against it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,6 +39,9 @@ pub struct StagingArea {
     next: AtomicU64,
     /// Bytes staged in memory now, over all segments.
     in_memory: Arc<AtomicU64>,
+    /// Bytes held by this area's live segments (dirty, sealing and queued): what the mount's staging limit
+    /// counts (`fuse::space`).
+    usage: Arc<AtomicU64>,
 }
 
 impl StagingArea {
@@ -57,7 +63,13 @@ impl StagingArea {
             queue,
             next: AtomicU64::new(0),
             in_memory: Arc::default(),
+            usage: Arc::default(),
         })
+    }
+
+    /// The byte count of this area's live segments (shared: it changes as they are written and removed).
+    pub fn usage(&self) -> Arc<AtomicU64> {
+        self.usage.clone()
     }
 
     pub fn queue_dir(&self) -> &Path {
@@ -79,6 +91,8 @@ impl StagingArea {
             len: AtomicU64::new(0),
             keep: AtomicBool::new(false),
             in_memory: self.in_memory.clone(),
+            usage: self.usage.clone(),
+            counted: AtomicBool::new(true),
         };
         if self.in_memory.load(Ordering::Relaxed) + MEMORY_MAX > MEMORY_BUDGET {
             staged.spill()?;
@@ -97,6 +111,7 @@ impl StagingArea {
             .write(true)
             .open(&path)
             .map_err(|e| QsfsError::io(format!("opening queued segment {}", path.display()), e))?;
+        self.usage.fetch_add(len, Ordering::AcqRel);
         Ok(Staged {
             path: Mutex::new(path),
             data: RwLock::new(Data::File(f)),
@@ -104,6 +119,8 @@ impl StagingArea {
             len: AtomicU64::new(len),
             keep: AtomicBool::new(true),
             in_memory: self.in_memory.clone(),
+            usage: self.usage.clone(),
+            counted: AtomicBool::new(true),
         })
     }
 
@@ -166,6 +183,9 @@ pub struct Staged {
     len: AtomicU64,
     keep: AtomicBool,
     in_memory: Arc<AtomicU64>,
+    /// The area's byte count, which holds `len` for this segment while `counted`.
+    usage: Arc<AtomicU64>,
+    counted: AtomicBool,
 }
 
 enum Data {
@@ -225,7 +245,7 @@ impl Staged {
             if let Data::File(f) = &*data {
                 f.write_all_at(bytes, offset)
                     .map_err(|e| self.io_err("writing", e))?;
-                self.len.fetch_max(end, Ordering::AcqRel);
+                self.grow_to(end);
                 return Ok(());
             }
         }
@@ -240,7 +260,7 @@ impl Staged {
             v[offset as usize..end as usize].copy_from_slice(bytes);
             self.in_memory
                 .fetch_add((v.capacity() - before) as u64, Ordering::Relaxed);
-            self.len.fetch_max(end, Ordering::AcqRel);
+            self.grow_to(end);
             return Ok(());
         }
         drop(data);
@@ -310,8 +330,30 @@ impl Staged {
             Data::Memory(v) => v.truncate(len as usize),
             Data::File(f) => f.set_len(len).map_err(|e| self.io_err("truncating", e))?,
         }
-        self.len.store(len, Ordering::Release);
+        let old = self.len.swap(len, Ordering::AcqRel);
+        if self.counted.load(Ordering::Acquire) {
+            if len > old {
+                self.usage.fetch_add(len - old, Ordering::AcqRel);
+            } else {
+                self.usage.fetch_sub(old - len, Ordering::AcqRel);
+            }
+        }
         Ok(())
+    }
+
+    /// Extends `len` to `end` if shorter, counting the growth in the area's usage.
+    fn grow_to(&self, end: u64) {
+        let old = self.len.fetch_max(end, Ordering::AcqRel);
+        if end > old && self.counted.load(Ordering::Acquire) {
+            self.usage.fetch_add(end - old, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes this segment's bytes out of the area's count (once).
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.usage.fetch_sub(self.len(), Ordering::AcqRel);
+        }
     }
 
     /// Makes a file-backed segment durable (in-memory ones have nothing on disk to sync).
@@ -333,11 +375,13 @@ impl Staged {
             let _ = std::fs::remove_file(&*path);
         }
         self.keep.store(true, Ordering::Release); // removed; nothing left for Drop to do
+        self.uncount();
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        self.uncount();
         match &*self.read_data() {
             Data::Memory(v) => {
                 self.in_memory

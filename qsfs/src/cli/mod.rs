@@ -160,6 +160,10 @@ enum Command {
         /// Memory for decoded segments (read cache), e.g. 256MiB.
         #[arg(long, default_value = "256MiB", value_name = "SIZE")]
         cache_size: qsfs::config::ByteSize,
+        /// Most data written and not yet on the stores to keep locally (staging and the upload queue), e.g. 8GiB;
+        /// writes past it wait for uploads, then fail with ENOSPC. Default: half the volume's disk.
+        #[arg(long, value_name = "SIZE")]
+        staging_limit: Option<qsfs::config::ByteSize>,
         /// Make every close(2) wait until the file's data and metadata are on the stores, like fsync (by
         /// default close returns once they are durable locally and uploads follow within seconds).
         #[arg(long)]
@@ -338,6 +342,7 @@ pub fn run(cli: Cli) -> Result<()> {
             foreground,
             allow_other,
             cache_size,
+            staging_limit,
             sync_close,
             writeback,
             threads,
@@ -357,6 +362,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     foreground,
                     allow_other,
                     cache_size,
+                    staging_limit,
                     sync_close,
                     threads,
                     atime,

@@ -33,6 +33,7 @@ pub struct MountArgs {
     pub foreground: bool,
     pub allow_other: bool,
     pub cache_size: ByteSize,
+    pub staging_limit: Option<ByteSize>,
     pub sync_close: bool,
     pub threads: usize,
     pub atime: qsfs::fuse::AtimeMode,
@@ -115,6 +116,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     let opts = MountOptions {
         allow_other: args.allow_other,
         cache_size: args.cache_size.0,
+        staging_limit: args.staging_limit.map(|s| s.0),
         sync_close: args.sync_close,
         threads: args.threads,
         read_only: args.read_only,
@@ -125,35 +127,40 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
     let mp = args.mountpoint.clone();
     // Serves admin commands (status, audit, repair, gc, fsck, store) for as long as the mount runs.
     let mut control = None;
+    // The mount's stderr is its log, maybe on a full disk: these lines must not panic (see `qsfs::log_writer`).
+    let say = qsfs::log_writer::eprint_line;
     fuse::mount(vol, &args.mountpoint, &opts, |report, handle| {
         match super::control::ControlServer::start(handle.clone()) {
             Ok(server) => control = Some(server),
-            Err(e) => {
-                eprintln!("qsfs: warning: {e:#}; admin commands will need the volume unmounted")
-            }
+            Err(e) => say(&format!(
+                "qsfs: warning: {e:#}; admin commands will need the volume unmounted"
+            )),
         }
         if report.stale_cleaned {
-            eprintln!("qsfs: cleaned a stale mount at {}", mp.display());
+            say(&format!("qsfs: cleaned a stale mount at {}", mp.display()));
         }
         if report.orphans_deleted > 0 {
-            eprintln!(
+            say(&format!(
                 "qsfs: deleted {} files unlinked while open before a crash",
                 report.orphans_deleted
-            );
+            ));
         }
         if let Some(addr) = report.metrics_addr {
-            eprintln!("qsfs: metrics at http://{addr}/metrics");
+            say(&format!("qsfs: metrics at http://{addr}/metrics"));
         }
         if report.uploads_resumed > 0 {
-            eprintln!("qsfs: resuming {} queued uploads", report.uploads_resumed);
+            say(&format!(
+                "qsfs: resuming {} queued uploads",
+                report.uploads_resumed
+            ));
         }
         if child {
             println!("{READY}");
         } else {
-            eprintln!(
+            say(&format!(
                 "qsfs: mounted {} (Ctrl-C or `qsfs umount` to unmount)",
                 mp.display()
-            );
+            ));
         }
         // Under systemd (`Type=notify`, NOTIFY_SOCKET set) the unit is started only now that the mount serves;
         // elsewhere this does nothing.
@@ -191,6 +198,9 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
         .arg(args.threads.to_string());
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(limit) = args.staging_limit {
+        cmd.arg("--staging-limit").arg(limit.to_string());
     }
     if let Some(addr) = args.metrics {
         cmd.arg("--metrics").arg(addr.to_string());

@@ -44,6 +44,9 @@ pub(crate) struct Job {
     pub queued: AtomicBool,
     /// The next retry's backoff for a queued job whose upload failed (milliseconds; 0 before the first failure).
     pub retry_delay_ms: AtomicU64,
+    /// The errno of a queued job's last failed upload (0: none): an fsync that gives up waiting reports it
+    /// (ENOSPC when the stores are full, EIO when they are away).
+    pub last_errno: std::sync::atomic::AtomicI32,
 }
 
 impl Job {
@@ -143,6 +146,8 @@ impl Cell {
 pub(crate) struct Engine {
     pub vol: Arc<Volume>,
     pub staging: StagingArea,
+    /// Room for writes in staging: the staging limit and the disk's free space (see `space`).
+    pub space: super::space::Space,
     pub cache: Arc<ReadCache>,
     pub seg: u64,
     /// `--sync-close`: every close is an fsync (see `flush`).
@@ -171,6 +176,7 @@ pub(crate) struct Engine {
 impl Engine {
     pub fn new(vol: Arc<Volume>, cache_size: u64, sync_close: bool) -> Result<Arc<Engine>> {
         let staging = StagingArea::open(&vol.cache_dir(), true)?;
+        let space = super::space::Space::new(&vol.cache_dir(), staging.usage());
         let cache = ReadCache::new(cache_size);
         cache.start_prefetch(vol.clone());
         Ok(Arc::new_cyclic(|me| Engine {
@@ -178,6 +184,7 @@ impl Engine {
             seg: vol.segment_size(),
             vol,
             staging,
+            space,
             cache,
             sync_close,
             fsync_wait_ms: AtomicU64::new(super::flush::FSYNC_UPLOAD_WAIT.as_millis() as u64),
@@ -443,6 +450,8 @@ impl Engine {
 
     /// Writes `data` at `offset` (or at the end of file with `append`); returns the offset written at.
     pub fn write(&self, cell: &Arc<Cell>, offset: u64, data: &[u8], append: bool) -> Result<u64> {
+        // Before any lock: a write without room waits here for uploads, then fails with ENOSPC.
+        let _room = self.space.admit(data.len() as u64)?;
         let seg = self.seg;
         let mut full = Vec::new();
         let offset = {
@@ -515,6 +524,7 @@ impl Engine {
             failed: Mutex::new(None),
             queued: AtomicBool::new(queue_id.is_some()),
             retry_delay_ms: AtomicU64::new(0),
+            last_errno: std::sync::atomic::AtomicI32::new(0),
         })
     }
 }

@@ -12,8 +12,8 @@
 //!
 //! `fsync`/`fdatasync` return once every snapshot of the file taken so far is placed on at least `write_quorum`
 //! stores and committed — its queued uploads included, for at most [`FSYNC_UPLOAD_WAIT`] — and the metadata log
-//! records it depends on are on the stores. A failed upload fails fsync with its errno (EIO) and keeps the bytes
-//! (dirty, and queued at the next close), so a later fsync retries them.
+//! records it depends on are on the stores. A failed upload fails fsync with its errno (EIO; ENOSPC when the stores
+//! are full) and keeps the bytes (dirty, and queued at the next close), so a later fsync retries them.
 //!
 //! `--sync-close` makes every close an fsync (NFS-style close-to-open durability, the behaviour before
 //! local-first).
@@ -91,9 +91,18 @@ impl Engine {
         {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // Stores full: ENOSPC, as for a local disk; stores away (or anything else): EIO.
+                let full = waits
+                    .iter()
+                    .any(|j| j.last_errno.load(Ordering::Acquire) == nix::libc::ENOSPC);
+                let errno = if full {
+                    nix::libc::ENOSPC
+                } else {
+                    nix::libc::EIO
+                };
                 return Err(QsfsError::io(
                     "waiting for queued data to reach the stores (it stays queued and is retried)",
-                    std::io::Error::from_raw_os_error(nix::errno::Errno::EIO as i32),
+                    std::io::Error::from_raw_os_error(errno),
                 ));
             }
             st = cell

@@ -33,6 +33,7 @@ mod power_tests;
 mod privs;
 mod seal;
 mod session;
+mod space;
 #[cfg(test)]
 mod tests;
 mod truncate;

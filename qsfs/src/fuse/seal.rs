@@ -209,6 +209,7 @@ impl Engine {
         if !matches!(e, QsfsError::ReadOnly(_)) {
             tracing::warn!(ino = cell.ino, error = %e, "queued upload failed; retrying");
         }
+        job.last_errno.store(e.errno(), Ordering::Release);
         self.retry_later(cell.clone(), job.clone());
     }
 
@@ -407,6 +408,7 @@ impl Engine {
     /// Seals files left dirty and idle for `IDLE_SEAL`, scrubs uploaded inline plaintext from the write-ahead log,
     /// and collects garbage: the housekeeping thread's round.
     pub fn housekeeping(&self, force: bool) {
+        self.vol.meta().restore_reserve();
         if let Err(e) = self.vol.meta().scrub_if_due() {
             tracing::warn!(error = %e, "uploaded plaintext not yet scrubbed from the write-ahead log; will retry");
         }

@@ -55,6 +55,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Bytes of decoded segments kept in memory.
     pub cache_size: u64,
+    /// Most bytes written and not yet on the stores kept in staging (`--staging-limit`; None: the default of
+    /// `space::default_limit`).
+    pub staging_limit: Option<u64>,
     /// Every close is an fsync (data and metadata on the stores), instead of local-first close.
     pub sync_close: bool,
     /// FUSE worker threads.
@@ -75,6 +78,7 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: false,
             cache_size: DEFAULT_CACHE_SIZE,
+            staging_limit: None,
             sync_close: false,
             threads: 8,
             read_only: false,
@@ -231,6 +235,9 @@ pub fn mount(
     let root = vol.root().to_path_buf();
     let vol = Arc::new(vol);
     let eng = Engine::new(vol.clone(), opts.cache_size, opts.sync_close)?;
+    if let Some(limit) = opts.staging_limit {
+        eng.space.set_limit(limit);
+    }
     eng.start_workers(default_workers())?;
     // A read-only mount resumes nothing: the queue and orphans wait for the next read-write mount.
     let (orphans, resumed) = if opts.read_only {

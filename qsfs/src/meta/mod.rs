@@ -24,6 +24,7 @@ mod namespace;
 mod ops;
 mod packs;
 mod queue;
+pub mod reserve;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -58,11 +59,15 @@ pub struct MetaStore {
     read_only: Mutex<Option<String>>,
     /// Inline plaintext was uploaded and may still sit in the write-ahead log (see `scrub_if_due`).
     scrub_due: std::sync::atomic::AtomicBool,
+    /// Room kept for commits on a full disk (see `reserve`).
+    reserve: reserve::Reserve,
 }
 
 impl MetaStore {
     /// Opens (and migrates) the database; `create` allows making a new file.
     pub fn open(path: &Path, create: bool) -> Result<MetaStore> {
+        // First, so that on a full disk opening (WAL recovery, migrations) finds the reserve's room.
+        let reserve = reserve::Reserve::open(path);
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -103,15 +108,36 @@ impl MetaStore {
             full: std::sync::atomic::AtomicBool::new(true),
             read_only: Mutex::new(None),
             scrub_due: std::sync::atomic::AtomicBool::new(false),
+            reserve,
         })
     }
 
     /// Like `write`, but commits with `synchronous=NORMAL` (no fsync): for namespace changes whose durability
     /// comes from a later FULL commit or `sync` (see the module docs).
-    pub fn write_fast<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub fn write_fast<T>(&self, f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.set_full(&conn, false)?;
-        self.commit_logged(&mut conn, f)
+        self.commit_with_room(&mut conn, f)
+    }
+
+    /// `commit_logged`, with the reserve's room on a full disk: released before the commit when the disk is nearly
+    /// full, or after a commit that failed for want of space, which is then tried once more. (The closure may so
+    /// run twice; every run is inside a transaction that was rolled back, so only the last one counts.)
+    fn commit_with_room<T>(
+        &self,
+        conn: &mut Connection,
+        mut f: impl FnMut(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.reserve.release_if_low();
+        match self.commit_logged(conn, &mut f) {
+            Err(e) if is_disk_full(&e) && self.reserve.release() => self.commit_logged(conn, f),
+            other => other,
+        }
+    }
+
+    /// The mount's housekeeping: allocates the metadata's reserve again once the disk has room.
+    pub fn restore_reserve(&self) {
+        self.reserve.restore_if_room();
     }
 
     /// Refuses (with `why`) every later transaction that changes a replicated row; `None` allows them again.
@@ -217,10 +243,10 @@ impl MetaStore {
     }
 
     /// Runs `f` in one IMMEDIATE transaction and commits it; an error rolls everything back.
-    pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub fn write<T>(&self, f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.set_full(&conn, true)?;
-        self.commit_logged(&mut conn, f)
+        self.commit_with_room(&mut conn, f)
     }
 
     /// Runs `f` on the connection for reads (a consistent snapshot inside one deferred transaction).
@@ -239,6 +265,11 @@ impl MetaStore {
         tx.finish()?;
         Ok(out)
     }
+}
+
+/// SQLITE_FULL: the disk (or the database's size limit) has no room for the commit.
+fn is_disk_full(e: &QsfsError) -> bool {
+    matches!(e, QsfsError::Metadata(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 fn thread_slot() -> usize {

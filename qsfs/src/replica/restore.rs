@@ -177,7 +177,7 @@ fn restore_into(
                 seq: last.record.seq,
                 hash: last.hash,
                 snapshot_seq: first.record.seq,
-                snapshot: Some(manifest),
+                snapshot: Some(manifest.clone()),
                 since_bytes: chain.records[1..].iter().map(|v| v.len).sum(),
                 since_records: applied,
                 epoch: first.record.epoch,

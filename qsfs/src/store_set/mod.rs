@@ -53,6 +53,8 @@ pub struct StoreSlot {
     identity: StoreIdentity,
     /// Recent shard-read latencies: when a read takes much longer, the reader hedges with another shard.
     latency: Mutex<Latency>,
+    /// Down because it reported itself full (a write short of stores then fails with ENOSPC, not EIO).
+    full: std::sync::atomic::AtomicBool,
 }
 
 /// The last few successful shard-read times of one store.
@@ -102,6 +104,7 @@ impl StoreSlot {
                 store_id: id,
             },
             latency: Mutex::new(Latency::default()),
+            full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -124,6 +127,13 @@ impl StoreSlot {
     fn mark_down(&self, reason: String) {
         tracing::warn!(store = %self.uri, %reason, "store marked down");
         self.set_down(reason);
+    }
+
+    /// A write to this store failed with `e`: down, and whether because it is full.
+    fn mark_write_failed(&self, e: &qsfs_backends::StoreError) {
+        let full = matches!(e, qsfs_backends::StoreError::Full { .. });
+        self.full.store(full, Ordering::Release);
+        self.mark_down(e.to_string());
     }
 
     /// Marks the store down quietly: at open, `status` reports it and writes check their quorum up front.
@@ -156,6 +166,7 @@ impl StoreSlot {
         {
             Ok(Ok(())) => {
                 tracing::info!(store = %self.uri, "store is back up");
+                self.full.store(false, Ordering::Release);
                 *self.state.lock().unwrap_or_else(|p| p.into_inner()) = StoreState::Up;
                 return true;
             }
@@ -354,11 +365,7 @@ impl StoreSet {
         let (up, mut spares) = self.targets_for_segment(segment_id, shards.len());
         let available = up.len() + spares.len();
         if available < quorum {
-            return Err(QsfsError::NotEnoughStores {
-                needed: quorum,
-                available,
-                detail: self.down_summary(),
-            });
+            return Err(self.short_of_stores(quorum, available));
         }
 
         let mut rows: Vec<ShardRow> = shards
@@ -388,7 +395,7 @@ impl StoreSet {
                     row.state = ShardState::Ok;
                 }
                 Err(e) => {
-                    slot.mark_down(e.to_string());
+                    slot.mark_write_failed(&e);
                     if let Some(spare) = spares.pop() {
                         spawn_put(&mut tasks, blobs[index].clone(), spare);
                     }
@@ -406,13 +413,30 @@ impl StoreSet {
                     tracing::warn!(store = %slot.uri, error = %e, "shard of a failed write left for gc");
                 }
             }
-            return Err(QsfsError::NotEnoughStores {
-                needed: quorum,
-                available: placed,
-                detail: self.down_summary(),
-            });
+            return Err(self.short_of_stores(quorum, placed));
         }
         Ok(rows)
+    }
+
+    /// A write that reached only `available` of the `needed` stores: ENOSPC (`NoSpace`) when the stores that are
+    /// down for being full would have made up the difference, else `NotEnoughStores` (EIO).
+    fn short_of_stores(&self, needed: usize, available: usize) -> QsfsError {
+        let full = self
+            .slots
+            .iter()
+            .filter(|s| !s.is_up() && s.full.load(Ordering::Acquire))
+            .count();
+        if full > 0 && available + full >= needed {
+            return QsfsError::NoSpace(format!(
+                "only {available} of the {needed} stores needed for a write have room: {}",
+                self.down_summary()
+            ));
+        }
+        QsfsError::NotEnoughStores {
+            needed,
+            available,
+            detail: self.down_summary(),
+        }
     }
 
     /// The slot of a store that is configured and currently up.
