@@ -42,16 +42,9 @@ fn stop(eng: Arc<Engine>) {
     assert_eq!(eng.drain(Duration::from_secs(60)), 0, "uploads left queued");
     eng.stop_workers();
     eng.cache.stop_prefetch();
-    let mut vol = eng.vol.clone();
+    let vol = eng.vol.clone();
     drop(eng);
-    for _ in 0..500 {
-        match Arc::try_unwrap(vol) {
-            Ok(v) => return drop(v),
-            Err(v) => vol = v,
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the volume is still held");
+    super::tests::wait_released(vol);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use qsfs_backends::{Fault, FaultPlan, FaultyStore, Op, ShardStore, Trigger};
 use rand::{Rng, SeedableRng};
 
 use super::engine::Engine;
+use super::tests::wait_released;
 use crate::meta::{self, MetaStore, NewInode, ROOT_INO};
 use crate::volume::{InitOptions, META_FILE, Volume};
 
@@ -150,15 +151,4 @@ fn a_power_cut_loses_only_closes_after_the_last_local_sync_and_only_whole() {
     }
     let found = crate::fsck::fsck(&eng.vol, false).unwrap();
     assert_eq!(found.unrepaired(), 0, "{:?}", found.problems);
-}
-
-fn wait_released(mut vol: Arc<Volume>) {
-    for _ in 0..500 {
-        match Arc::try_unwrap(vol) {
-            Ok(v) => return drop(v),
-            Err(v) => vol = v,
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the volume is still held");
 }

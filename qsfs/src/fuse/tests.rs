@@ -55,6 +55,19 @@ fn faulty_volume(dir: &std::path::Path) -> (Volume, Vec<Arc<qsfs_backends::Fault
     (vol, faulty.into_inner().unwrap())
 }
 
+/// Waits until the last worker thread lets go of the volume, then drops it (releasing its lock), as a process
+/// that ends would.
+pub(super) fn wait_released(mut vol: Arc<Volume>) {
+    for _ in 0..500 {
+        match Arc::try_unwrap(vol) {
+            Ok(v) => return drop(v),
+            Err(v) => vol = v,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the volume is still held");
+}
+
 fn read_all(eng: &Engine, cell: &super::engine::Cell, size: u64) -> Vec<u8> {
     eng.read(cell, 0, size as u32 + 100).unwrap()
 }
@@ -168,20 +181,7 @@ fn flushed_data_survives_a_crash() {
         drop(cell);
         let vol_arc = eng.vol.clone();
         drop(eng);
-        // Wait for the last worker threads to let go of the volume lock.
-        let mut vol_arc = vol_arc;
-        for _ in 0..200 {
-            match Arc::try_unwrap(vol_arc) {
-                Ok(v) => {
-                    drop(v);
-                    break;
-                }
-                Err(v) => {
-                    vol_arc = v;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
+        wait_released(vol_arc);
         let vol = Volume::open(dir.path()).unwrap();
         let eng = engine(vol, sync_close);
         eng.recover().unwrap();

@@ -323,6 +323,7 @@ impl<'a, I: Iterator<Item = &'a ShardRow>> Reads<'a, I> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -374,6 +375,21 @@ mod tests {
 
     fn shard_row(rec: &SegmentRecord, index: usize) -> &ShardRow {
         rec.shards.iter().find(|r| r.index == index).unwrap()
+    }
+
+    /// The file of shard `index` of `rec` on its embedded dir store under volume `dir`.
+    fn shard_file(
+        vol: &Volume,
+        dir: &std::path::Path,
+        rec: &SegmentRecord,
+        index: usize,
+    ) -> PathBuf {
+        let row = shard_row(rec, index);
+        let store_dir = dir.join("stores").join(row.store_id.unwrap().to_string());
+        let store = vol.rt.block_on(DirStore::open(&store_dir, false)).unwrap();
+        store
+            .shard_path(&Locator(row.locator.clone().unwrap()))
+            .unwrap()
     }
 
     /// A disk that fails to read a shard file (a permanent I/O error) is the shard's fault, as an audit and a
@@ -434,15 +450,7 @@ mod tests {
         let data = vec![0x5au8; 100_000];
         let rec = committed_segment(&vol, &data);
         for (index, damage) in [(0usize, "huge"), (1, "fifo")] {
-            let row = shard_row(&rec, index);
-            let store_dir = dir
-                .path()
-                .join("stores")
-                .join(row.store_id.unwrap().to_string());
-            let store = vol.rt.block_on(DirStore::open(&store_dir, false)).unwrap();
-            let path = store
-                .shard_path(&Locator(row.locator.clone().unwrap()))
-                .unwrap();
+            let path = shard_file(&vol, dir.path(), &rec, index);
             std::fs::remove_file(&path).unwrap();
             if damage == "huge" {
                 std::fs::File::create(&path)
@@ -478,15 +486,7 @@ mod tests {
         // Incompressible, so the shard's data (where the flip lands) is long.
         let data: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
         let rec = committed_segment(&vol, &data);
-        let row = shard_row(&rec, 1);
-        let store_dir = dir
-            .path()
-            .join("stores")
-            .join(row.store_id.unwrap().to_string());
-        let store = vol.rt.block_on(DirStore::open(&store_dir, false)).unwrap();
-        let path = store
-            .shard_path(&Locator(row.locator.clone().unwrap()))
-            .unwrap();
+        let path = shard_file(&vol, dir.path(), &rec, 1);
         let mut blob = std::fs::read(&path).unwrap();
         let at = qsfs_por::shard_blob::HEADER_LEN as usize + 100;
         blob[at] ^= 0x40;
