@@ -242,3 +242,100 @@ fn with_parity<T>(
     let parity: Vec<&[u8]> = result.recovery_iter().collect();
     f(&parity)
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{RngCore, SeedableRng};
+
+    use super::*;
+    use crate::codec::{CodecParams, SegmentKeys};
+
+    fn codec(k: usize, m: usize) -> SegmentCodec {
+        let params = CodecParams {
+            data_shards: k,
+            parity_shards: m,
+            zstd_level: 1,
+        };
+        let keys = SegmentKeys {
+            encryption: [3; 32],
+            shard_naming: [4; 32],
+        };
+        SegmentCodec::new(params, keys, [9; 16]).unwrap()
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+        data
+    }
+
+    /// Shape only: a blob with a flipped data byte passes unproven and fails proven; another shard's blob and a
+    /// cut one fail both ways.
+    #[test]
+    fn shard_data_checks_shape_and_proves_on_demand() {
+        let codec = codec(4, 2);
+        let enc = codec.encode(5, &random(50_000, 1)).unwrap();
+        let blob = &enc.shards[2].blob;
+        let data = codec.shard_data(5, &enc.info, 2, blob, true).unwrap();
+        assert_eq!(
+            data,
+            codec.shard_data(5, &enc.info, 2, blob, false).unwrap()
+        );
+        let mut flipped = blob.clone();
+        flipped[HEADER_LEN as usize + 7] ^= 1;
+        assert!(codec.shard_data(5, &enc.info, 2, &flipped, false).is_ok());
+        assert!(codec.shard_data(5, &enc.info, 2, &flipped, true).is_err());
+        for prove in [false, true] {
+            let other = &enc.shards[3].blob;
+            assert!(codec.shard_data(5, &enc.info, 2, other, prove).is_err());
+            assert!(
+                codec
+                    .shard_data(5, &enc.info, 2, &blob[..blob.len() - 1], prove)
+                    .is_err()
+            );
+        }
+    }
+
+    /// What lets repair skip proving its sources: with exactly K sources, a damaged byte in any one of them makes
+    /// every rebuilt shard miss its root, whichever shards are lost. Also checks that the per-thread coders give
+    /// identical blobs when reused across shapes.
+    #[test]
+    fn any_single_bad_source_shows_as_a_mismatch() {
+        for (k, m) in [(4, 2), (2, 1), (3, 3)] {
+            let codec = codec(k, m);
+            let enc = codec.encode(7, &random(30_001 * k, k as u64)).unwrap();
+            let n = k + m;
+            let datas: Vec<&[u8]> = (enc.shards.iter())
+                .map(|s| {
+                    codec
+                        .shard_data(7, &enc.info, s.index, &s.blob, true)
+                        .unwrap()
+                })
+                .collect();
+            for lost in 0..n {
+                // K sources: every shard but `lost` and, past K, the last ones.
+                let keep: Vec<usize> = (0..n).filter(|&i| i != lost).take(k).collect();
+                let sources: Vec<Option<&[u8]>> = (0..n)
+                    .map(|i| keep.contains(&i).then_some(datas[i]))
+                    .collect();
+                match codec.rebuild_from(7, &enc.info, &sources, &[lost]).unwrap() {
+                    Rebuilt::Shards(s) => assert_eq!(s[0], enc.shards[lost]),
+                    Rebuilt::Mismatch(i) => panic!("good sources, shard {i} mismatched"),
+                }
+                for &bad in &keep {
+                    let mut damaged = datas[bad].to_vec();
+                    let at = damaged.len() / 3;
+                    damaged[at] ^= 0x40;
+                    let mut s = sources.clone();
+                    s[bad] = Some(&damaged);
+                    let got = codec.rebuild_from(7, &enc.info, &s, &[lost]).unwrap();
+                    assert!(
+                        matches!(got, Rebuilt::Mismatch(i) if i == lost),
+                        "{k}+{m}: source {bad} damaged, shard {lost} rebuilt anyway"
+                    );
+                }
+            }
+        }
+    }
+}
