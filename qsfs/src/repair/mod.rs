@@ -8,16 +8,30 @@
 //!
 //! 1. probes every store and notes which answer; stores down longer than the grace period are *lost* and all
 //!    their shards are queued;
-//! 2. orders the queued segments most endangered first (fewest healthy shards), then, on a few worker threads,
-//!    per segment ([`segment`]): re-checks queued shards that metadata still calls good (a store that came back),
-//!    fetches and verifies K good shards, rebuilds the bad ones with reed-solomon
-//!    ([`crate::codec::SegmentCodec::rebuild_shards`], which checks each rebuilt root against metadata), writes
-//!    each to its own store if that store is healthy, otherwise to a healthy store holding no shard of the
-//!    segment, and commits the new locations in one transaction per segment;
-//! 3. deletes the bad copies it replaced, where their stores answer (as garbage, after the commit).
+//! 2. orders the queued segments most endangered first (fewest healthy shards) and runs them through
+//!    [`pipeline`]: `workers` threads (8 by default) each take the next segment and repair it up to its commit
+//!    ([`segment`]): re-check queued shards that metadata still calls good (a store that came back), fetch K good
+//!    shards, rebuild the bad ones with reed-solomon ([`crate::codec::SegmentCodec::rebuild_from`], which checks
+//!    each rebuilt root against metadata — so sources are only shape-checked, and proven one by one only when a
+//!    rebuilt root does not match), and write each to its own store if that store is healthy, otherwise to a
+//!    healthy store holding no shard of the segment. Segments are independent, so one segment's hashing and
+//!    erasure coding overlap another's reads, writes and fsyncs, on every core;
+//! 3. the committer ([`commit`], on the calling thread) records finished segments — each only once all the shards
+//!    it placed are durable on their stores — many per SQLite transaction: whatever finished while the previous
+//!    commit was syncing goes into the next (group commit), so a slow fsync costs one wait per batch, not one
+//!    per segment;
+//! 4. deletes the bad copies it replaced, where their stores answer (as garbage, after the commits).
 //!
-//! A segment with fewer than K verified shards cannot be rebuilt: it is reported as lost with its files' names,
-//! and its queue entries stay (with the error) for a later round, in case a store comes back.
+//! Interrupted (kill -9) at any point, nothing acknowledged is lost: a committed location names a shard already
+//! durable, an old copy is garbage only in the commit that replaced it, and a segment not committed keeps its
+//! queue entries — the next round rebuilds it again, writing the same content-named shards (the copies written
+//! before the kill are overwritten in place or, on another store, left for `gc`).
+//!
+//! A segment with fewer than K good shards cannot be rebuilt: it is reported as lost with its files' names, and
+//! its queue entries stay (with the error) for a later round, in case a store comes back.
+//!
+//! `QSFS_LOG=qsfs::repair=debug` logs timing spans: the round's phases, the time the workers spent fetching,
+//! rebuilding and placing, and each batch commit's size and duration.
 
 pub mod admin;
 mod commit;
