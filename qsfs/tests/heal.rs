@@ -430,6 +430,45 @@ fn corrupt_on_disk(fx: &Fixture, vol: &Volume, name: &str, index: usize) -> (Pat
     (path, good)
 }
 
+/// Repair does not hash the K sources of a rebuild first: a source damaged behind metadata's back (a flipped byte
+/// on disk, no audit yet) makes the rebuilt shard miss its root; repair then proves its sources, marks the bad
+/// one, rebuilds from another, and rewrites the bad one too.
+#[test]
+fn a_silently_damaged_rebuild_source_is_found_and_rewritten() {
+    let fx = Fixture::new(6, 4, 2, 64 * KIB, None, &[256 * KIB]);
+    let vol = Volume::open(&fx.root).unwrap();
+    let name = &fx.files[0].0;
+    // Sources are data shards first: shard 4 lost means shards 0..4 rebuild it, damaged shard 1 among them.
+    let (path, good) = corrupt_on_disk(&fx, &vol, name, 1);
+    let seg = vol
+        .meta()
+        .read(|c| meta::segments_of(c, ino_of(&vol, name)))
+        .unwrap()[0]
+        .clone();
+    let lost = &seg.shards[4];
+    let hex = hex::encode(lost.locator.as_ref().unwrap());
+    let lost_path = (fx.store_dir(lost.store_id.unwrap()).join("shards"))
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    std::fs::remove_file(&lost_path).unwrap();
+    vol.meta()
+        .write(|c| meta::mark_shard(c, seg.id, 4, meta::ShardState::Missing))
+        .unwrap();
+    let rep = repair(&vol, Duration::from_secs(3600));
+    assert!(rep.is_complete() && rep.remaining == 0, "{rep:#?}");
+    assert_eq!((rep.rebuilt, rep.verified_ok), (2, 0), "{rep:#?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        good,
+        "the damaged source rewritten"
+    );
+    assert!(lost_path.exists(), "the lost shard rebuilt in place");
+    fx.assert_files_intact(&vol);
+    assert_fully_redundant(&vol, None);
+    assert_clean_full_audit(&vol);
+}
+
 /// The mount's background auditor: kicked, it audits, finds a flipped byte, repairs it, and stops on drop.
 #[test]
 fn background_auditor_finds_and_heals_damage() {

@@ -20,6 +20,7 @@
 //! the codec worker pool.
 
 pub(crate) mod erasure;
+mod rebuild;
 mod seal;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QsfsError, Result};
 pub use erasure::shard_len_for;
+pub use rebuild::Rebuilt;
 use seal::SealContext;
 pub use seal::TAG_LEN;
 
@@ -430,51 +432,19 @@ impl SegmentCodec {
         &self,
         segment_id: u64,
         info: &SegmentInfo,
-        mut shards: Vec<Option<Vec<u8>>>,
+        shards: Vec<Option<Vec<u8>>>,
         wanted: &[usize],
     ) -> Result<Vec<EncodedShard>> {
         let shape = self.check_info(segment_id, info)?;
         self.check_shards(segment_id, &shape, &shards)?;
-        let (k, m) = (self.params.data_shards, self.params.parity_shards);
-        if let Some(&bad) = wanted.iter().find(|&&index| index >= k + m) {
-            return Err(QsfsError::Invalid(format!(
-                "rebuild of shard {bad} of segment {segment_id}, which has {} shards",
-                k + m
-            )));
-        }
-        erasure::restore_data_shards(segment_id, k, m, shape.shard_len, &mut shards)?;
-        let data_shards: Vec<&[u8]> = shards[..k].iter().filter_map(Option::as_deref).collect();
-        if data_shards.len() != k {
-            return Err(QsfsError::CorruptSegment {
+        let sources: Vec<Option<&[u8]>> = shards.iter().map(Option::as_deref).collect();
+        match self.rebuild_from(segment_id, info, &sources, wanted)? {
+            Rebuilt::Shards(shards) => Ok(shards),
+            Rebuilt::Mismatch(index) => Err(QsfsError::CorruptSegment {
                 segment: segment_id,
-                reason: "a data shard is still missing after reconstruction".into(),
-            });
+                reason: format!("rebuilt shard {index} does not match its recorded Merkle root"),
+            }),
         }
-        let parity = if wanted.iter().any(|&index| index >= k) {
-            erasure::parity(k, m, shape.shard_len, &data_shards)?
-        } else {
-            Vec::new()
-        };
-        wanted
-            .iter()
-            .map(|&index| {
-                let data = if index < k {
-                    data_shards[index]
-                } else {
-                    &parity[index - k][..]
-                };
-                let shard = self.encode_shard(segment_id, index, data);
-                if shard.root != info.roots[index] {
-                    return Err(QsfsError::CorruptSegment {
-                        segment: segment_id,
-                        reason: format!(
-                            "rebuilt shard {index} does not match its recorded Merkle root"
-                        ),
-                    });
-                }
-                Ok(shard)
-            })
-            .collect()
     }
 
     fn encode_shard(&self, segment_id: u64, index: usize, data: &[u8]) -> EncodedShard {

@@ -8,18 +8,34 @@
 //!
 //! 1. probes every store and notes which answer; stores down longer than the grace period are *lost* and all
 //!    their shards are queued;
-//! 2. orders the queued segments most endangered first (fewest healthy shards), then, on a few worker threads,
-//!    per segment ([`segment`]): re-checks queued shards that metadata still calls good (a store that came back),
-//!    fetches and verifies K good shards, rebuilds the bad ones with reed-solomon
-//!    ([`crate::codec::SegmentCodec::rebuild_shards`], which checks each rebuilt root against metadata), writes
-//!    each to its own store if that store is healthy, otherwise to a healthy store holding no shard of the
-//!    segment, and commits the new locations in one transaction per segment;
-//! 3. deletes the bad copies it replaced, where their stores answer (as garbage, after the commit).
+//! 2. orders the queued segments most endangered first (fewest healthy shards) and runs them through
+//!    [`pipeline`]: `workers` threads (8 by default) each take the next segment and repair it up to its commit
+//!    ([`segment`]): re-check queued shards that metadata still calls good (a store that came back), fetch K good
+//!    shards, rebuild the bad ones with reed-solomon ([`crate::codec::SegmentCodec::rebuild_from`], which checks
+//!    each rebuilt root against metadata — so sources are only shape-checked, and proven one by one only when a
+//!    rebuilt root does not match), and write each to its own store if that store is healthy, otherwise to a
+//!    healthy store holding no shard of the segment. Segments are independent, so one segment's hashing and
+//!    erasure coding overlap another's reads, writes and fsyncs, on every core;
+//! 3. the committer ([`commit`], on the calling thread) records finished segments — each only once all the shards
+//!    it placed are durable on their stores — many per SQLite transaction: whatever finished while the previous
+//!    commit was syncing goes into the next (group commit), so a slow fsync costs one wait per batch, not one
+//!    per segment;
+//! 4. deletes the bad copies it replaced, where their stores answer (as garbage, after the commits).
 //!
-//! A segment with fewer than K verified shards cannot be rebuilt: it is reported as lost with its files' names,
-//! and its queue entries stay (with the error) for a later round, in case a store comes back.
+//! Interrupted (kill -9) at any point, nothing acknowledged is lost: a committed location names a shard already
+//! durable, an old copy is garbage only in the commit that replaced it, and a segment not committed keeps its
+//! queue entries — the next round rebuilds it again, writing the same content-named shards (the copies written
+//! before the kill are overwritten in place or, on another store, left for `gc`).
+//!
+//! A segment with fewer than K good shards cannot be rebuilt: it is reported as lost with its files' names, and
+//! its queue entries stay (with the error) for a later round, in case a store comes back.
+//!
+//! `QSFS_LOG=qsfs::repair=debug` logs timing spans: the round's phases, the time the workers spent fetching,
+//! rebuilding and placing, and each batch commit's size and duration.
 
 pub mod admin;
+mod commit;
+mod pipeline;
 mod segment;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -31,7 +47,7 @@ use qsfs_por::LostSegment;
 use serde::Serialize;
 
 use crate::config::AuditConfig;
-use crate::error::{QsfsError, Result};
+use crate::error::Result;
 use crate::meta::{self, RepairItem, RepairReason, ShardState};
 use crate::pace::Throttle;
 use crate::store_set::StoreState;
@@ -53,12 +69,14 @@ pub struct RepairOptions {
 }
 
 impl RepairOptions {
-    /// The volume's grace period, four workers, unthrottled.
+    /// The volume's grace period, eight workers, unthrottled. Eight, on any number of cores: a segment spends
+    /// much of its time waiting for its store (a dir store fsyncs each shard twice), so twice as many segments in
+    /// flight as the cores of a small server keeps them busy; each holds about K + 2 shards of memory.
     pub fn new(cfg: &AuditConfig) -> RepairOptions {
         RepairOptions {
             grace: cfg.lost_store_grace.0,
             drain: None,
-            workers: 4,
+            workers: 8,
             throttle: Arc::new(Throttle::unlimited()),
         }
     }
@@ -166,6 +184,34 @@ pub(crate) struct Counters {
     pub verified_ok: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Wall time the workers spent fetching and verifying, rebuilding, and placing (logged at debug level).
+    pub fetch_ns: Nanos,
+    pub rebuild_ns: Nanos,
+    pub place_ns: Nanos,
+}
+
+/// A total of nanoseconds spent, added to by [`Nanos::span`] guards.
+#[derive(Default)]
+pub(crate) struct Nanos(AtomicU64);
+
+/// Adds the time from its creation to its drop to a [`Nanos`].
+pub(crate) struct Span<'a>(&'a Nanos, Instant);
+
+impl Nanos {
+    pub fn span(&self) -> Span<'_> {
+        Span(self, Instant::now())
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Span<'_> {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.1.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.0.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl Volume {
@@ -196,64 +242,20 @@ impl Volume {
             by_segment.entry(item.segment_id).or_default().push(item);
         }
         let queue = self.endangered_first(by_segment, &view)?;
+        // Timing spans of a round's phases (`QSFS_LOG=qsfs::repair=debug`): where a slow repair spends its time.
+        tracing::debug!(elapsed = ?clock.elapsed(), segments = queue.len(), "repair: surveyed and queued");
         let total = report.queued;
         let counters = Counters::default();
-        let results: Mutex<Vec<segment::SegmentOutcome>> = Mutex::new(Vec::new());
-        let work = Mutex::new(queue);
-        let first_error: Mutex<Option<QsfsError>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..opts.workers.max(1) {
-                scope.spawn(|| {
-                    loop {
-                        if opts.throttle.stopped()
-                            || first_error
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .is_some()
-                        {
-                            return;
-                        }
-                        let next = work.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                        let Some((ino, rec, items)) = next else {
-                            return;
-                        };
-                        let n = items.len() as u64;
-                        match segment::repair_segment(
-                            self,
-                            &view,
-                            ino,
-                            rec,
-                            &items,
-                            &opts.throttle,
-                            &counters,
-                        ) {
-                            Ok(outcome) => results
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(outcome),
-                            Err(e) => {
-                                first_error
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get_or_insert(e);
-                                return;
-                            }
-                        }
-                        let done = counters.done.fetch_add(n, Ordering::Relaxed) + n;
-                        progress(RepairProgress {
-                            done,
-                            total,
-                            bytes_written: counters.bytes_written.load(Ordering::Relaxed),
-                        });
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
+        let outcomes = pipeline::run(self, &view, queue, opts, &counters, progress, total)?;
+        tracing::debug!(
+            elapsed = ?clock.elapsed(),
+            fetch = ?counters.fetch_ns.get(),
+            rebuild = ?counters.rebuild_ns.get(),
+            place = ?counters.place_ns.get(),
+            "repair: segments rebuilt and committed (fetch, rebuild, place: summed over workers)"
+        );
         opts.throttle.check("repair")?;
-        for outcome in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        for outcome in outcomes {
             report.failures.extend(outcome.failures);
             report.lost.extend(outcome.lost);
         }
@@ -263,6 +265,7 @@ impl Volume {
         if let Err(e) = self.collect_garbage() {
             tracing::warn!(error = %e, "repair: replaced shards not deleted yet");
         }
+        tracing::debug!(elapsed = ?clock.elapsed(), "repair: garbage collected");
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         report.rebuilt = l(&counters.rebuilt);
         report.copied = l(&counters.copied);
@@ -388,7 +391,7 @@ impl Volume {
         &self,
         by_segment: BTreeMap<u64, Vec<RepairItem>>,
         view: &StoreView,
-    ) -> Result<VecDeque<(u64, meta::SegmentRecord, Vec<RepairItem>)>> {
+    ) -> Result<VecDeque<pipeline::Job>> {
         let mut ranked = Vec::with_capacity(by_segment.len());
         for (id, items) in by_segment {
             let Some((ino, rec)) = self.meta().read(|c| meta::segment_by_id(c, id))? else {

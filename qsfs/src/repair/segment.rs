@@ -1,15 +1,27 @@
 //! Repairing one segment: sort its queued shards into those to re-check, copy, rebuild or leave for later; fetch
-//! and verify enough good shards; rebuild; place each shard on its own store if healthy, else on a healthy store
-//! holding no shard of the segment; and commit every new location in one transaction.
+//! enough good shards; rebuild; and place each shard on its own store if healthy, else on a healthy store holding
+//! no shard of the segment. Every shard it places is durable on its store when it returns; what it established
+//! goes to the committer ([`super::commit`]), which records it in metadata.
+//!
+//! Which fetched shards are proven (hashed whole against their recorded Merkle roots) and which are only checked
+//! for shape: queued shards being re-checked and shards recorded bad that are tried again are proven, because
+//! metadata is updated from the result, and so is every shard copied as it is. Sources of a rebuild that metadata
+//! records good are not hashed first: each rebuilt shard's root is compared with its recorded root, which no bad
+//! source can pass (see [`crate::codec::Rebuilt`]), and only when that fails are the sources proven one by one,
+//! the bad ones marked and replaced. That saves hashing K shards per rebuilt segment — most of a repair's CPU.
+//! The price: a source whose data is intact but whose stored Merkle nodes are damaged is not noticed here (the
+//! rebuild does not read them); audits find it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
 use qsfs_backends::{ReadFault, ShardKey};
 use qsfs_por::LostSegment;
 
+use super::commit::{Checked, Finished, Placed};
 use super::{Counters, RepairFailure, StoreView};
-use crate::error::Result;
+use crate::codec::Rebuilt;
+use crate::error::{QsfsError, Result};
 use crate::meta::{self, RepairItem, SegmentRecord, ShardRow, ShardState};
 use crate::pace::Throttle;
 use crate::volume::Volume;
@@ -23,10 +35,16 @@ pub(super) struct SegmentOutcome {
 
 /// What a fetch of one shard showed.
 enum Fetched {
-    /// Verified: the shard's data bytes and the blob as stored.
-    Good(Vec<u8>, Vec<u8>),
+    /// The blob as stored: proven, or (when only its shape was asked for) shaped right.
+    Good(Vec<u8>),
     Bad(ShardState, String),
     Unreachable(String),
+}
+
+/// A fetched shard blob, and whether it was proven against its root or only checked for shape.
+struct Held {
+    blob: Vec<u8>,
+    proven: bool,
 }
 
 /// A shard ready to be written: its index, name and blob, and whether it was rebuilt (or copied intact).
@@ -37,23 +55,16 @@ struct Ready {
     rebuilt: bool,
 }
 
-/// A written shard awaiting its metadata commit.
-struct Placed {
-    index: usize,
-    store: u32,
-    locator: Vec<u8>,
-}
-
-async fn fetch_one(vol: &Volume, rec: &SegmentRecord, row: &ShardRow) -> Fetched {
+async fn fetch_one(vol: &Volume, rec: &SegmentRecord, row: &ShardRow, prove: bool) -> Fetched {
     let (Some(store), Some(loc)) = (row.store_id, &row.locator) else {
         return Fetched::Bad(ShardState::Missing, "never placed".into());
     };
     match vol.stores().fetch(store, loc, row.blob_len).await {
         Ok(blob) => match vol
             .codec()
-            .verify_shard(rec.id, &rec.info, row.index, &blob)
+            .shard_data(rec.id, &rec.info, row.index, &blob, prove)
         {
-            Ok(data) => Fetched::Good(data, blob),
+            Ok(_) => Fetched::Good(blob),
             Err(e) => Fetched::Bad(ShardState::Corrupt, e.to_string()),
         },
         Err(e) => match e.read_fault() {
@@ -64,242 +75,368 @@ async fn fetch_one(vol: &Volume, rec: &SegmentRecord, row: &ShardRow) -> Fetched
     }
 }
 
-pub(super) fn repair_segment(
-    vol: &Volume,
+/// One segment's repair in progress.
+struct Repair<'a> {
+    vol: &'a Volume,
+    view: &'a StoreView,
+    rec: &'a SegmentRecord,
+    throttle: &'a Throttle,
+    counters: &'a Counters,
+    /// Queued shard indexes.
+    queued: BTreeSet<usize>,
+    /// Shards to write: rebuilt, or copied when they are in `held` and proven.
+    wanted: BTreeSet<usize>,
+    /// Fetched shards, one slot per index.
+    held: Vec<Option<Held>>,
+    checked: Checked,
+    /// Sources are proven as fetched (after a rebuild did not match).
+    eager: bool,
+}
+
+/// Repairs one segment up to its commit: returns what to commit, every shard it placed already durable.
+pub(super) fn repair_segment<'v>(
+    vol: &'v Volume,
     view: &StoreView,
     ino: u64,
     rec: SegmentRecord,
     items: &[RepairItem],
     throttle: &Throttle,
     counters: &Counters,
-) -> Result<SegmentOutcome> {
-    // Shards written here are not in metadata until the segment's rows commit: gc must wait for them.
-    let _placing = vol.placements().begin();
-    let k = vol.config().data_shards;
+) -> Result<Finished<'v>> {
+    // Shards written here are not in metadata until the segment's rows commit: gc must wait for them. The guard
+    // travels with the result to the committer.
+    let placing = vol.placements().begin();
     let n = rec.shards.len();
-    let mut out = SegmentOutcome::default();
-    let queued: BTreeSet<usize> = items.iter().map(|i| i.index).filter(|&i| i < n).collect();
-    let reachable = |row: &ShardRow| row.store_id.is_some_and(|s| view.reachable.contains(&s));
-
-    // Which queued shards need what. `recheck`: recorded good on a reachable store — verify before touching it.
-    let mut recheck = Vec::new();
-    let mut wanted: BTreeSet<usize> = BTreeSet::new();
-    let mut waiting: Vec<(usize, String)> = Vec::new();
-    for &i in &queued {
-        let row = &rec.shards[i];
-        let store = row.store_id;
-        if row.state == ShardState::Ok && reachable(row) {
-            recheck.push(i);
-        } else if row.state == ShardState::Ok && store.is_some_and(|s| !view.lost.contains(&s)) {
-            // Good as far as we know, on a store that is down but not yet lost: wait for it.
-            waiting.push((
-                i,
-                "its store is unreachable; it will be rebuilt elsewhere once the grace period ends"
-                    .into(),
-            ));
-        } else {
-            wanted.insert(i);
-        }
-    }
-
-    let mut verified: Vec<Option<Vec<u8>>> = vec![None; n];
-    let mut blobs: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-    let mut newly_bad: Vec<(usize, ShardState)> = Vec::new();
-    let mut confirmed_ok: Vec<usize> = Vec::new();
-
-    let rec_ref = &rec;
-    let fetch_all = |indexes: Vec<usize>| -> Result<Vec<(usize, Fetched)>> {
-        let bytes: u64 = indexes.iter().map(|&i| rec_ref.shards[i].blob_len).sum();
-        vol.io().block_on(throttle.admit(bytes))?;
-        Ok(vol.io().block_on(async {
-            let mut set = Vec::new();
-            for i in indexes {
-                set.push(async move { (i, fetch_one(vol, rec_ref, &rec_ref.shards[i]).await) });
-            }
-            futures_join_all(set).await
-        }))
+    let mut r = Repair {
+        vol,
+        view,
+        rec: &rec,
+        throttle,
+        counters,
+        queued: items.iter().map(|i| i.index).filter(|&i| i < n).collect(),
+        wanted: BTreeSet::new(),
+        held: (0..n).map(|_| None).collect(),
+        checked: Checked::default(),
+        eager: false,
     };
-
-    // Re-check: intact ones leave the queue (or, on a drained store, get copied); bad ones are rebuilt.
-    for (i, got) in fetch_all(recheck)? {
-        match got {
-            Fetched::Good(data, blob) => {
-                counters
-                    .bytes_read
-                    .fetch_add(blob.len() as u64, Ordering::Relaxed);
-                verified[i] = Some(data);
-                if rec.shards[i].store_id.is_some_and(|s| view.fit(s)) {
-                    confirmed_ok.push(i);
-                } else {
-                    blobs.insert(i, blob);
-                    wanted.insert(i);
+    let mut out = SegmentOutcome::default();
+    let recheck = r.classify();
+    r.recheck(recheck)?;
+    let mut ready = Vec::new();
+    if r.rebuild_list().is_empty() {
+        ready = r.copies();
+    } else {
+        for attempt in 0.. {
+            r.gather_sources()?;
+            match r.rebuild(ino, &mut out)? {
+                Some(Rebuilt::Mismatch(index)) if attempt == 0 && r.prove_sources(index) => {
+                    // A bad source was found and dropped: fetch others, proving them this time.
+                    r.eager = true;
+                }
+                Some(Rebuilt::Mismatch(index)) => {
+                    return Err(QsfsError::CorruptSegment {
+                        segment: rec.id,
+                        reason: format!(
+                            "rebuilt shard {index} does not match its recorded Merkle root"
+                        ),
+                    });
+                }
+                Some(Rebuilt::Shards(shards)) => {
+                    ready = r.copies();
+                    ready.extend(shards.into_iter().map(|s| Ready {
+                        index: s.index,
+                        key: s.key,
+                        blob: s.blob,
+                        rebuilt: true,
+                    }));
+                    break;
+                }
+                None => {
+                    ready = r.copies();
+                    break;
                 }
             }
-            Fetched::Bad(state, reason) => {
-                tracing::warn!(segment = rec.id, shard = i, %reason, "repair: queued shard is bad");
-                newly_bad.push((i, state));
-                wanted.insert(i);
-            }
-            Fetched::Unreachable(reason) => waiting.push((i, reason)),
         }
     }
+    let Repair { mut checked, .. } = r;
+    checked.placed = {
+        let _span = counters.place_ns.span();
+        place(vol, view, &rec, ready, throttle, counters, &mut out)?
+    };
+    Ok(Finished {
+        rec,
+        checked,
+        out,
+        items: items.len() as u64,
+        placing,
+    })
+}
 
-    // Sources for a rebuild: good shards not themselves being repaired, data shards first, until K verify. When
-    // those run out, shards recorded bad are tried too: a mark can be stale (a store that lied on one read, a
-    // shard restored behind our back), and what counts is that K shards verify now.
-    let mut restored: Vec<usize> = Vec::new();
-    let need_rebuild = wanted.iter().any(|i| !blobs.contains_key(i));
-    if need_rebuild {
-        let tried: HashSet<usize> = queued
+impl Repair<'_> {
+    fn reachable(&self, row: &ShardRow) -> bool {
+        row.store_id
+            .is_some_and(|s| self.view.reachable.contains(&s))
+    }
+
+    fn on_fit_store(&self, index: usize) -> bool {
+        self.rec.shards[index]
+            .store_id
+            .is_some_and(|s| self.view.fit(s))
+    }
+
+    fn have(&self) -> usize {
+        self.held.iter().filter(|h| h.is_some()).count()
+    }
+
+    /// Sorts the queued shards: returns those to re-check (recorded good on a reachable store — verified before
+    /// anything is done to them); the rest are wanted, or waiting for their store.
+    fn classify(&mut self) -> Vec<usize> {
+        let mut recheck = Vec::new();
+        for &i in &self.queued {
+            let row = &self.rec.shards[i];
+            if row.state == ShardState::Ok && self.reachable(row) {
+                recheck.push(i);
+            } else if row.state == ShardState::Ok
+                && row.store_id.is_some_and(|s| !self.view.lost.contains(&s))
+            {
+                // Good as far as we know, on a store that is down but not yet lost: wait for it.
+                self.checked.waiting.push((
+                    i,
+                    "its store is unreachable; it will be rebuilt elsewhere once the grace period ends"
+                        .into(),
+                ));
+            } else {
+                self.wanted.insert(i);
+            }
+        }
+        recheck
+    }
+
+    /// Fetches `indexes` together (proving them when `prove`), counting the bytes read.
+    fn fetch(&self, indexes: Vec<usize>, prove: bool) -> Result<Vec<(usize, Fetched)>> {
+        let (vol, rec) = (self.vol, self.rec);
+        let bytes: u64 = indexes.iter().map(|&i| rec.shards[i].blob_len).sum();
+        vol.io().block_on(self.throttle.admit(bytes))?;
+        let _span = self.counters.fetch_ns.span();
+        let got = vol.io().block_on(async {
+            let mut set = Vec::new();
+            for i in indexes {
+                set.push(async move { (i, fetch_one(vol, rec, &rec.shards[i], prove).await) });
+            }
+            futures_join_all(set).await
+        });
+        for (_, f) in &got {
+            if let Fetched::Good(blob) = f {
+                let read = &self.counters.bytes_read;
+                read.fetch_add(blob.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(got)
+    }
+
+    /// Re-check: intact ones leave the queue (or, on a drained store, get copied); bad ones are rebuilt.
+    fn recheck(&mut self, indexes: Vec<usize>) -> Result<()> {
+        for (i, got) in self.fetch(indexes, true)? {
+            match got {
+                Fetched::Good(blob) => {
+                    self.held[i] = Some(Held { blob, proven: true });
+                    if self.on_fit_store(i) {
+                        self.checked.confirmed_ok.push(i);
+                    } else {
+                        self.wanted.insert(i);
+                    }
+                }
+                Fetched::Bad(state, reason) => {
+                    tracing::warn!(segment = self.rec.id, shard = i, %reason, "repair: queued shard is bad");
+                    self.checked.newly_bad.push((i, state));
+                    self.wanted.insert(i);
+                }
+                Fetched::Unreachable(reason) => self.checked.waiting.push((i, reason)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Wanted shards that must be rebuilt (not held intact to be copied).
+    fn rebuild_list(&self) -> Vec<usize> {
+        self.wanted
             .iter()
             .copied()
-            .filter(|i| verified[*i].is_some())
-            .collect();
-        let mut candidates: Vec<usize> = rec
-            .shards
+            .filter(|&i| self.held[i].is_none())
+            .collect()
+    }
+
+    /// The wanted shards held intact (proven), to be copied as they are.
+    fn copies(&mut self) -> Vec<Ready> {
+        let indexes: Vec<usize> = self
+            .wanted
             .iter()
+            .copied()
+            .filter(|&i| self.held[i].as_ref().is_some_and(|h| h.proven))
+            .collect();
+        let (codec, rec) = (self.vol.codec(), self.rec);
+        indexes
+            .into_iter()
+            .filter_map(|i| {
+                let held = self.held[i].take()?;
+                Some(Ready {
+                    index: i,
+                    key: codec.shard_key(rec.id, i, &rec.info.roots[i]),
+                    blob: held.blob,
+                    rebuilt: false,
+                })
+            })
+            .collect()
+    }
+
+    /// Fetches sources until K shards are held: good shards not themselves being repaired, data shards first
+    /// (shape-checked only, unless `eager`). When those run out, shards recorded bad are tried too, proven: a mark
+    /// can be stale (a store that lied on one read, a shard restored behind our back), and what counts is that K
+    /// shards are good now.
+    fn gather_sources(&mut self) -> Result<()> {
+        let k = self.vol.config().data_shards;
+        let bad: BTreeSet<usize> = self.checked.newly_bad.iter().map(|(i, _)| *i).collect();
+        let mut candidates: Vec<usize> = (self.rec.shards.iter())
             .filter(|r| {
                 r.state == ShardState::Ok
-                    && !queued.contains(&r.index)
-                    && verified[r.index].is_none()
-                    && reachable(r)
+                    && !self.queued.contains(&r.index)
+                    && self.held[r.index].is_none()
+                    && !bad.contains(&r.index)
+                    && self.reachable(r)
             })
             .map(|r| r.index)
+            .rev()
             .collect();
-        candidates.reverse();
-        let mut fallback: Vec<usize> = wanted
-            .iter()
-            .copied()
-            .filter(|i| {
-                !blobs.contains_key(i)
-                    && !tried.contains(i)
-                    && !newly_bad.iter().any(|(b, _)| b == i)
-                    && reachable(&rec.shards[*i])
+        let mut fallback: Vec<usize> = (self.wanted.iter().copied())
+            .filter(|&i| {
+                self.held[i].is_none() && !bad.contains(&i) && self.reachable(&self.rec.shards[i])
             })
             .rev()
             .collect();
+        let mut prove = self.eager;
         loop {
-            let have = verified.iter().filter(|v| v.is_some()).count();
+            let have = self.have();
             if have >= k {
-                break;
+                return Ok(());
             }
             if candidates.is_empty() {
                 if fallback.is_empty() {
-                    break;
+                    return Ok(());
                 }
                 candidates = std::mem::take(&mut fallback);
+                prove = true;
             }
             let take = (k - have).min(candidates.len());
             let batch: Vec<usize> = (0..take).filter_map(|_| candidates.pop()).collect();
-            for (i, got) in fetch_all(batch)? {
-                match got {
-                    Fetched::Good(data, blob) => {
-                        counters
-                            .bytes_read
-                            .fetch_add(blob.len() as u64, Ordering::Relaxed);
-                        verified[i] = Some(data);
-                        if wanted.contains(&i) {
-                            // A shard recorded bad that verifies now.
-                            if rec.shards[i].store_id.is_some_and(|s| view.fit(s)) {
-                                wanted.remove(&i);
-                                restored.push(i);
-                            } else {
-                                blobs.insert(i, blob);
-                            }
-                        }
-                    }
-                    Fetched::Bad(state, reason) => {
-                        tracing::warn!(segment = rec.id, shard = i, %reason, "repair: source shard is bad");
-                        newly_bad.push((i, state));
-                        wanted.insert(i);
-                    }
-                    Fetched::Unreachable(_) => {}
+            for (i, got) in self.fetch(batch, prove)? {
+                self.took_source(i, got, prove);
+            }
+        }
+    }
+
+    /// Records a fetched source. A wanted shard (recorded bad) that proves good is good again where it is, or,
+    /// on a store that may not keep it, copied.
+    fn took_source(&mut self, i: usize, got: Fetched, proven: bool) {
+        match got {
+            Fetched::Good(blob) => {
+                self.held[i] = Some(Held { blob, proven });
+                if self.wanted.contains(&i) && self.on_fit_store(i) {
+                    self.wanted.remove(&i);
+                    self.checked.restored.push(i);
+                }
+            }
+            Fetched::Bad(state, reason) => {
+                tracing::warn!(segment = self.rec.id, shard = i, %reason, "repair: source shard is bad");
+                self.checked.newly_bad.push((i, state));
+                self.wanted.insert(i);
+            }
+            Fetched::Unreachable(_) => {}
+        }
+    }
+
+    /// Rebuilds the wanted shards not held from the held ones; `None` when fewer than K are held (the segment is
+    /// reported lost in `out`).
+    fn rebuild(&self, ino: u64, out: &mut SegmentOutcome) -> Result<Option<Rebuilt>> {
+        let (k, rec, codec) = (self.vol.config().data_shards, self.rec, self.vol.codec());
+        let rebuild = self.rebuild_list();
+        let have = self.have();
+        if have < k {
+            self.report_lost(ino, &rebuild, have, out)?;
+            return Ok(None);
+        }
+        let _span = self.counters.rebuild_ns.span();
+        let mut sources = Vec::with_capacity(self.held.len());
+        for (i, held) in self.held.iter().enumerate() {
+            sources.push(match held {
+                Some(h) => Some(codec.shard_data(rec.id, &rec.info, i, &h.blob, false)?),
+                None => None,
+            });
+        }
+        codec
+            .rebuild_from(rec.id, &rec.info, &sources, &rebuild)
+            .map(Some)
+    }
+
+    /// After a rebuild did not match: proves every held source not proven yet; drops and marks the bad ones (to
+    /// be rebuilt as well). True when one was bad.
+    fn prove_sources(&mut self, mismatch: usize) -> bool {
+        let (rec, codec) = (self.rec, self.vol.codec());
+        let mut found = false;
+        for i in 0..self.held.len() {
+            let Some(held) = self.held[i].as_mut().filter(|h| !h.proven) else {
+                continue;
+            };
+            match codec.shard_data(rec.id, &rec.info, i, &held.blob, true) {
+                Ok(_) => held.proven = true,
+                Err(e) => {
+                    tracing::warn!(segment = rec.id, shard = i, rebuilt = mismatch, error = %e,
+                        "repair: a rebuilt shard did not match its root; this source is bad");
+                    self.held[i] = None;
+                    self.checked.newly_bad.push((i, ShardState::Corrupt));
+                    self.wanted.insert(i);
+                    found = true;
                 }
             }
         }
+        found
     }
 
-    let rebuild: Vec<usize> = wanted
-        .iter()
-        .copied()
-        .filter(|i| !blobs.contains_key(i))
-        .collect();
-    let mut ready: Vec<Ready> = blobs
-        .into_iter()
-        .map(|(i, blob)| Ready {
-            index: i,
-            key: vol.codec().shard_key(rec.id, i, &rec.info.roots[i]),
-            blob,
-            rebuilt: false,
-        })
-        .collect();
-    if !rebuild.is_empty() {
-        let have = verified.iter().filter(|v| v.is_some()).count();
-        if have >= k {
-            let shards = vol.codec().rebuild_shards(
-                rec.id,
-                &rec.info,
-                std::mem::take(&mut verified),
-                &rebuild,
-            )?;
-            ready.extend(shards.into_iter().map(|s| Ready {
-                index: s.index,
-                key: s.key,
-                blob: s.blob,
-                rebuilt: true,
-            }));
-        } else {
-            let good_elsewhere = rec
-                .shards
-                .iter()
-                .filter(|r| {
-                    r.state == ShardState::Ok && verified[r.index].is_none() && !reachable(r)
-                })
-                .count() as u64;
-            let files = vol.meta().read(|c| meta::segment_paths(c, rec.id, ino))?;
-            let reason = format!(
-                "only {have} of the {k} shards needed verified; cannot rebuild (files: {})",
-                files.join(", ")
-            );
-            tracing::error!(segment = rec.id, %reason, "repair: segment cannot be rebuilt");
-            for &i in &rebuild {
-                out.failures.push(RepairFailure {
-                    segment: rec.id,
-                    index: i,
-                    reason: reason.clone(),
-                });
-            }
-            out.lost.push(LostSegment {
+    /// Fewer than K shards are good: the wanted ones fail, and the segment is reported lost with its files.
+    fn report_lost(
+        &self,
+        ino: u64,
+        rebuild: &[usize],
+        have: usize,
+        out: &mut SegmentOutcome,
+    ) -> Result<()> {
+        let (k, rec) = (self.vol.config().data_shards, self.rec);
+        let good_elsewhere = (rec.shards.iter())
+            .filter(|r| {
+                r.state == ShardState::Ok && self.held[r.index].is_none() && !self.reachable(r)
+            })
+            .count() as u64;
+        let files = self.vol.meta().read(|c| meta::segment_paths(c, rec.id, ino))?;
+        let reason = format!(
+            "only {have} of the {k} shards needed verified; cannot rebuild (files: {})",
+            files.join(", ")
+        );
+        tracing::error!(segment = rec.id, %reason, "repair: segment cannot be rebuilt");
+        for &i in rebuild {
+            out.failures.push(RepairFailure {
                 segment: rec.id,
-                files,
-                healthy_shards: have as u64,
-                unreachable_shards: good_elsewhere,
-                needed: k as u64,
+                index: i,
+                reason: reason.clone(),
             });
         }
-    }
-
-    let placed = place(vol, view, &rec, ready, throttle, counters, &mut out)?;
-    let done = Checked {
-        placed,
-        newly_bad,
-        confirmed_ok,
-        restored,
-        waiting,
-    };
-    commit(vol, &rec, &done, &out.failures)?;
-    counters.verified_ok.fetch_add(
-        (done.confirmed_ok.len() + done.restored.len()) as u64,
-        Ordering::Relaxed,
-    );
-    for (i, reason) in done.waiting {
-        out.failures.push(RepairFailure {
+        out.lost.push(LostSegment {
             segment: rec.id,
-            index: i,
-            reason,
+            files,
+            healthy_shards: have as u64,
+            unreachable_shards: good_elsewhere,
+            needed: k as u64,
         });
+        Ok(())
     }
-    Ok(out)
 }
 
 /// Writes each ready shard: to its own store when that store is fit, else to the fit store with the fewest shards
@@ -378,73 +515,6 @@ fn place(
         }
     }
     Ok(placed)
-}
-
-/// What a segment's repair established, to be committed.
-struct Checked {
-    placed: Vec<Placed>,
-    /// Shards found bad (missing or corrupt) while fetching.
-    newly_bad: Vec<(usize, ShardState)>,
-    /// Queued shards recorded good that verified: off the queue.
-    confirmed_ok: Vec<usize>,
-    /// Shards recorded bad that verified in place: good again, off the queue.
-    restored: Vec<usize>,
-    /// Queued shards left for later, with why.
-    waiting: Vec<(usize, String)>,
-}
-
-/// One transaction: new bad findings, the new locations (old copies to garbage), re-checked shards off the
-/// queue, and failures noted on their queue entries.
-fn commit(
-    vol: &Volume,
-    rec: &SegmentRecord,
-    done: &Checked,
-    failures: &[RepairFailure],
-) -> Result<()> {
-    vol.meta().write(|c| {
-        for &(i, state) in &done.newly_bad {
-            let row = &rec.shards[i];
-            if let (Some(s), Some(loc)) = (row.store_id, &row.locator) {
-                meta::mark_shard_at(c, rec.id, i, s, loc, state)?;
-            }
-        }
-        for p in &done.placed {
-            let row = &rec.shards[p.index];
-            let old = (row.store_id, row.locator.as_deref());
-            // The new copy must not be deleted by an older garbage row naming the same place.
-            meta::forget_garbage_at(c, p.store, &p.locator)?;
-            if meta::replace_shard(c, rec.id, p.index, &row.root, old, p.store, &p.locator)? {
-                meta::repair_done(c, rec.id, p.index)?;
-                if let (Some(s), Some(loc)) = old
-                    && (s != p.store || loc != p.locator.as_slice())
-                {
-                    meta::add_garbage_at(c, s, loc)?;
-                }
-            } else {
-                // The segment changed under us (overwritten, deleted, or repaired by someone else): the new copy
-                // is referenced by nothing.
-                meta::add_garbage_at(c, p.store, &p.locator)?;
-            }
-        }
-        for &i in &done.restored {
-            let row = &rec.shards[i];
-            if let (Some(s), Some(loc)) = (row.store_id, row.locator.as_deref())
-                && meta::replace_shard(c, rec.id, i, &row.root, (Some(s), Some(loc)), s, loc)?
-            {
-                meta::repair_done(c, rec.id, i)?;
-            }
-        }
-        for &i in &done.confirmed_ok {
-            meta::repair_done(c, rec.id, i)?;
-        }
-        for f in failures {
-            meta::repair_attempt_failed(c, rec.id, f.index, &f.reason)?;
-        }
-        for (i, reason) in &done.waiting {
-            meta::repair_attempt_failed(c, rec.id, *i, reason)?;
-        }
-        Ok(())
-    })
 }
 
 /// Awaits every future, in order (the handful of shard fetches of one segment).
