@@ -91,6 +91,10 @@ FSX_SEED=${FSX_SEED:-20261121}
 FSX_SEGMENT_SIZE=${FSX_SEGMENT_SIZE:-4KiB}
 FSX_FILE_SIZE=${FSX_FILE_SIZE:-65536}
 FSX_MAX_OP=${FSX_MAX_OP:-8192}
+# A second, shorter run on the default 4 MiB segments with a file that stays small (up to 16 KiB): every close
+# queues the whole file, so its uploads go through pack segments (small files' shared segments).
+FSX_SMALL_OPS=${FSX_SMALL_OPS:-20000}
+FSX_SMALL_FILE_SIZE=${FSX_SMALL_FILE_SIZE:-16384}
 # The pjdfstest configuration (features, users and groups to switch to) is shared by the project; this script
 # replaces its expected_failures with the list below.
 PJDFSTEST_CONFIG=${PJDFSTEST_CONFIG:-$repo_root/../shared/pjdfstest.toml}
@@ -237,10 +241,10 @@ run_pjdfstest() {
     echo "pjdfstest: $expected expected failures (listed with reasons in run-tests.sh), $total cases in all"
 }
 
-run_fsx() {
-    local dir="$fuse_work/fsx" rc=0 punch=0 before after
+run_fsx() { # NAME SEGMENT_SIZE FILE_SIZE OPS
+    local dir="$fuse_work/$1" segment=$2 flen=$3 ops=$4 rc=0 punch=0 before after
     mkdir -p "$dir/artifacts"
-    init_volume "$dir" "$FSX_SEGMENT_SIZE"
+    init_volume "$dir" "$segment"
     start_mount "$dir"
     # Hole punching is optional for a filesystem: exercise it when the mount supports it.
     if fallocate -l 65536 "$dir/mnt/.probe" 2>/dev/null &&
@@ -251,7 +255,7 @@ run_fsx() {
     # mmap reads and writes go through the kernel's page cache (and msync after a mapwrite is a durability point,
     # like fsync, fdatasync and close); truncates are frequent.
     cat >"$dir/fsx.toml" <<TOML
-flen = $FSX_FILE_SIZE
+flen = $flen
 [opsize]
 # At least 1 byte: fsx-rs treats posix_fallocate's EINVAL for a zero length as "not supported" and stops.
 min = 1
@@ -272,10 +276,10 @@ sendfile = 1
 copy_file_range = 1
 posix_fadvise = 1
 TOML
-    (cd "$dir" && fsx -f "$dir/fsx.toml" -N "$FSX_OPS" -S "$FSX_SEED" -P "$dir/artifacts" "$dir/mnt/fsx.file") \
+    (cd "$dir" && fsx -f "$dir/fsx.toml" -N "$ops" -S "$FSX_SEED" -P "$dir/artifacts" "$dir/mnt/fsx.file") \
         >"$dir/fsx.log" 2>&1 || rc=$?
     if ((rc != 0)) || ! grep -q 'All operations completed A-OK' "$dir/fsx.log"; then
-        echo "fsx failed (exit $rc) on $dir/mnt (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE). Its messages:"
+        echo "fsx failed (exit $rc) on $dir/mnt (seed $FSX_SEED, segment size $segment). Its messages:"
         grep -av '^\[ERROR fsx\] *[0-9]' "$dir/fsx.log" | head -n 40
         echo "the last operations:"
         tail -n 30 "$dir/fsx.log"
@@ -292,8 +296,8 @@ TOML
         return 1
     fi
     stop_mount "$dir"
-    echo "fsx: $FSX_OPS operations, 0 mismatches (seed $FSX_SEED, segment size $FSX_SEGMENT_SIZE, file up to" \
-        "$FSX_FILE_SIZE bytes, operations up to $FSX_MAX_OP bytes, hole punching $( ((punch)) && echo on || echo 'off: not supported by the mount'))"
+    echo "fsx: $ops operations, 0 mismatches (seed $FSX_SEED, segment size $segment, file up to" \
+        "$flen bytes, operations up to $FSX_MAX_OP bytes, hole punching $( ((punch)) && echo on || echo 'off: not supported by the mount'))"
 }
 
 if [[ $(id -u) -ne 0 || ! -e /dev/fuse ]]; then
@@ -323,7 +327,10 @@ else
     run_pjdfstest
 
     step "fsx ($FSX_OPS operations) on a qsfs mount with $FSX_SEGMENT_SIZE segments"
-    run_fsx
+    run_fsx fsx "$FSX_SEGMENT_SIZE" "$FSX_FILE_SIZE" "$FSX_OPS"
+
+    step "fsx ($FSX_SMALL_OPS operations) on a file that stays small (packed uploads), 4 MiB segments"
+    run_fsx fsx-small 4MiB "$FSX_SMALL_FILE_SIZE" "$FSX_SMALL_OPS"
 fi
 
 # --- deployment files ------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 //!
 //! A seal worker that takes a packable job from the shared channel also takes the packable jobs queued behind it
 //! and those arriving while it gathers — until a segment's worth of bytes, a pause of [`PACK_GAP`] or
-//! [`PACK_LINGER`] in all. Jobs
-//! that are not packable and arrive meanwhile are sealed alone after the pack. A pack that fails to upload or
+//! [`PACK_LINGER`] in all. Jobs that do not go into the pack (not packable, or no room left) are the worker's
+//! next ones: sealed alone, or the start of the next pack. A pack that fails to upload or
 //! commit sends each of its jobs to the usual retry (they are packed again when they come back).
 
 use std::sync::Arc;
@@ -69,16 +69,14 @@ impl Engine {
         (pack, others)
     }
 
-    /// Seals `jobs` as one pack, or alone when only one is left live.
+    /// Seals `jobs` as one pack (also a lone one: every small queued segment is stored the same way, and a pack of
+    /// one costs no more than a segment of its own).
     pub(super) fn run_pack(&self, jobs: Vec<SealRequest>) {
-        let mut live: Vec<SealRequest> = jobs
+        let live: Vec<SealRequest> = jobs
             .into_iter()
             .filter(|(cell, job)| !self.drop_if_cancelled(cell, job))
             .collect();
-        if live.len() <= 1 {
-            if let Some((cell, job)) = live.pop() {
-                self.run_job(&cell, &job);
-            }
+        if live.is_empty() {
             return;
         }
         let mut data = Vec::new();

@@ -76,13 +76,9 @@ fn small_files_share_packs_and_survive_deletes_overwrites_and_compaction() {
 
     let eng = engine(dir.path());
     let packs = eng.vol.meta().read(meta::pack_usage).unwrap();
-    // A file whose upload found no neighbour to share with is a segment of its own.
     let in_packs: u64 = packs.iter().map(|p| p.members).sum();
-    assert!(
-        in_packs >= 300,
-        "only {in_packs} of 400 small files were packed"
-    );
-    // Closes arrive one at a time here (each a synced commit): packs hold what arrived within the linger.
+    assert_eq!(in_packs, 400, "every small file's segment is in a pack");
+    // Closes arrive one at a time here: packs hold what arrived before a pause in the uploads' gathering.
     assert!(
         packs.len() <= 200,
         "400 files of at most 3000 bytes took {} packs",

@@ -31,6 +31,8 @@ struct SealWorker {
     eng: Arc<Engine>,
     rx: JobQueue,
     sealed: u64,
+    /// Jobs taken from the channel while gathering a pack that did not go into it: this worker's next ones.
+    carry: std::collections::VecDeque<(Arc<Cell>, Arc<Job>)>,
 }
 
 impl crate::workers::Worker for SealWorker {
@@ -41,16 +43,17 @@ impl crate::workers::Worker for SealWorker {
     fn work(&mut self, _stop: &Arc<std::sync::atomic::AtomicBool>) -> crate::workers::Next {
         use crate::workers::Next;
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
-        let next = rx.recv_timeout(Duration::from_millis(500));
+        let next = match self.carry.pop_front() {
+            Some(carried) => Ok(carried),
+            None => rx.recv_timeout(Duration::from_millis(500)),
+        };
         match next {
             Ok((cell, job)) if self.eng.packable(&job) => {
                 let (pack, others) = self.eng.gather_pack((cell, job), &rx);
                 drop(rx);
-                self.sealed += (pack.len() + others.len()) as u64;
+                self.sealed += pack.len() as u64;
                 self.eng.run_pack(pack);
-                for (cell, job) in others {
-                    self.eng.run_job(&cell, &job);
-                }
+                self.carry.extend(others);
                 Next::Busy
             }
             Ok((cell, job)) => {
@@ -83,6 +86,7 @@ impl Engine {
                 eng: self.clone(),
                 rx: rx.clone(),
                 sealed: 0,
+                carry: Default::default(),
             };
             match self.seal_pool.start(worker) {
                 Ok(()) => started += 1,

@@ -415,7 +415,10 @@ impl Repair<'_> {
                 r.state == ShardState::Ok && self.held[r.index].is_none() && !self.reachable(r)
             })
             .count() as u64;
-        let files = self.vol.meta().read(|c| meta::segment_paths(c, rec.id, ino))?;
+        let files = self
+            .vol
+            .meta()
+            .read(|c| meta::segment_paths(c, rec.id, ino))?;
         let reason = format!(
             "only {have} of the {k} shards needed verified; cannot rebuild (files: {})",
             files.join(", ")
