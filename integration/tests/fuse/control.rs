@@ -69,6 +69,7 @@ fn admin_commands_run_on_a_busy_mount() {
             "seal/upload",
             "housekeeping",
             "store reviver",
+            "local committer",
             "audit/repair",
             "gc"
         ],

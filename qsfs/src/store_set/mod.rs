@@ -124,6 +124,12 @@ impl StoreSlot {
         self.state() == StoreState::Up
     }
 
+    /// Up, or down only because a write found it full: its shards can still be read (and its garbage deleted,
+    /// which is what gives it room again).
+    pub fn is_readable(&self) -> bool {
+        self.is_up() || self.full.load(Ordering::Acquire)
+    }
+
     fn mark_down(&self, reason: String) {
         tracing::warn!(store = %self.uri, %reason, "store marked down");
         self.set_down(reason);
@@ -439,14 +445,15 @@ impl StoreSet {
         }
     }
 
-    /// The slot of a store that is configured and currently up.
-    fn up_slot(&self, store_id: u32) -> Result<&Arc<StoreSlot>, StoreError> {
+    /// The slot of a store that is configured and readable (up, or only full: see `StoreSlot::is_readable`).
+    fn readable_slot(&self, store_id: u32) -> Result<&Arc<StoreSlot>, StoreError> {
         let slot = self.slot(store_id).ok_or_else(|| StoreError::Unavailable {
             uri: format!("store {store_id}"),
             reason: "not in this volume's config".into(),
         })?;
         match slot.state() {
             StoreState::Up => Ok(slot),
+            StoreState::Down(_) if slot.is_readable() => Ok(slot),
             StoreState::Down(reason) => Err(StoreError::Unavailable {
                 uri: slot.uri.clone(),
                 reason,
@@ -463,7 +470,7 @@ impl StoreSet {
         locator: &[u8],
         blob_len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        let slot = self.up_slot(store_id)?;
+        let slot = self.readable_slot(store_id)?;
         let loc = Locator(locator.to_vec());
         let max_len = blob_len.saturating_add(READ_SLACK);
         let start = Instant::now();
@@ -484,7 +491,7 @@ impl StoreSet {
 
     /// Deletes a shard that metadata no longer references.
     pub async fn delete(&self, store_id: u32, locator: &[u8]) -> Result<(), StoreError> {
-        let slot = self.up_slot(store_id)?;
+        let slot = self.readable_slot(store_id)?;
         let loc = Locator(locator.to_vec());
         slot.store.delete(&loc).await
     }

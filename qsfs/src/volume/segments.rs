@@ -189,7 +189,7 @@ async fn fetch_verified(
         .filter(|s| {
             stores
                 .slot(s.store_id.unwrap_or(u32::MAX))
-                .is_some_and(|slot| slot.is_up())
+                .is_some_and(|slot| slot.is_readable())
         })
         .collect();
     // Data shards first (no decoding needed when they all arrive), then parity.
