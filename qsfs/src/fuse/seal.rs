@@ -42,11 +42,22 @@ impl crate::workers::Worker for SealWorker {
 
     fn work(&mut self, _stop: &Arc<std::sync::atomic::AtomicBool>) -> crate::workers::Next {
         use crate::workers::Next;
+        // Carried jobs first, without the channel's lock: the lock is not fair, and a worker waiting for it while
+        // the others take turns at the channel would hold its carried jobs (and an fsync waiting on them) forever.
+        if !self.carry.is_empty() {
+            let (pack, alone): (Vec<_>, Vec<_>) = self
+                .carry
+                .drain(..)
+                .partition(|(_, job)| self.eng.packable(job));
+            self.sealed += (pack.len() + alone.len()) as u64;
+            self.eng.run_pack(pack);
+            for (cell, job) in alone {
+                self.eng.run_job(&cell, &job);
+            }
+            return Next::Busy;
+        }
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
-        let next = match self.carry.pop_front() {
-            Some(carried) => Ok(carried),
-            None => rx.recv_timeout(Duration::from_millis(500)),
-        };
+        let next = rx.recv_timeout(Duration::from_millis(500));
         match next {
             Ok((cell, job)) if self.eng.packable(&job) => {
                 let (pack, others) = self.eng.gather_pack((cell, job), &rx);
