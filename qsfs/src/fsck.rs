@@ -217,6 +217,7 @@ fn ensure_lost_found(vol: &Volume) -> Result<u64> {
 fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> {
     let meta = vol.meta();
     let seg = vol.segment_size();
+    let known_stores: HashSet<u32> = vol.stores().slots().iter().map(|s| s.id).collect();
     // Segments of inodes that are gone or not regular files.
     let stray = meta.read(meta::checks::stray_segments)?;
     for (ino, idx) in stray {
@@ -266,6 +267,7 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
             match &rec.pack {
                 None => check_shard_rows(
                     vol,
+                    &known_stores,
                     &rec,
                     &format!("inode {ino}: segment {}", rec.index),
                     repair,
@@ -286,14 +288,23 @@ fn check_segments(vol: &Volume, repair: bool, r: &mut FsckReport) -> Result<()> 
     for pack in meta.read(meta::pack_usage)? {
         let rec = meta.read(|c| meta::pack_record(c, pack.id))?;
         r.segments += 1;
-        check_shard_rows(vol, &rec, &format!("pack {}", pack.id), repair, r)?;
+        check_shard_rows(
+            vol,
+            &known_stores,
+            &rec,
+            &format!("pack {}", pack.id),
+            repair,
+            r,
+        )?;
     }
     Ok(())
 }
 
-/// Checks one stored segment's shard rows: as many as K+M, each good one on a known store, at least K good.
+/// Checks one stored segment's shard rows: as many as K+M, each good one on a known store (one of
+/// `known_stores`), at least K good.
 fn check_shard_rows(
     vol: &Volume,
+    known_stores: &HashSet<u32>,
     rec: &meta::SegmentRecord,
     what: &str,
     repair: bool,
@@ -302,7 +313,6 @@ fn check_shard_rows(
     let meta = vol.meta();
     let total = vol.config().data_shards + vol.config().parity_shards;
     let k = vol.config().data_shards;
-    let known_stores: HashSet<u32> = vol.stores().slots().iter().map(|s| s.id).collect();
     if rec.shards.len() != total {
         r.problem(
             format!(

@@ -142,7 +142,7 @@ impl Engine {
                 outcomes.push(view.apply(c, cell.ino, job, &member)?);
             }
             if !outcomes.iter().any(|o: &CommitOutcome| o.applied) {
-                meta::drop_dead_packs(c)?;
+                meta::drop_packs_if_dead(c, &[pack.id])?;
             }
             Ok(outcomes)
         })?;

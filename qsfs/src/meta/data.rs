@@ -119,8 +119,19 @@ pub fn drop_segments_from(conn: &Connection, ino: u64, from: u64) -> Result<()> 
     drop_segment_range(conn, ino, from, None)
 }
 
+/// Drops `ino`'s segments at indexes `from..to` (their shards become garbage), and the packs that held the last of
+/// their members among them.
 fn drop_segment_range(conn: &Connection, ino: u64, from: u64, to: Option<u64>) -> Result<()> {
     let to = to.map_or(i64::MAX, |t| t as i64);
+    let packs = conn
+        .prepare_cached(
+            "SELECT DISTINCT pack_id FROM segments
+             WHERE ino = ?1 AND idx >= ?2 AND idx < ?3 AND pack_id IS NOT NULL",
+        )?
+        .query_map(params![ino as i64, from as i64, to], |r| {
+            r.get::<_, i64>(0).map(|id| id as u64)
+        })?
+        .collect::<rusqlite::Result<Vec<u64>>>()?;
     conn.prepare_cached(
         "INSERT INTO garbage (store_id, locator, since_ns)
          SELECT sh.store_id, sh.locator, ?4 FROM shards sh JOIN segments s ON s.id = sh.segment_id
@@ -129,7 +140,7 @@ fn drop_segment_range(conn: &Connection, ino: u64, from: u64, to: Option<u64>) -
     .execute(params![ino as i64, from as i64, to, now_ns()])?;
     conn.prepare_cached("DELETE FROM segments WHERE ino = ?1 AND idx >= ?2 AND idx < ?3")?
         .execute(params![ino as i64, from as i64, to])?;
-    Ok(())
+    super::drop_packs_if_dead(conn, &packs)
 }
 
 fn shards_of(conn: &Connection, segment_id: u64) -> Result<Vec<ShardRow>> {

@@ -5,8 +5,8 @@
 //! segment's. A packed file segment is a `segments` row without shards that names its pack (`pack_id`) and where
 //! its bytes start in the pack's plaintext (`pack_off`).
 //!
-//! Overwrites and deletes leave dead bytes in packs. A pack with no member left is dropped whole
-//! ([`drop_dead_packs`], its shards become garbage in the same transaction); one whose live share fell below a
+//! Overwrites and deletes leave dead bytes in packs. A pack with no member left is dropped whole, by the
+//! transaction that removed its last member ([`drop_packs_if_dead`]; its shards become garbage there); one whose live share fell below a
 //! threshold is compacted by the volume: its live members are copied into a new pack and moved there
 //! ([`move_member`]), which leaves the old pack dead.
 
@@ -52,18 +52,40 @@ pub fn pack_record(conn: &Connection, id: u64) -> Result<SegmentRecord> {
     }
 }
 
-/// Drops every pack no file segment lives in any more; their shards become garbage. Returns how many.
+/// A pack no file segment lives in any more.
+const DEAD_PACK: &str =
+    "s.ino = 0 AND NOT EXISTS (SELECT 1 FROM segments f WHERE f.pack_id = s.id)";
+
+/// Drops every pack no file segment lives in any more; their shards become garbage. Returns how many. This scans
+/// every pack: the commits that empty a pack drop it themselves ([`drop_packs_if_dead`]), so this is `gc`'s sweep.
 pub fn drop_dead_packs(conn: &Connection) -> Result<usize> {
-    let cond = "s.ino = 0 AND NOT EXISTS (SELECT 1 FROM segments f WHERE f.pack_id = s.id)";
     conn.prepare_cached(&format!(
         "INSERT INTO garbage (store_id, locator, since_ns)
          SELECT sh.store_id, sh.locator, ?1 FROM shards sh JOIN segments s ON s.id = sh.segment_id
-         WHERE {cond} AND sh.store_id IS NOT NULL AND sh.locator IS NOT NULL"
+         WHERE {DEAD_PACK} AND sh.store_id IS NOT NULL AND sh.locator IS NOT NULL"
     ))?
     .execute([now_ns()])?;
     Ok(conn
-        .prepare_cached(&format!("DELETE FROM segments AS s WHERE {cond}"))?
+        .prepare_cached(&format!("DELETE FROM segments AS s WHERE {DEAD_PACK}"))?
         .execute([])?)
+}
+
+/// Drops those of `packs` that no file segment lives in any more (their shards become garbage): what a commit that
+/// moved or dropped members of these packs calls, so an emptied pack goes in the transaction that emptied it.
+pub fn drop_packs_if_dead(conn: &Connection, packs: &[u64]) -> Result<()> {
+    let mut garbage = conn.prepare_cached(&format!(
+        "INSERT INTO garbage (store_id, locator, since_ns)
+         SELECT sh.store_id, sh.locator, ?1 FROM shards sh JOIN segments s ON s.id = sh.segment_id
+         WHERE s.id = ?2 AND {DEAD_PACK} AND sh.store_id IS NOT NULL AND sh.locator IS NOT NULL"
+    ))?;
+    let mut delete = conn.prepare_cached(&format!(
+        "DELETE FROM segments AS s WHERE s.id = ?1 AND {DEAD_PACK}"
+    ))?;
+    for &id in packs {
+        garbage.execute(params![now_ns(), id as i64])?;
+        delete.execute([id as i64])?;
+    }
+    Ok(())
 }
 
 /// A pack's size and how much of it is still some file's bytes.
@@ -152,4 +174,97 @@ pub fn is_pack(conn: &Connection, id: u64) -> Result<bool> {
         .query_row([id as i64], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::SegmentInfo;
+    use crate::meta::{
+        FileKind, MetaStore, NewInode, PackSlice, ROOT_INO, ShardRow, ShardState, create_node,
+        drop_segments_from, ensure_root, garbage_count, put_segment, sync_store,
+    };
+
+    fn info(plain_len: u64) -> SegmentInfo {
+        SegmentInfo {
+            plain_len,
+            stored_len: 0,
+            shard_len: 0,
+            nonce: [0; 24],
+            flags: 0,
+            roots: Vec::new(),
+        }
+    }
+
+    fn file(m: &MetaStore, name: &[u8]) -> u64 {
+        let node = NewInode {
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        };
+        m.write(|c| Ok(create_node(c, ROOT_INO, name, &node)?.ino))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_commit_that_removes_a_packs_last_member_drops_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(&dir.path().join("meta.db"), true).unwrap();
+        m.write(|c| {
+            ensure_root(c, 0, 0)?;
+            sync_store(c, 0, "dir:///s0")
+        })
+        .unwrap();
+        let (a, b) = (file(&m, b"a"), file(&m, b"b"));
+        let pack = SegmentRecord {
+            id: 77,
+            ino: PACK_HOLDER,
+            index: 77,
+            info: info(200),
+            shards: vec![ShardRow {
+                index: 0,
+                store_id: Some(0),
+                locator: Some(b"pack-77".to_vec()),
+                blob_len: 100,
+                root: [0; 32],
+                state: ShardState::Ok,
+            }],
+            pack: None,
+        };
+        let member = |id: u64, ino: u64, offset: u64| SegmentRecord {
+            id,
+            ino,
+            index: 0,
+            info: info(100),
+            shards: Vec::new(),
+            pack: Some(PackSlice {
+                offset,
+                record: Box::new(pack.clone()),
+            }),
+        };
+        m.write(|c| {
+            put_pack(c, &pack)?;
+            put_segment(c, a, &member(1, a, 0))?;
+            put_segment(c, b, &member(2, b, 100))
+        })
+        .unwrap();
+        let packs = || m.read(pack_usage).unwrap();
+
+        m.write(|c| drop_segments_from(c, a, 0)).unwrap();
+        assert_eq!(packs().len(), 1, "one member is left");
+        assert_eq!(m.read(garbage_count).unwrap(), 0);
+        // Rewriting b's only segment in place of its packed one empties the pack.
+        let own = SegmentRecord {
+            id: 3,
+            pack: None,
+            ..member(3, b, 0)
+        };
+        m.write(|c| put_segment(c, b, &own)).unwrap();
+        assert!(packs().is_empty(), "the emptied pack is dropped");
+        assert_eq!(m.read(garbage_count).unwrap(), 1, "its shard is garbage");
+        assert_eq!(m.write(drop_dead_packs).unwrap(), 0, "no sweep needed");
+    }
 }

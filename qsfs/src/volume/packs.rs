@@ -117,13 +117,7 @@ impl Volume {
 
     /// The packs' sizes and live bytes, changing nothing (`gc --dry-run`).
     pub fn pack_census(&self) -> Result<PackCompaction> {
-        let usage = self.meta.read(meta::pack_usage)?;
-        Ok(PackCompaction {
-            packs: usage.len() as u64,
-            pack_bytes: usage.iter().map(|u| u.plain_len).sum(),
-            live_bytes: usage.iter().map(|u| u.live).sum(),
-            ..PackCompaction::default()
-        })
+        Ok(census(&self.meta.read(meta::pack_usage)?))
     }
 
     /// Drops packs nothing lives in any more and rewrites those whose live share is below [`COMPACT_BELOW`]:
@@ -131,8 +125,8 @@ impl Volume {
     /// leaves the old packs dead. Their shards become garbage, deleted by `collect_garbage`.
     pub fn compact_packs(&self) -> Result<PackCompaction> {
         self.check_writer()?;
-        let mut report = self.pack_census()?;
         let usage = self.meta.read(meta::pack_usage)?;
+        let mut report = census(&usage);
         let limit = self.segment_size();
         let mut batch: Vec<(u64, PackMember, Vec<u8>)> = Vec::new();
         let mut batch_len = 0u64;
@@ -159,6 +153,8 @@ impl Volume {
         if !batch.is_empty() {
             report.moved_bytes += self.repack(batch)?;
         }
+        // Packs emptied since are dropped by the commits that emptied them; this sweep also finds any a volume of
+        // an earlier release left.
         report.dropped = self.meta.write(meta::drop_dead_packs)? as u64;
         Ok(report)
     }
@@ -184,8 +180,22 @@ impl Volume {
                 }
             }
             // A pack none of whose members could move is dead at once; so are the packs emptied here.
-            meta::drop_dead_packs(c)?;
+            let mut touched: Vec<u64> = members.iter().map(|(from, _, _)| *from).collect();
+            touched.push(rec.id);
+            touched.sort_unstable();
+            touched.dedup();
+            meta::drop_packs_if_dead(c, &touched)?;
             Ok(moved)
         })
+    }
+}
+
+/// The packs' count, size and live bytes, from one read of their usage.
+fn census(usage: &[meta::PackUse]) -> PackCompaction {
+    PackCompaction {
+        packs: usage.len() as u64,
+        pack_bytes: usage.iter().map(|u| u.plain_len).sum(),
+        live_bytes: usage.iter().map(|u| u.live).sum(),
+        ..PackCompaction::default()
     }
 }

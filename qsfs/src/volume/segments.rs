@@ -120,13 +120,6 @@ impl Volume {
     /// Deletes garbage shards from their stores (those on reachable stores) and forgets them. Returns how many
     /// were deleted. Safe to call at any time: garbage rows exist only for shards no committed row references.
     pub fn collect_garbage(&self) -> Result<usize> {
-        // Packs whose last member was deleted or rewritten are garbage too (a read-only copy leaves them).
-        if self.check_writer().is_ok() {
-            match self.meta.write_fast(meta::drop_dead_packs) {
-                Ok(_) | Err(QsfsError::ReadOnly(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
         // A shard is deleted only once the transaction that dropped it is in the stores' metadata log: a restore
         // must never find metadata pointing at a shard already deleted.
         self.replicate_metadata()?;
