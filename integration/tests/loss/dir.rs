@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::mounted::{Expect, lost_during_mount};
+use super::packs::packs_with_stores_lost;
 use super::{Cluster, Loss, lost_before_open};
 use crate::fuse::fuse_available;
 use crate::helpers::Vol;
@@ -123,4 +124,13 @@ fn loss_dir_emptied_during_mount_writes() {
         return;
     }
     lost_during_mount(&mut Dirs::new(), Loss::Emptied, Expect::Any);
+}
+
+/// Packs with one store directory missing at the mount's open, then a second one holding a foreign marker.
+#[test]
+fn loss_dir_packs_missing_then_foreign() {
+    if !fuse_available("loss_dir_packs_missing_then_foreign") {
+        return;
+    }
+    packs_with_stores_lost(&mut Dirs::new(), [Loss::Gone, Loss::Foreign]);
 }

@@ -11,9 +11,12 @@
 //!   came back empty stay down (named in `status`, reads still work) until `qsfs store readmit`; after
 //!   `qsfs repair`, `audit --full` is clean and every segment fully redundant.
 //! - [`mounted::lost_during_mount`]: the same losses in the middle of a FUSE mount's writes.
+//! - [`packs::packs_with_stores_lost`]: a mount's small files, uploaded in shared pack segments, with stores lost
+//!   before a mount opens and while two are gone.
 
 mod dir;
 mod mounted;
+mod packs;
 mod redis;
 mod s3;
 mod zdb;

@@ -6,6 +6,7 @@
 use std::fs;
 
 use super::mounted::{Expect, lost_during_mount};
+use super::packs::packs_with_stores_lost;
 use super::{Cluster, Loss, lost_before_open};
 use crate::fuse::fuse_available;
 use crate::helpers::{Redis, Vol};
@@ -101,4 +102,13 @@ fn loss_redis_flushed_during_mount_writes() {
         return;
     }
     lost_during_mount(&mut Servers::new(), Loss::Emptied, Expect::Any);
+}
+
+/// Packs with one redis-server killed before the mount opens, then a second one restarted empty.
+#[test]
+fn loss_redis_packs_killed_then_flushed() {
+    if !fuse_available("loss_redis_packs_killed_then_flushed") {
+        return;
+    }
+    packs_with_stores_lost(&mut Servers::new(), [Loss::Gone, Loss::Emptied]);
 }

@@ -3,6 +3,7 @@
 //! "emptied" is its bucket emptied of every object, identity marker included, behind qsfs's back.
 
 use super::mounted::{Expect, lost_during_mount};
+use super::packs::packs_with_stores_lost;
 use super::{Cluster, Loss, lost_before_open};
 use crate::fuse::fuse_available;
 use crate::helpers::Vol;
@@ -250,4 +251,13 @@ fn s3_garage_node_killed_during_mount_writes() {
     let out = v.fresh_path("out");
     v.ok(&["get", "/data", s(&out)]);
     assert_files(&out, &writes, "through `qsfs get` after a Garage node died");
+}
+
+/// Packs with one S3 store cut off before the mount opens, then a second one emptied.
+#[test]
+fn loss_s3_packs_cut_then_emptied() {
+    if !fuse_available("loss_s3_packs_cut_then_emptied") {
+        return;
+    }
+    packs_with_stores_lost(&mut Buckets::new(), [Loss::Gone, Loss::Emptied]);
 }

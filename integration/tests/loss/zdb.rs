@@ -6,6 +6,7 @@
 use qsfs_backends::testing::{ZdbServerConfig, ZdbTestServer};
 
 use super::mounted::{Expect, lost_during_mount};
+use super::packs::packs_with_stores_lost;
 use super::{Cluster, Loss, lost_before_open};
 use crate::fuse::fuse_available;
 use crate::helpers::Vol;
@@ -97,4 +98,13 @@ fn loss_zdb_emptied_during_mount_writes() {
         return;
     }
     lost_during_mount(&mut Zdb::new(), Loss::Emptied, Expect::Any);
+}
+
+/// Packs with one 0-db namespace restarted empty before the mount opens, then a second one killed.
+#[test]
+fn loss_zdb_packs_emptied_then_killed() {
+    if !fuse_available("loss_zdb_packs_emptied_then_killed") {
+        return;
+    }
+    packs_with_stores_lost(&mut Zdb::new(), [Loss::Emptied, Loss::Gone]);
 }
