@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use super::engine::Engine;
-use super::session::find_mount;
+use super::mounts::find_mount;
 use crate::config::GcConfig;
 use crate::workers::{Next, Worker};
 

@@ -22,6 +22,7 @@ mod engine;
 mod files;
 mod flush;
 mod live;
+mod mounts;
 mod nodes;
 mod op_metrics;
 mod ops;
@@ -44,9 +45,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use live::MountStatus;
+pub use mounts::{MountEntry, find_mount, is_stale_mount, unmount, wait_for_exit};
 pub use session::{
-    AtimeMode, DEFAULT_CACHE_SIZE, MountEntry, MountHandle, MountOptions, MountReport,
-    block_signals, find_mount, is_stale_mount, mount, unmount, wait_for_exit,
+    AtimeMode, DEFAULT_CACHE_SIZE, MountHandle, MountOptions, MountReport, block_signals, mount,
 };
 
 use crate::error::QsfsError;
