@@ -5,8 +5,9 @@
 #   redis+d  the same servers reached through a user-space TCP proxy that holds every chunk DELAY_MS in each
 #            direction (a simulated network round trip of 2 x DELAY_MS; `tc netem` is not available here).
 # Workloads on each: sequential write of SIZE_MIB random data + fsync; sequential read of it, cold (remounted,
-# page cache dropped); `cp -a` of CP_TREE (close is local-first: it waits for no store), then the time until the
-# upload queue is empty (`qsfs umount` drains it).
+# page cache dropped, once the redis-servers finished rewriting their append-only files); `cp -a` of CP_TREE
+# (close is local-first: it waits for no store), then the time until the upload queue is empty (`qsfs umount`
+# drains it).
 #
 #   sudo bash benches/scripts/network-bench.sh
 #   SIZE_MIB=64 DELAY_MS=5 CP_TREE=/usr/share/zoneinfo bash benches/scripts/network-bench.sh
@@ -91,9 +92,10 @@ PY
 }
 
 "$qsfs" --volume "$work/dir" init >&2
-direct=() delayed=()
+direct=() delayed=() ports=()
 for i in 0 1 2 3 4 5; do
     port=$(free_port)
+    ports+=("$port")
     mkdir -p "$shm/$i"
     redis-server --port "$port" --bind 127.0.0.1 --dir "$shm/$i" --appendonly yes --appendfsync always \
         --save "" >"$shm/$i.log" 2>&1 &
@@ -114,6 +116,17 @@ cp -a "$cp_tree" "$work/warm" && rm -rf "$work/warm"
 
 mount_vol() { "$qsfs" --volume "$work/$1" mount "$work/mnt" >&2; }
 umount_vol() { "$qsfs" umount "$work/mnt" >&2; }
+# A redis-server rewrites its append-only file in the background once it has doubled (here: right after the
+# write), compressing the whole dataset on one of the two cores for a second or more. The cold read waits for
+# those rewrites to end, so it measures qsfs's read path rather than the servers' housekeeping.
+redis_quiet() {
+    local port
+    for port in "${ports[@]}"; do
+        while redis-cli -p "$port" info persistence | grep -qE '^aof_rewrite_(in_progress|scheduled):1'; do
+            sleep 0.2
+        done
+    done
+}
 rate() { awk -v a="$1" -v ns="$2" 'BEGIN { printf "%.1f", a / (ns / 1e9) }'; }
 secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
 declare -A r
@@ -123,6 +136,7 @@ for vol in dir redis redis+d; do
     s=$(now_ns); dd if="$work/random.bin" of="$work/mnt/seq.bin" bs=1M conv=fsync status=none; e=$(now_ns)
     r[$vol,write]=$(rate "$((size_mib * 1048576 / 1000000))" "$((e - s))")
     umount_vol
+    redis_quiet
     sync; echo 3 >/proc/sys/vm/drop_caches
     mount_vol "$vol"
     s=$(now_ns); dd if="$work/mnt/seq.bin" of=/dev/null bs=1M status=none; e=$(now_ns)
