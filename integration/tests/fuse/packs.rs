@@ -5,16 +5,18 @@
 //! the live bytes, while every file reads back identical and fsck and a full audit are clean.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 
 use super::mount::Mount;
+use super::trees::assert_same_stats;
 use super::{assert_diff_r_clean, fuse_available, sh};
 use crate::helpers::{Vol, s};
 
 /// A tree of `n` small files (0–12 KiB, a few of 200 KiB, which are queued as files rather than inline) in
-/// nested directories.
+/// nested directories, with varied modes and old mtimes (which `cp -a` sets on each file while it is open).
 fn small_tree(root: &Path, n: usize, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for i in 0..n {
@@ -26,7 +28,18 @@ fn small_tree(root: &Path, n: usize, seed: u64) {
             rng.random_range(0..12 * 1024)
         };
         let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-        fs::write(dir.join(format!("f{i}")), data).unwrap();
+        let f = dir.join(format!("f{i}"));
+        fs::write(&f, data).unwrap();
+        let mode = [0o600, 0o644, 0o640, 0o755, 0o700][i % 5];
+        fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+        let when = std::time::UNIX_EPOCH
+            + std::time::Duration::new(1_500_000_000 + i as u64, 1000 * i as u32);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
     }
 }
 
@@ -46,6 +59,8 @@ fn kill_9_right_after_cp_a_keeps_every_closed_file() {
     let _stale = m.kill9();
     let m = Mount::start(&v, &mp, &[]);
     assert_diff_r_clean(&src, &m.path("tree"));
+    // Modes and times `cp -a` set on each open file (held until its close) were committed with the close.
+    assert_same_stats(&src, &m.path("tree"), true);
     m.umount();
     assert!(v.ok(&["fsck"]).contains("clean"));
     let out = v.fresh_path("out");

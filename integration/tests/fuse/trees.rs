@@ -80,7 +80,7 @@ fn stat_tree(root: &Path) -> BTreeMap<PathBuf, (Stat, u64, i64)> {
 /// targets and mtimes (whole seconds; nanoseconds too when `nanos`), and that names sharing an inode in `orig`
 /// share one in `copy` (and only those).
 #[track_caller]
-fn assert_same_stats(orig: &Path, copy: &Path, nanos: bool) {
+pub(super) fn assert_same_stats(orig: &Path, copy: &Path, nanos: bool) {
     let a = stat_tree(orig);
     let b = stat_tree(copy);
     let names_a: Vec<_> = a.keys().collect();

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
 use std::time::Instant;
 
 use crate::error::{QsfsError, Result};
-use crate::meta::{self, FileKind, Inode};
+use crate::meta::{self, AttrChanges, FileKind, Inode};
 use crate::read_cache::ReadCache;
 use crate::staging::{Staged, StagingArea};
 use crate::volume::Volume;
@@ -87,6 +87,9 @@ pub(crate) struct FileState {
     pub prefetched: u64,
     /// The file lost its last name while open: the last release deletes it.
     pub unlinked: bool,
+    /// Mode, owner and access time set while the file is open, committed with its size and times at the next
+    /// close, fsync or idle seal (`Engine::hold_attrs`).
+    pub held: AttrChanges,
 }
 
 impl FileState {
@@ -121,7 +124,12 @@ impl FileState {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.opens == 0 && self.dirty.is_empty() && self.jobs.is_empty()
+        self.opens == 0 && self.dirty.is_empty() && self.jobs.is_empty() && self.held.is_empty()
+    }
+
+    /// Something a close must commit even without dirty data: held attributes, or times they changed.
+    pub fn has_held_changes(&self) -> bool {
+        !self.held.is_empty() || self.times_dirty
     }
 }
 
@@ -242,6 +250,7 @@ impl Engine {
                 read_end: 0,
                 prefetched: 0,
                 unlinked: false,
+                held: AttrChanges::default(),
             }),
             changed: Condvar::new(),
             commit: Mutex::new(()),
@@ -297,11 +306,38 @@ impl Engine {
         if let Some(c) = self.existing(inode.ino) {
             let st = c.lock();
             inode.size = st.size;
+            st.held.apply_to(inode);
             if st.times_dirty {
                 inode.mtime_ns = st.mtime_ns;
                 inode.ctime_ns = inode.ctime_ns.max(st.ctime_ns);
             }
         }
+    }
+
+    /// chmod, chown and utimens of a file some handle has open: the changes are held in its cell (reads of the
+    /// inode see them at once) and committed with the file's size and times at its next close, fsync or idle
+    /// seal — one transaction for `cp -a`'s write, fchown, fchmod, futimens and close instead of four. Returns
+    /// false (the caller commits now) when the file is not open here or this copy may not write.
+    pub fn hold_attrs(&self, ino: u64, ch: &AttrChanges) -> bool {
+        let Some(cell) = self.existing(ino) else {
+            return false;
+        };
+        if self.vol.check_writer().is_err() {
+            return false;
+        }
+        // The commit lock orders this after a commit in progress, which read the cell's times before it.
+        let _commit = cell.lock_commit();
+        let mut st = cell.lock();
+        if st.opens == 0 {
+            return false;
+        }
+        st.held = st.held.then(&ch.held());
+        if let Some(m) = ch.mtime_ns {
+            st.mtime_ns = m;
+        }
+        st.ctime_ns = ch.ctime_ns.unwrap_or_else(meta::now_ns);
+        st.times_dirty = true;
+        true
     }
 
     /// Keeps a cell's idea of the times in step with an explicit utimens/chmod, so a later flush does not

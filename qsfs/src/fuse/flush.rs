@@ -172,20 +172,27 @@ impl Engine {
     /// commits of this file (or, for fsync, of the namespace) with a WAL sync; then ships the metadata log.
     fn commit_size(&self, cell: &Cell, always_sync: bool) -> Result<()> {
         let _commit = cell.lock_commit();
-        let (size, mtime, ctime, changed, unsynced) = {
-            let st = cell.lock();
+        let (size, mtime, ctime, held, changed, unsynced) = {
+            let mut st = cell.lock();
+            let held = std::mem::take(&mut st.held);
             (
                 st.size,
                 st.mtime_ns,
                 st.ctime_ns,
-                st.times_dirty || st.size != st.db_size,
+                held,
+                st.times_dirty || st.size != st.db_size || !held.is_empty(),
                 st.unsynced,
             )
         };
         if changed {
-            self.vol
-                .meta()
-                .write(|c| meta::set_size_times(c, cell.ino, size, mtime, ctime))?;
+            let committed = self.vol.meta().write(|c| {
+                meta::set_size_times(c, cell.ino, size, mtime, ctime)?;
+                meta::set_held_attrs(c, cell.ino, &held)
+            });
+            if let Err(e) = committed {
+                hold_again(cell, &held);
+                return Err(e);
+            }
         } else if unsynced || always_sync {
             self.vol.meta().sync()?;
         }
@@ -207,7 +214,7 @@ impl Engine {
     pub(super) fn queue_dirty(&self, cell: &Arc<Cell>) -> Result<()> {
         let _commit = cell.lock_commit();
         let mut batch = Vec::new();
-        let (size, mtime, ctime, changed) = {
+        let (size, mtime, ctime, held, changed) = {
             let mut st = cell.lock();
             let dirty = std::mem::take(&mut st.dirty);
             for (idx, staged) in dirty {
@@ -235,10 +242,13 @@ impl Engine {
                     }
                 }
             }
-            let changed = st.times_dirty || st.size != st.db_size || !batch.is_empty();
-            (st.size, st.mtime_ns, st.ctime_ns, changed)
+            let held = std::mem::take(&mut st.held);
+            let changed =
+                st.times_dirty || st.size != st.db_size || !batch.is_empty() || !held.is_empty();
+            (st.size, st.mtime_ns, st.ctime_ns, held, changed)
         };
         let restore = |batch: &[(Arc<Job>, Queued)]| {
+            hold_again(cell, &held);
             let mut st = cell.lock();
             for (j, _) in batch {
                 st.jobs.retain(|x| !Arc::ptr_eq(x, j));
@@ -265,6 +275,7 @@ impl Engine {
                     });
                 }
                 meta::set_size_times(c, cell.ino, size, mtime, ctime)?;
+                meta::set_held_attrs(c, cell.ino, &held)?;
                 Ok(ids)
             })
         } else {
@@ -289,4 +300,13 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Puts attribute changes whose commit failed back into the cell, under any held since (newer ones win).
+fn hold_again(cell: &Cell, held: &meta::AttrChanges) {
+    if held.is_empty() {
+        return;
+    }
+    let mut st = cell.lock();
+    st.held = held.then(&st.held);
 }

@@ -193,6 +193,9 @@ impl QsfsFs {
             || ch.atime_ns.is_some()
             || ch.mtime_ns.is_some()
             || ch.ctime_ns.is_some();
+        if any && self.eng.hold_attrs(ino, ch) {
+            return self.inode(ino);
+        }
         if any {
             // With the file's commit lock held (if it is open): a seal or flush commits the cell's size and times,
             // and must not read the cell before this commit and write after it, putting older times back.

@@ -350,7 +350,10 @@ impl Engine {
         if !last {
             return Ok(());
         }
-        let dirty = !cell.lock().dirty.is_empty();
+        let dirty = {
+            let st = cell.lock();
+            !st.dirty.is_empty() || st.has_held_changes()
+        };
         if dirty && let Err(e) = self.flush_quietly(cell) {
             tracing::error!(ino = cell.ino, error = %e, "data written after close is not yet on the stores");
         }
@@ -430,7 +433,7 @@ impl Engine {
         for cell in self.all_cells() {
             let due = {
                 let st = cell.lock();
-                !st.dirty.is_empty()
+                (!st.dirty.is_empty() || !st.held.is_empty())
                     && (force || st.last_write.is_none_or(|t| t.elapsed() >= IDLE_SEAL))
             };
             if due && let Err(e) = self.flush_quietly(&cell) {

@@ -29,7 +29,7 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn inode(conn: &Connection, ino: u64) -> Result<Inode> {
+pub(super) fn inode(conn: &Connection, ino: u64) -> Result<Inode> {
     get_inode(conn, ino)?.ok_or_else(|| QsfsError::NotFound(format!("inode {ino}")))
 }
 
@@ -266,74 +266,6 @@ fn touch_ctime(conn: &Connection, inos: &[u64], now: i64) -> Result<()> {
     for ino in inos {
         st.execute(params![*ino as i64, now])?;
     }
-    Ok(())
-}
-
-/// The attribute changes of one setattr call (size is the data path's business, not this one's).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AttrChanges {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub atime_ns: Option<i64>,
-    pub mtime_ns: Option<i64>,
-    pub ctime_ns: Option<i64>,
-}
-
-/// Applies `ch` to `ino`; any change also sets ctime (to `ch.ctime_ns` or now). Returns the new inode.
-pub fn set_attrs(conn: &Connection, ino: u64, ch: &AttrChanges) -> Result<Inode> {
-    let mut cur = inode(conn, ino)?;
-    if let Some(m) = ch.mode {
-        cur.mode = m & 0o7777;
-    }
-    if let Some(u) = ch.uid {
-        cur.uid = u;
-    }
-    if let Some(g) = ch.gid {
-        cur.gid = g;
-    }
-    if let Some(a) = ch.atime_ns {
-        cur.atime_ns = a;
-    }
-    if let Some(m) = ch.mtime_ns {
-        cur.mtime_ns = m;
-    }
-    cur.ctime_ns = ch.ctime_ns.unwrap_or_else(now_ns);
-    conn.prepare_cached(
-        "UPDATE inodes SET mode = ?2, uid = ?3, gid = ?4, atime_ns = ?5, mtime_ns = ?6, ctime_ns = ?7
-         WHERE ino = ?1",
-    )?
-    .execute(params![
-        ino as i64,
-        cur.mode,
-        cur.uid,
-        cur.gid,
-        cur.atime_ns,
-        cur.mtime_ns,
-        cur.ctime_ns
-    ])?;
-    Ok(cur)
-}
-
-/// Records a file's size and times after its data changed (the data path's commit).
-pub fn set_size_times(
-    conn: &Connection,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE inodes SET size = ?2, mtime_ns = ?3, ctime_ns = MAX(ctime_ns, ?4) WHERE ino = ?1",
-    )?
-    .execute(params![ino as i64, size as i64, mtime_ns, ctime_ns])?;
-    Ok(())
-}
-
-/// Records an access time (relatime: the mount writes it only when it is older than mtime/ctime or a day old).
-pub fn set_atime(conn: &Connection, ino: u64, atime_ns: i64) -> Result<()> {
-    conn.prepare_cached("UPDATE inodes SET atime_ns = ?2 WHERE ino = ?1")?
-        .execute(params![ino as i64, atime_ns])?;
     Ok(())
 }
 

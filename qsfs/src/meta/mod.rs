@@ -15,6 +15,7 @@
 //! `sync`, and the WAL is one sequential file: fsyncing it makes every earlier frame durable too, so a FULL commit
 //! also hardens all the NORMAL commits before it. Nothing a caller was promised rests on a NORMAL commit alone.
 
+mod attrs;
 mod audit_log;
 pub mod checks;
 mod data;
@@ -34,6 +35,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::{QsfsError, Result};
 
+pub use attrs::*;
 pub use audit_log::*;
 pub use data::*;
 pub use fsops::*;
