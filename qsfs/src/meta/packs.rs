@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::codec::SegmentInfo;
     use crate::meta::{
-        FileKind, MetaStore, NewInode, PackSlice, ROOT_INO, ShardRow, ShardState, create_node,
+        MetaStore, NewInode, PackSlice, ROOT_INO, ShardRow, ShardState, create_node,
         drop_segments_from, ensure_root, garbage_count, put_segment, sync_store,
     };
 
@@ -197,15 +197,7 @@ mod tests {
     }
 
     fn file(m: &MetaStore, name: &[u8]) -> u64 {
-        let node = NewInode {
-            kind: FileKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
-        m.write(|c| Ok(create_node(c, ROOT_INO, name, &node)?.ino))
+        m.write(|c| Ok(create_node(c, ROOT_INO, name, &NewInode::test_file())?.ino))
             .unwrap()
     }
 
