@@ -138,3 +138,48 @@ fn small_files_share_packs_and_gc_compacts_them() {
     assert!(v.ok(&["fsck"]).contains("clean"));
     v.ok(&["audit", "--full"]);
 }
+
+/// `qsfs status --json` of a mounted volume: its `mount.upload_queue` section.
+fn upload_queue(v: &Vol) -> serde_json::Value {
+    let out = v.ok(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).expect("status --json");
+    st["mount"]["upload_queue"].clone()
+}
+
+/// `--upload-lag`: closed small files wait (queued locally, shown in `status`) for others to share their pack,
+/// across pauses; an fsync of one of them uploads them at once, and the unmount uploads what is left without
+/// waiting for the lag.
+#[test]
+fn upload_lag_holds_small_files_until_fsync_or_unmount() {
+    if !fuse_available("upload_lag_holds_small_files_until_fsync_or_unmount") {
+        return;
+    }
+    let v = Vol::new();
+    v.init_default(&[]);
+    let mp = v.scratch("mnt");
+    let m = Mount::start(&v, &mp, &["--upload-lag", "10m"]);
+    for i in 0..3 {
+        fs::write(m.path(&format!("f{i}")), format!("small file {i}")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let q = upload_queue(&v);
+    assert_eq!(q["segments"], 3, "the closes wait for the lag: {q}");
+    assert_eq!(q["upload_lag_secs"], 600.0, "{q}");
+    assert!(v.ok(&["status"]).contains("upload lag up to 600.0 s"));
+
+    fs::File::open(m.path("f1")).unwrap().sync_all().unwrap();
+    assert_eq!(upload_queue(&v)["segments"], 0, "fsync uploaded the pack");
+    fs::write(m.path("f3"), "small file 3").unwrap();
+    assert_eq!(upload_queue(&v)["segments"], 1);
+    m.umount();
+
+    let out = v.fresh_path("out");
+    v.ok(&["get", "/", s(&out)]);
+    for i in 0..4 {
+        assert_eq!(
+            fs::read_to_string(out.join(format!("f{i}"))).unwrap(),
+            format!("small file {i}")
+        );
+    }
+    assert!(v.ok(&["fsck"]).contains("clean"));
+}

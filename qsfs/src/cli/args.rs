@@ -142,6 +142,12 @@ pub(super) enum Command {
         /// default close returns once they are durable locally and uploads follow within seconds).
         #[arg(long)]
         sync_close: bool,
+        /// How long a closed small file's upload may wait for others to share its pack segment, e.g. 30s (at
+        /// most 1h): fewer, fuller packs and fewer store requests, for longer spans in which only this machine
+        /// holds the data. fsync never waits for it. Default: a pack uploads once closes pause for 20 ms, at
+        /// most 500 ms after its first file.
+        #[arg(long, value_name = "DURATION")]
+        upload_lag: Option<HumanDuration>,
         /// Accepted for scripts written for earlier releases: local-first close is now the default.
         #[arg(long, hide = true)]
         writeback: bool,

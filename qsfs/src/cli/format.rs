@@ -154,8 +154,11 @@ pub fn print_mount_status(m: &qsfs::fuse::MountStatus) -> anyhow::Result<()> {
         .oldest_secs
         .map_or_else(String::new, |s| format!(", oldest {s:.1} s"));
     outln!("mount");
+    let lag = q
+        .upload_lag_secs
+        .map_or_else(String::new, |s| format!("; upload lag up to {s:.1} s"));
     outln!(
-        "  uploads   {} segments queued ({}){oldest}, {} retrying",
+        "  uploads   {} segments queued ({}){oldest}, {} retrying{lag}",
         q.segments,
         human_bytes(q.bytes),
         q.retrying

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use qsfs::config::{ByteSize, KeySource, VolumeConfig};
+use qsfs::config::{ByteSize, HumanDuration, KeySource, VolumeConfig};
 use qsfs::fuse::{self, MountOptions};
 use qsfs::volume::{CONFIG_FILE, KEY_FILE};
 use qsfs::{InitOptions, Volume};
@@ -35,6 +35,7 @@ pub struct MountArgs {
     pub cache_size: ByteSize,
     pub staging_limit: Option<ByteSize>,
     pub sync_close: bool,
+    pub upload_lag: Option<HumanDuration>,
     pub threads: usize,
     pub atime: qsfs::fuse::AtimeMode,
     pub read_only: bool,
@@ -42,6 +43,11 @@ pub struct MountArgs {
 }
 
 pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
+    if let Some(lag) = args.upload_lag
+        && lag.0 > std::time::Duration::from_secs(3600)
+    {
+        bail!("--upload-lag {lag}: at most 1h (data closed meanwhile is on this machine only)");
+    }
     let child = std::env::var_os(CHILD_ENV).is_some();
     // A missing mountpoint is created, like the volume: `qsfs mount ~/qsfs` works on a fresh machine. Only
     // NotFound counts — a stale FUSE mountpoint fails stat with ENOTCONN and is cleaned by the mount itself.
@@ -118,6 +124,7 @@ pub fn mount(volume: &Path, args: MountArgs) -> Result<()> {
         cache_size: args.cache_size.0,
         staging_limit: args.staging_limit.map(|s| s.0),
         sync_close: args.sync_close,
+        upload_lag: args.upload_lag.map(|d| d.0),
         threads: args.threads,
         read_only: args.read_only,
         atime: args.atime,
@@ -211,6 +218,9 @@ fn spawn_background(volume: &Path, args: &MountArgs) -> Result<()> {
     cmd.arg("--atime").arg(args.atime.to_string());
     if args.sync_close {
         cmd.arg("--sync-close");
+    }
+    if let Some(lag) = args.upload_lag {
+        cmd.arg("--upload-lag").arg(lag.to_string());
     }
     // A passphrase volume: read the passphrase here and hand it over a pipe, out of the child's environment.
     let config = VolumeConfig::load(&volume.join(CONFIG_FILE))?;

@@ -4,7 +4,7 @@
 //! `qsfs --volume VOLUME mount MOUNTPOINT [options]`.
 //!
 //! Options: `ro`/`rw`, `allow_other`, `noatime`/`relatime`/`strictatime`, `sync_close`, `cache_size=SIZE`,
-//! `staging_limit=SIZE`, `metrics=ADDR`; the ones that only mean something to mount(8) or the boot (`defaults`, `auto`, `noauto`,
+//! `staging_limit=SIZE`, `upload_lag=DURATION`, `metrics=ADDR`; the ones that only mean something to mount(8) or the boot (`defaults`, `auto`, `noauto`,
 //! `user`, `users`, `nouser`, `_netdev`, `nofail`, `x-*`, `comment=*`) and the kernel's usual flags (`suid`,
 //! `nosuid`, `dev`, `nodev`, `exec`, `noexec`) are accepted and passed over. Anything else is refused by name
 //! (`-s`, sloppy, passes it over too). `remount` with `ro` or `rw` flips the kernel's read-only flag (through
@@ -131,6 +131,7 @@ fn mount_flag(option: &str, sloppy: bool) -> Result<Vec<String>> {
         ("noatime" | "relatime" | "strictatime", None) => vec!["--atime".into(), name.into()],
         ("cache_size", Some(v)) => vec!["--cache-size".into(), v.into()],
         ("staging_limit", Some(v)) => vec!["--staging-limit".into(), v.into()],
+        ("upload_lag", Some(v)) => vec!["--upload-lag".into(), v.into()],
         ("metrics", Some(v)) => vec!["--metrics".into(), v.into()],
         (
             "rw" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
@@ -195,10 +196,13 @@ mod tests {
             joined(got),
             "qsfs --volume /var/lib/qsfs/a mount /mnt/a --allow-other --atime noatime"
         );
-        let got = translate(&args("mount.fuse.qsfs /v /m -oro,cache_size=1GiB")).unwrap();
+        let got = translate(&args(
+            "mount.fuse.qsfs /v /m -oro,cache_size=1GiB,upload_lag=30s",
+        ))
+        .unwrap();
         assert_eq!(
             joined(got),
-            "qsfs --volume /v mount /m --read-only --cache-size 1GiB"
+            "qsfs --volume /v mount /m --read-only --cache-size 1GiB --upload-lag 30s"
         );
     }
 

@@ -47,6 +47,8 @@ pub(crate) struct Job {
     /// The errno of a queued job's last failed upload (0: none): an fsync that gives up waiting reports it
     /// (ENOSPC when the stores are full, EIO when they are away).
     pub last_errno: std::sync::atomic::AtomicI32,
+    /// An fsync waits for this job: a pack gathering it uploads now, whatever `--upload-lag` allows.
+    pub wanted: AtomicBool,
 }
 
 impl Job {
@@ -162,6 +164,10 @@ pub(crate) struct Engine {
     pub sync_close: bool,
     /// How long an fsync waits for queued uploads, in milliseconds (`flush::FSYNC_UPLOAD_WAIT`; tests shorten it).
     pub fsync_wait_ms: AtomicU64,
+    /// `--upload-lag` in milliseconds (0: the default gathering, see `fuse::pack`).
+    pub upload_lag_ms: AtomicU64,
+    /// Set while `drain` runs: packs being gathered upload at once.
+    pub draining: AtomicBool,
     cells: Mutex<HashMap<u64, Arc<Cell>>>,
     version: AtomicU64,
     pub(super) jobs_tx: Mutex<Option<mpsc::Sender<SealRequest>>>,
@@ -196,6 +202,8 @@ impl Engine {
             cache,
             sync_close,
             fsync_wait_ms: AtomicU64::new(super::flush::FSYNC_UPLOAD_WAIT.as_millis() as u64),
+            upload_lag_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             cells: Mutex::new(HashMap::new()),
             version: AtomicU64::new(1),
             jobs_tx: Mutex::new(None),
@@ -207,6 +215,12 @@ impl Engine {
             seal_workers: AtomicUsize::new(0),
             seal_pool: crate::workers::Workers::new(),
         }))
+    }
+
+    /// `--upload-lag`: closed small files wait up to `lag` for others to fill their pack (see `fuse::pack`).
+    pub fn set_upload_lag(&self, lag: std::time::Duration) {
+        self.upload_lag_ms
+            .store(lag.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     pub(super) fn self_arc(&self) -> Arc<Engine> {
@@ -561,6 +575,7 @@ impl Engine {
             queued: AtomicBool::new(queue_id.is_some()),
             retry_delay_ms: AtomicU64::new(0),
             last_errno: std::sync::atomic::AtomicI32::new(0),
+            wanted: AtomicBool::new(false),
         })
     }
 }

@@ -81,6 +81,10 @@ impl Engine {
             }
             st.jobs.clone()
         };
+        // A pack gathering under `--upload-lag` uploads now rather than make this fsync wait for the lag.
+        for j in &waits {
+            j.wanted.store(true, Ordering::Release);
+        }
         let wait = Duration::from_millis(self.fsync_wait_ms.load(Ordering::Relaxed));
         let deadline = Instant::now() + wait;
         let mut st = cell.lock();

@@ -32,6 +32,9 @@ pub struct UploadQueue {
     pub oldest_secs: Option<f64>,
     /// Queued segments waiting to retry an upload that failed.
     pub retrying: u64,
+    /// `--upload-lag`: the longest a closed small file waits for others to share its pack (None: the default,
+    /// until closes pause for 20 ms, at most 500 ms).
+    pub upload_lag_secs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,6 +80,10 @@ pub(crate) fn mount_status(eng: &Arc<Engine>, workers: &[WorkerStatus]) -> Resul
             bytes,
             oldest_secs: oldest.map(|t| (now - t).max(0) as f64 / 1e9),
             retrying,
+            upload_lag_secs: match eng.upload_lag_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms as f64 / 1000.0),
+            },
         },
         dirty_files,
         dirty_segments,

@@ -4,11 +4,14 @@
 //!
 //! A seal worker that takes a packable job from the shared channel also takes the packable jobs queued behind it
 //! and those arriving while it gathers — until a segment's worth of bytes, a pause of [`PACK_GAP`] or
-//! [`PACK_LINGER`] in all. Jobs that do not go into the pack (not packable, or no room left) are the worker's
+//! [`PACK_LINGER`] in all. With `--upload-lag` set, pauses do not end the gathering: it lasts until a segment's
+//! worth, the lag, an fsync waiting for one of its files, a job that is not packable (a large segment), or the
+//! unmount's drain. Jobs that do not go into the pack (not packable, or no room left) are the worker's
 //! next ones: sealed alone, or the start of the next pack. A pack that fails to upload or
 //! commit sends each of its jobs to the usual retry (they are packed again when they come back).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -42,14 +45,26 @@ impl Engine {
     ) -> (Vec<SealRequest>, Vec<SealRequest>) {
         let mut bytes = first.1.plain_len;
         let (mut pack, mut others) = (vec![first], Vec::new());
-        let deadline = Instant::now() + PACK_LINGER;
+        let lag = match self.upload_lag_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let deadline = Instant::now() + lag.unwrap_or(PACK_LINGER);
         while bytes < self.seg && pack.len() < PACK_MAX_JOBS {
+            if lag.is_some() && self.pack_wanted_now(&pack) {
+                break;
+            }
             let next = match rx.try_recv() {
                 Ok(r) => r,
                 Err(mpsc::TryRecvError::Empty) => {
                     let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
                     match rx.recv_timeout(left.min(PACK_GAP)) {
                         Ok(r) => r,
+                        // With a lag, a pause only means looking again (for an fsync or the drain).
+                        Err(mpsc::RecvTimeoutError::Timeout) if lag.is_some() => continue,
                         Err(_) => break,
                     }
                 }
@@ -61,12 +76,20 @@ impl Engine {
             } else {
                 others.push(next);
                 // A job that does not fit waits for its turn after this pack rather than start one of its own.
-                if self.packable(&others[others.len() - 1].1) {
+                // Under a lag, any other job ends the gathering too: this worker holds the channel, and a large
+                // segment's seal (or an fsync behind it) must not wait for the lag.
+                if lag.is_some() || self.packable(&others[others.len() - 1].1) {
                     break;
                 }
             }
         }
         (pack, others)
+    }
+
+    /// Whether a pack being gathered must upload now: an fsync waits for one of its jobs, or the mount drains.
+    fn pack_wanted_now(&self, pack: &[SealRequest]) -> bool {
+        self.draining.load(Ordering::Acquire)
+            || pack.iter().any(|(_, j)| j.wanted.load(Ordering::Acquire))
     }
 
     /// Seals `jobs` as one pack (also a lone one: every small queued segment is stored the same way, and a pack of

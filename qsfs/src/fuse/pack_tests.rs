@@ -129,3 +129,64 @@ fn small_files_share_packs_and_survive_deletes_overwrites_and_compaction() {
     assert_eq!(found.unrepaired(), 0, "{:?}", found.problems);
     assert_eq!(vol.meta().read(meta::garbage_count).unwrap(), 0);
 }
+
+/// `--upload-lag`: closes of small files arriving with pauses still share one pack while the lag lasts (without
+/// it each pause would end a pack); an fsync does not wait for the lag, and the drain uploads what is left.
+#[test]
+fn upload_lag_holds_a_pack_open_across_pauses_but_not_against_fsync_or_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = InitOptions {
+        segment_size: ByteSize(SEG),
+        ..InitOptions::default()
+    };
+    Volume::init(dir.path(), &opts).unwrap();
+    let eng = engine(dir.path());
+    eng.set_upload_lag(Duration::from_secs(600));
+    let queued = |eng: &Engine| eng.vol.meta().read(meta::queue_len).unwrap();
+    let mut files = Vec::new();
+    for i in 0..4u8 {
+        let name = format!("f{i}");
+        let ino = eng
+            .vol
+            .meta()
+            .write(|c| {
+                Ok(meta::create_node(c, ROOT_INO, name.as_bytes(), &NewInode::test_file())?.ino)
+            })
+            .unwrap();
+        let data = vec![i; 100 + usize::from(i)];
+        write_and_close(&eng, ino, &data);
+        files.push((ino, data));
+        // Longer than the default gathering's pause: without the lag each file would be a pack of its own.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(queued(&eng), 4, "the lag holds the closes' uploads back");
+    assert!(eng.vol.meta().read(meta::pack_usage).unwrap().is_empty());
+
+    // An fsync of one of them: its pack (all four) uploads now.
+    let cell = eng.open(files[1].0).unwrap();
+    eng.fsync_flush(&cell, false).unwrap();
+    eng.release(&cell).unwrap();
+    let packs = eng.vol.meta().read(meta::pack_usage).unwrap();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    assert_eq!(packs[0].members, 4, "{packs:?}");
+
+    // A fifth close waits again; the drain (unmount) uploads it without waiting for the lag.
+    let ino = eng
+        .vol
+        .meta()
+        .write(|c| Ok(meta::create_node(c, ROOT_INO, b"f4", &NewInode::test_file())?.ino))
+        .unwrap();
+    write_and_close(&eng, ino, b"last");
+    files.push((ino, b"last".to_vec()));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(queued(&eng), 1);
+    assert_eq!(
+        eng.drain(Duration::from_secs(60)),
+        0,
+        "the drain uploads it"
+    );
+    for (ino, data) in &files {
+        assert_eq!(&read_file(&eng, *ino), data);
+    }
+    stop(eng);
+}

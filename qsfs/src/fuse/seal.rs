@@ -461,6 +461,13 @@ impl Engine {
     /// Before unmount: seal (or queue) every dirty file and wait up to `timeout` for uploads in flight. Returns
     /// how many queued segments remain for the next mount.
     pub fn drain(&self, timeout: Duration) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let left = self.drain_uploads(timeout);
+        self.draining.store(false, Ordering::Release);
+        left
+    }
+
+    fn drain_uploads(&self, timeout: Duration) -> usize {
         self.housekeeping(true);
         let deadline = Instant::now() + timeout;
         let (m, cv) = &self.inflight;

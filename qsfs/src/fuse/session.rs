@@ -61,6 +61,8 @@ pub struct MountOptions {
     pub staging_limit: Option<u64>,
     /// Every close is an fsync (data and metadata on the stores), instead of local-first close.
     pub sync_close: bool,
+    /// `--upload-lag`: how long closed small files wait for others to share their pack (see `fuse::pack`).
+    pub upload_lag: Option<Duration>,
     /// FUSE worker threads.
     pub threads: usize,
     /// Mounted read-only (`--read-only`): the kernel refuses writes with EROFS, and the volume (already made
@@ -81,6 +83,7 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             staging_limit: None,
             sync_close: false,
+            upload_lag: None,
             threads: 8,
             read_only: false,
             atime: AtimeMode::Relatime,
@@ -238,6 +241,9 @@ pub fn mount(
     let eng = Engine::new(vol.clone(), opts.cache_size, opts.sync_close)?;
     if let Some(limit) = opts.staging_limit {
         eng.space.set_limit(limit);
+    }
+    if let Some(lag) = opts.upload_lag {
+        eng.set_upload_lag(lag);
     }
     eng.start_workers(default_workers())?;
     // A read-only mount resumes nothing: the queue and orphans wait for the next read-write mount.
