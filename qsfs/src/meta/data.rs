@@ -75,7 +75,7 @@ impl SegmentRecord {
 
 /// Records segment `rec` as part `rec.index` of file `ino`, replacing (and turning into garbage) any older version.
 pub fn put_segment(conn: &Connection, ino: u64, rec: &SegmentRecord) -> Result<()> {
-    drop_segment_range(conn, ino, rec.index, Some(rec.index + 1))?;
+    let emptied = drop_segment_range(conn, ino, rec.index, Some(rec.index + 1))?;
     let (pack_id, pack_off) = match &rec.pack {
         Some(p) => (Some(p.record.id as i64), p.offset as i64),
         None => (None, 0),
@@ -111,17 +111,20 @@ pub fn put_segment(conn: &Connection, ino: u64, rec: &SegmentRecord) -> Result<(
             s.state as i64
         ])?;
     }
-    Ok(())
+    // Only now: the replaced version may have been the only member so far of the very pack this one goes into
+    // (two versions of a segment gathered into one pack), which is not dead.
+    super::drop_packs_if_dead(conn, &emptied)
 }
 
 /// Drops every segment of `ino` at index >= `from` (truncate, delete); their shards become garbage.
 pub fn drop_segments_from(conn: &Connection, ino: u64, from: u64) -> Result<()> {
-    drop_segment_range(conn, ino, from, None)
+    let emptied = drop_segment_range(conn, ino, from, None)?;
+    super::drop_packs_if_dead(conn, &emptied)
 }
 
-/// Drops `ino`'s segments at indexes `from..to` (their shards become garbage), and the packs that held the last of
-/// their members among them.
-fn drop_segment_range(conn: &Connection, ino: u64, from: u64, to: Option<u64>) -> Result<()> {
+/// Drops `ino`'s segments at indexes `from..to` (their shards become garbage). Returns the packs that held some
+/// of them, for the caller to drop once its rows are written ([`super::drop_packs_if_dead`]).
+fn drop_segment_range(conn: &Connection, ino: u64, from: u64, to: Option<u64>) -> Result<Vec<u64>> {
     let to = to.map_or(i64::MAX, |t| t as i64);
     let packs = conn
         .prepare_cached(
@@ -140,7 +143,7 @@ fn drop_segment_range(conn: &Connection, ino: u64, from: u64, to: Option<u64>) -
     .execute(params![ino as i64, from as i64, to, now_ns()])?;
     conn.prepare_cached("DELETE FROM segments WHERE ino = ?1 AND idx >= ?2 AND idx < ?3")?
         .execute(params![ino as i64, from as i64, to])?;
-    super::drop_packs_if_dead(conn, &packs)
+    Ok(packs)
 }
 
 fn shards_of(conn: &Connection, segment_id: u64) -> Result<Vec<ShardRow>> {

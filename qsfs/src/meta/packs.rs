@@ -258,5 +258,34 @@ mod tests {
         assert!(packs().is_empty(), "the emptied pack is dropped");
         assert_eq!(m.read(garbage_count).unwrap(), 1, "its shard is garbage");
         assert_eq!(m.write(drop_dead_packs).unwrap(), 0, "no sweep needed");
+
+        // Two versions of one file segment gathered into one pack: the second replaces the first in the pack's
+        // own transaction, which must not take the pack for dead in between.
+        let new_pack = SegmentRecord {
+            id: 78,
+            index: 78,
+            ..pack.clone()
+        };
+        let version = |id: u64, offset: u64| SegmentRecord {
+            pack: Some(PackSlice {
+                offset,
+                record: Box::new(new_pack.clone()),
+            }),
+            ..member(id, a, offset)
+        };
+        m.write(|c| {
+            put_pack(c, &new_pack)?;
+            put_segment(c, a, &version(4, 0))?;
+            put_segment(c, a, &version(5, 100))
+        })
+        .unwrap();
+        let left = packs();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!((left[0].id, left[0].members), (78, 1), "{left:?}");
+        let rec = m
+            .read(|c| crate::meta::segment_at(c, a, 0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.pack.map(|p| (p.record.id, p.offset)), Some((78, 100)));
     }
 }
