@@ -14,6 +14,25 @@ use crate::volume::{InitOptions, Volume};
 
 const SEG: u64 = 16 * 1024;
 
+/// A fresh volume with `SEG`-sized segments.
+fn new_volume() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = InitOptions {
+        segment_size: ByteSize(SEG),
+        ..InitOptions::default()
+    };
+    Volume::init(dir.path(), &opts).unwrap();
+    dir
+}
+
+/// A new empty file `name` in the root directory.
+fn new_file(eng: &Engine, name: &str) -> u64 {
+    eng.vol
+        .meta()
+        .write(|c| Ok(meta::create_node(c, ROOT_INO, name.as_bytes(), &NewInode::test_file())?.ino))
+        .unwrap()
+}
+
 fn engine(dir: &std::path::Path) -> Arc<Engine> {
     let vol = Volume::open(dir).unwrap();
     let eng = Engine::new(Arc::new(vol), 1 << 20, false).unwrap();
@@ -49,24 +68,13 @@ fn stop(eng: Arc<Engine>) {
 
 #[test]
 fn small_files_share_packs_and_survive_deletes_overwrites_and_compaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = InitOptions {
-        segment_size: ByteSize(SEG),
-        ..InitOptions::default()
-    };
-    Volume::init(dir.path(), &opts).unwrap();
+    let dir = new_volume();
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
     let eng = engine(dir.path());
     let mut files: Vec<(String, u64, Vec<u8>)> = Vec::new();
     for i in 0..400 {
         let name = format!("f{i}");
-        let ino = eng
-            .vol
-            .meta()
-            .write(|c| {
-                Ok(meta::create_node(c, ROOT_INO, name.as_bytes(), &NewInode::test_file())?.ino)
-            })
-            .unwrap();
+        let ino = new_file(&eng, &name);
         let len = rng.random_range(1..=3000usize);
         let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         write_and_close(&eng, ino, &data);
@@ -134,25 +142,14 @@ fn small_files_share_packs_and_survive_deletes_overwrites_and_compaction() {
 /// it each pause would end a pack); an fsync does not wait for the lag, and the drain uploads what is left.
 #[test]
 fn upload_lag_holds_a_pack_open_across_pauses_but_not_against_fsync_or_drain() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = InitOptions {
-        segment_size: ByteSize(SEG),
-        ..InitOptions::default()
-    };
-    Volume::init(dir.path(), &opts).unwrap();
+    let dir = new_volume();
     let eng = engine(dir.path());
     eng.set_upload_lag(Duration::from_secs(600));
     let queued = |eng: &Engine| eng.vol.meta().read(meta::queue_len).unwrap();
     let mut files = Vec::new();
     for i in 0..4u8 {
         let name = format!("f{i}");
-        let ino = eng
-            .vol
-            .meta()
-            .write(|c| {
-                Ok(meta::create_node(c, ROOT_INO, name.as_bytes(), &NewInode::test_file())?.ino)
-            })
-            .unwrap();
+        let ino = new_file(&eng, &name);
         let data = vec![i; 100 + usize::from(i)];
         write_and_close(&eng, ino, &data);
         files.push((ino, data));
@@ -171,11 +168,7 @@ fn upload_lag_holds_a_pack_open_across_pauses_but_not_against_fsync_or_drain() {
     assert_eq!(packs[0].members, 4, "{packs:?}");
 
     // A fifth close waits again; the drain (unmount) uploads it without waiting for the lag.
-    let ino = eng
-        .vol
-        .meta()
-        .write(|c| Ok(meta::create_node(c, ROOT_INO, b"f4", &NewInode::test_file())?.ino))
-        .unwrap();
+    let ino = new_file(&eng, "f4");
     write_and_close(&eng, ino, b"last");
     files.push((ino, b"last".to_vec()));
     std::thread::sleep(Duration::from_millis(100));
