@@ -72,7 +72,32 @@ pub(crate) fn restore_data_shards(
     if missing.is_empty() {
         return Ok(());
     }
-    let available = shards.iter().filter(|s| s.is_some()).count();
+    let mut decoder =
+        ReedSolomonDecoder::new(k, m, shard_len).map_err(|e| decode_error(segment, e))?;
+    let sources: Vec<Option<&[u8]>> = shards.iter().map(|s| s.as_deref()).collect();
+    let result = decode(&mut decoder, segment, (k, m), shard_len, &sources)?;
+    let restored = missing
+        .iter()
+        .map(|&index| restored_data_shard(&result, segment, index).map(|s| (index, s.to_vec())))
+        .collect::<Result<Vec<_>>>()?;
+    drop(result);
+    for (index, shard) in restored {
+        shards[index] = Some(shard);
+    }
+    Ok(())
+}
+
+/// Resets `decoder` to `k` data and `m` parity shards of `shard_len` bytes, feeds it the present `sources` (`k + m`
+/// entries; data shards first, then only as many parity shards as needed to reach `k`) and decodes. The missing
+/// data shards are then in the result ([`restored_data_shard`]). Fails when fewer than `k` shards are present.
+pub(crate) fn decode<'d>(
+    decoder: &'d mut ReedSolomonDecoder,
+    segment: u64,
+    (k, m): (usize, usize),
+    shard_len: usize,
+    sources: &[Option<&[u8]>],
+) -> Result<reed_solomon_simd::DecoderResult<'d>> {
+    let available = sources.iter().filter(|s| s.is_some()).count();
     if available < k {
         return Err(QsfsError::CorruptSegment {
             segment,
@@ -81,39 +106,46 @@ pub(crate) fn restore_data_shards(
             ),
         });
     }
-    let corrupt = |e: reed_solomon_simd::Error| QsfsError::CorruptSegment {
-        segment,
-        reason: format!("erasure decoding: {e}"),
-    };
-    let mut decoder = ReedSolomonDecoder::new(k, m, shard_len).map_err(corrupt)?;
+    let rs = |e| decode_error(segment, e);
+    decoder.reset(k, m, shard_len).map_err(rs)?;
     let mut fed = 0;
-    for (index, shard) in shards[..k].iter().enumerate() {
+    for (index, shard) in sources[..k].iter().enumerate() {
         if let Some(shard) = shard {
-            decoder.add_original_shard(index, shard).map_err(corrupt)?;
+            decoder.add_original_shard(index, shard).map_err(rs)?;
             fed += 1;
         }
     }
-    for (index, shard) in shards[k..].iter().enumerate() {
+    for (index, shard) in sources[k..].iter().enumerate() {
         if fed == k {
             break;
         }
         if let Some(shard) = shard {
-            decoder.add_recovery_shard(index, shard).map_err(corrupt)?;
+            decoder.add_recovery_shard(index, shard).map_err(rs)?;
             fed += 1;
         }
     }
-    let result = decoder.decode().map_err(corrupt)?;
-    for index in missing {
-        let restored =
-            result
-                .restored_original(index)
-                .ok_or_else(|| QsfsError::CorruptSegment {
-                    segment,
-                    reason: format!("erasure decoding did not restore data shard {index}"),
-                })?;
-        shards[index] = Some(restored.to_vec());
+    decoder.decode().map_err(rs)
+}
+
+/// Data shard `index` as `decode` restored it.
+pub(crate) fn restored_data_shard<'r>(
+    result: &'r reed_solomon_simd::DecoderResult<'_>,
+    segment: u64,
+    index: usize,
+) -> Result<&'r [u8]> {
+    result
+        .restored_original(index)
+        .ok_or_else(|| QsfsError::CorruptSegment {
+            segment,
+            reason: format!("erasure decoding did not restore data shard {index}"),
+        })
+}
+
+fn decode_error(segment: u64, e: reed_solomon_simd::Error) -> QsfsError {
+    QsfsError::CorruptSegment {
+        segment,
+        reason: format!("erasure decoding: {e}"),
     }
-    Ok(())
 }
 
 #[cfg(test)]

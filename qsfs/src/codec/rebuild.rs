@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use qsfs_por::{HEADER_LEN, ShardBlob, ShardHeader, ShardLayout};
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
-use super::{EncodedShard, SegmentCodec, SegmentInfo};
+use super::{EncodedShard, SegmentCodec, SegmentInfo, erasure};
 use crate::error::{QsfsError, Result};
 
 /// What a rebuild produced.
@@ -184,41 +184,11 @@ fn with_data<T>(
     if let Some(data) = sources[..k].iter().copied().collect::<Option<Vec<&[u8]>>>() {
         return f(&data);
     }
-    let available = sources.iter().filter(|s| s.is_some()).count();
-    let corrupt = |reason: String| QsfsError::CorruptSegment { segment, reason };
-    if available < k {
-        return Err(corrupt(format!(
-            "only {available} of the {k} shards needed to reconstruct it are available"
-        )));
-    }
-    let rs = |e: reed_solomon_simd::Error| corrupt(format!("erasure decoding: {e}"));
-    decoder.reset(k, m, shard_len).map_err(rs)?;
-    let mut fed = 0;
-    for (index, shard) in sources[..k].iter().enumerate() {
-        if let Some(shard) = shard {
-            decoder.add_original_shard(index, shard).map_err(rs)?;
-            fed += 1;
-        }
-    }
-    for (index, shard) in sources[k..].iter().enumerate() {
-        if fed == k {
-            break;
-        }
-        if let Some(shard) = shard {
-            decoder.add_recovery_shard(index, shard).map_err(rs)?;
-            fed += 1;
-        }
-    }
-    let result = decoder.decode().map_err(rs)?;
+    let result = erasure::decode(decoder, segment, (k, m), shard_len, sources)?;
     let data = (0..k)
-        .map(|index| {
-            sources[index]
-                .or_else(|| result.restored_original(index))
-                .ok_or_else(|| {
-                    corrupt(format!(
-                        "erasure decoding did not restore data shard {index}"
-                    ))
-                })
+        .map(|index| match sources[index] {
+            Some(shard) => Ok(shard),
+            None => erasure::restored_data_shard(&result, segment, index),
         })
         .collect::<Result<Vec<&[u8]>>>()?;
     f(&data)
