@@ -166,6 +166,12 @@ fn flushed_data_survives_a_crash() {
         let cell = eng.open(ino).unwrap();
         let durable: Vec<u8> = (0..5 * SEG as usize).map(|i| (i % 253) as u8).collect();
         eng.write(&cell, 0, &durable, false).unwrap();
+        // A chmod of the open file is held in its cell: the flush must commit it with the data.
+        let chmod = meta::AttrChanges {
+            mode: Some(0o600),
+            ..meta::AttrChanges::default()
+        };
+        assert!(eng.hold_attrs(ino, &chmod));
         if fsync {
             eng.fsync_flush(&cell, true).unwrap();
         } else {
@@ -190,6 +196,17 @@ fn flushed_data_survives_a_crash() {
         let got = read_all(&eng, &cell, 5 * SEG);
         let mode = format!("sync_close={sync_close} fsync={fsync}");
         assert_eq!(got.len(), durable.len(), "{mode}");
+        let row = eng
+            .vol
+            .meta()
+            .read(|c| meta::get_inode(c, ino))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.mode & 0o7777,
+            0o600,
+            "{mode}: the held chmod was not committed"
+        );
         for (i, (g, d)) in got.iter().zip(&durable).enumerate() {
             let in_unflushed = (2 * SEG as usize..2 * SEG as usize + 100).contains(&i);
             assert!(
