@@ -1,0 +1,148 @@
+//! What one metadata change costs, and where: the floor under every create and close in the mount, which commit
+//! one SQLite transaction each and record that transaction's changeset for the metadata log.
+//!
+//! - `create, one transaction each`: `MetaStore::write_fast` around `create_node`, as the mount's create does
+//!   (IMMEDIATE transaction, a session watching the logged tables, the changeset stored, an unsynced commit).
+//! - `create, 256 per transaction, a session each`: the same creates grouped into one commit, each still with a
+//!   session and changeset of its own: what grouping commits alone would save.
+//! - `create, 256 per transaction, one session`: one commit and one changeset for 256 creates: what grouping a
+//!   burst into one transaction and one changeset would cost per create.
+//! - the same three for `set_size_times`, the row update a close of a written file commits.
+//!
+//! The database lives under `BENCH_DIR` (default: the system temp directory), which should be on the disk being
+//! judged: `cargo bench -p qsfs-benches --bench metadata`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use qsfs::meta::{self, FileKind, MetaStore, NewInode, ROOT_INO};
+use rusqlite::Connection;
+use rusqlite::session::Session;
+
+/// Changes grouped into one transaction in the grouped cases.
+const GROUP: u64 = 256;
+
+fn bench_dir() -> tempfile::TempDir {
+    let parent = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::tempdir_in(parent).expect("a temporary directory under BENCH_DIR")
+}
+
+fn new_file() -> NewInode {
+    NewInode {
+        kind: FileKind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: None,
+    }
+}
+
+/// A session over the metadata log's tables, as the mount keeps one per transaction.
+fn watch(conn: &Connection) -> Session<'_> {
+    let mut session = Session::new(conn).expect("session");
+    session.table_filter(Some(|t: &str| meta::journal::LOGGED_TABLES.contains(&t)));
+    session.attach::<&str>(None).expect("attach");
+    session
+}
+
+fn changeset(session: &mut Session<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    session.changeset_strm(&mut bytes).expect("changeset");
+    bytes
+}
+
+/// How each change is committed.
+#[derive(Clone, Copy)]
+enum Commit {
+    Each,
+    GroupedSessionEach,
+    GroupedOneSession,
+}
+
+/// Runs `iters` changes (`change(conn, n)` for a fresh `n` each) committed as `how` says; returns the time taken.
+fn run(
+    m: &MetaStore,
+    counter: &AtomicU64,
+    iters: u64,
+    how: Commit,
+    change: impl Fn(&Connection, u64) -> qsfs::Result<()>,
+) -> Duration {
+    let start = Instant::now();
+    let mut left = iters;
+    while left > 0 {
+        let n = match how {
+            Commit::Each => 1,
+            _ => left.min(GROUP),
+        };
+        m.write_fast(|c| {
+            for _ in 0..n {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                match how {
+                    Commit::GroupedSessionEach => {
+                        let mut session = watch(c);
+                        change(c, i)?;
+                        std::hint::black_box(changeset(&mut session));
+                    }
+                    // The transaction's own session (`MetaStore`'s) records the changes once at its commit.
+                    Commit::Each | Commit::GroupedOneSession => change(c, i)?,
+                }
+            }
+            Ok(())
+        })
+        .expect("metadata commit");
+        left -= n;
+    }
+    start.elapsed()
+}
+
+fn metadata(c: &mut Criterion) {
+    let dir = bench_dir();
+    let m = MetaStore::open(&dir.path().join("meta.db"), true).expect("metadata database");
+    m.write(|c| meta::ensure_root(c, 0, 0)).expect("root");
+    let counter = AtomicU64::new(0);
+    let cases = [
+        ("one transaction each", Commit::Each),
+        (
+            "256 per transaction, a session each",
+            Commit::GroupedSessionEach,
+        ),
+        (
+            "256 per transaction, one session",
+            Commit::GroupedOneSession,
+        ),
+    ];
+
+    let mut g = c.benchmark_group("metadata change");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    let create = |c: &Connection, i: u64| {
+        meta::create_node(c, ROOT_INO, format!("f{i}").as_bytes(), &new_file()).map(|_| ())
+    };
+    for (name, how) in cases {
+        g.bench_function(format!("create, {name}"), |b| {
+            b.iter_custom(|iters| run(&m, &counter, iters, how, create))
+        });
+    }
+    // The close's update, over the files created above (inode numbers from 2 up, the root being 1).
+    let created = counter.load(Ordering::Relaxed).max(1);
+    let update_counter = AtomicU64::new(0);
+    let update = |c: &Connection, i: u64| {
+        let ino = 2 + i % created;
+        meta::set_size_times(c, ino, 1024 + i, i as i64, i as i64)
+    };
+    for (name, how) in cases {
+        g.bench_function(format!("size update, {name}"), |b| {
+            b.iter_custom(|iters| run(&m, &update_counter, iters, how, update))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, metadata);
+criterion_main!(benches);
