@@ -13,22 +13,15 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use qsfs_backends::{DirStore, ShardKey, ShardStore};
+use qsfs_benches::bench_dir;
 
 const SHARD: usize = 400;
 const STORES: usize = 6;
-
-fn bench_dir() -> tempfile::TempDir {
-    let parent = std::env::var_os("BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::tempdir_in(parent).expect("a temporary directory under BENCH_DIR")
-}
 
 /// A fresh key per put: every put creates a new shard file, as sealing new segments does.
 fn next_key(counter: &AtomicU64, store: usize) -> ShardKey {

@@ -12,35 +12,17 @@
 //! The database lives under `BENCH_DIR` (default: the system temp directory), which should be on the disk being
 //! judged: `cargo bench -p qsfs-benches --bench metadata`.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use qsfs::meta::{self, FileKind, MetaStore, NewInode, ROOT_INO};
+use qsfs::meta::{self, MetaStore, NewInode, ROOT_INO};
+use qsfs_benches::bench_dir;
 use rusqlite::Connection;
 use rusqlite::session::Session;
 
 /// Changes grouped into one transaction in the grouped cases.
 const GROUP: u64 = 256;
-
-fn bench_dir() -> tempfile::TempDir {
-    let parent = std::env::var_os("BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::tempdir_in(parent).expect("a temporary directory under BENCH_DIR")
-}
-
-fn new_file() -> NewInode {
-    NewInode {
-        kind: FileKind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: None,
-    }
-}
 
 /// A session over the metadata log's tables, as the mount keeps one per transaction.
 fn watch(conn: &Connection) -> Session<'_> {
@@ -122,7 +104,13 @@ fn metadata(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1));
     let create = |c: &Connection, i: u64| {
-        meta::create_node(c, ROOT_INO, format!("f{i}").as_bytes(), &new_file()).map(|_| ())
+        meta::create_node(
+            c,
+            ROOT_INO,
+            format!("f{i}").as_bytes(),
+            &NewInode::test_file(),
+        )
+        .map(|_| ())
     };
     for (name, how) in cases {
         g.bench_function(format!("create, {name}"), |b| {

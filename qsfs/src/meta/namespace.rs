@@ -62,9 +62,8 @@ pub struct NewInode {
     pub target: Option<Vec<u8>>,
 }
 
-#[cfg(test)]
 impl NewInode {
-    /// A root-owned regular file, mode 0644: what most tests create.
+    /// A root-owned regular file, mode 0644: what most tests and the metadata bench create.
     pub fn test_file() -> NewInode {
         NewInode {
             kind: FileKind::File,
