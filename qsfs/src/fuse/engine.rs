@@ -243,11 +243,15 @@ impl Engine {
             .meta()
             .read(|c| meta::get_inode(c, ino))?
             .ok_or_else(|| QsfsError::NotFound(format!("inode {ino}")))?;
+        Self::new_cell(&inode)
+    }
+
+    fn new_cell(inode: &Inode) -> Result<Arc<Cell>> {
         if inode.kind != FileKind::File {
-            return Err(QsfsError::IsADirectory(format!("inode {ino}")));
+            return Err(QsfsError::IsADirectory(format!("inode {}", inode.ino)));
         }
         Ok(Arc::new(Cell {
-            ino,
+            ino: inode.ino,
             st: Mutex::new(FileState {
                 size: inode.size,
                 db_size: inode.size,
@@ -292,11 +296,23 @@ impl Engine {
 
     /// Counts an open handle of regular file `ino`.
     pub fn open(&self, ino: u64) -> Result<Arc<Cell>> {
+        self.open_known(ino, None)
+    }
+
+    /// `open` of a file the caller has just created, from the row it committed: a create needs no read back.
+    pub fn open_created(&self, inode: &Inode) -> Result<Arc<Cell>> {
+        self.open_known(inode.ino, Some(inode))
+    }
+
+    fn open_known(&self, ino: u64, known: Option<&Inode>) -> Result<Arc<Cell>> {
         let mut cells = self.cells();
         let cell = match cells.get(&ino) {
             Some(c) => c.clone(),
             None => {
-                let c = self.load_cell(ino)?;
+                let c = match known {
+                    Some(inode) => Self::new_cell(inode)?,
+                    None => self.load_cell(ino)?,
+                };
                 cells.insert(ino, c.clone());
                 c
             }

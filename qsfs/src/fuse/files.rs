@@ -55,7 +55,8 @@ impl QsfsFs {
         flags: i32,
     ) -> Result<(Inode, u64)> {
         let inode = self.make_node(req, parent, name, FileKind::File, mode, 0, None)?;
-        let fh = self.open_file(inode.ino, flags)?;
+        let cell = self.eng.open_created(&inode)?;
+        let fh = self.add_handle(inode.ino, cell, flags);
         Ok((inode, fh))
     }
 
