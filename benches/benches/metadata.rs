@@ -7,7 +7,9 @@
 //!   session and changeset of its own: what grouping commits alone would save.
 //! - `create, 256 per transaction, one session`: one commit and one changeset for 256 creates: what grouping a
 //!   burst into one transaction and one changeset would cost per create.
-//! - the same three for `set_size_times`, the row update a close of a written file commits.
+//! - `create, one transaction each, no session`: the same transaction on a plain connection to the same database,
+//!   with no session and no changeset: what the commit alone costs.
+//! - the same four for `set_size_times`, the row update a close of a written file commits.
 //!
 //! The database lives under `BENCH_DIR` (default: the system temp directory), which should be on the disk being
 //! judged: `cargo bench -p qsfs-benches --bench metadata`.
@@ -18,8 +20,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use qsfs::meta::{self, MetaStore, NewInode, ROOT_INO};
 use qsfs_benches::bench_dir;
-use rusqlite::Connection;
 use rusqlite::session::Session;
+use rusqlite::{Connection, TransactionBehavior};
 
 /// Changes grouped into one transaction in the grouped cases.
 const GROUP: u64 = 256;
@@ -82,10 +84,47 @@ fn run(
     start.elapsed()
 }
 
+/// Runs `iters` changes, one IMMEDIATE transaction each, on `conn` (no session); returns the time taken.
+fn run_unlogged(
+    conn: &mut Connection,
+    counter: &AtomicU64,
+    iters: u64,
+    change: impl Fn(&Connection, u64) -> qsfs::Result<()>,
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let i = counter.fetch_add(1, Ordering::Relaxed);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("begin");
+        change(&tx, i).expect("change");
+        tx.commit().expect("commit");
+    }
+    start.elapsed()
+}
+
+/// A second connection to the metadata database, set up as `MetaStore`'s writer is for the mount's namespace
+/// commits (write-ahead log, `synchronous=NORMAL`, foreign keys and secure delete on).
+fn plain_connection(path: &std::path::Path) -> Connection {
+    let conn = Connection::open(path).expect("plain connection");
+    for (pragma, value) in [
+        ("synchronous", "NORMAL"),
+        ("foreign_keys", "ON"),
+        ("secure_delete", "ON"),
+    ] {
+        conn.pragma_update(None, pragma, value).expect(pragma);
+    }
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
 fn metadata(c: &mut Criterion) {
     let dir = bench_dir();
-    let m = MetaStore::open(&dir.path().join("meta.db"), true).expect("metadata database");
+    let path = dir.path().join("meta.db");
+    let m = MetaStore::open(&path, true).expect("metadata database");
     m.write(|c| meta::ensure_root(c, 0, 0)).expect("root");
+    let mut plain = plain_connection(&path);
     let counter = AtomicU64::new(0);
     let cases = [
         ("one transaction each", Commit::Each),
@@ -117,6 +156,9 @@ fn metadata(c: &mut Criterion) {
             b.iter_custom(|iters| run(&m, &counter, iters, how, create))
         });
     }
+    g.bench_function("create, one transaction each, no session", |b| {
+        b.iter_custom(|iters| run_unlogged(&mut plain, &counter, iters, create))
+    });
     // The close's update, over the files created above (inode numbers from 2 up, the root being 1).
     let created = counter.load(Ordering::Relaxed).max(1);
     let update_counter = AtomicU64::new(0);
@@ -129,6 +171,9 @@ fn metadata(c: &mut Criterion) {
             b.iter_custom(|iters| run(&m, &update_counter, iters, how, update))
         });
     }
+    g.bench_function("size update, one transaction each, no session", |b| {
+        b.iter_custom(|iters| run_unlogged(&mut plain, &update_counter, iters, update))
+    });
     g.finish();
 }
 
