@@ -165,7 +165,7 @@ pub(crate) struct Engine {
     /// How long an fsync waits for queued uploads, in milliseconds (`flush::FSYNC_UPLOAD_WAIT`; tests shorten it).
     pub fsync_wait_ms: AtomicU64,
     /// `--upload-lag` in milliseconds (0: the default gathering, see `fuse::pack`).
-    pub upload_lag_ms: AtomicU64,
+    pub(super) upload_lag_ms: AtomicU64,
     /// Set while `drain` runs: packs being gathered upload at once.
     pub draining: AtomicBool,
     cells: Mutex<HashMap<u64, Arc<Cell>>>,
@@ -215,12 +215,6 @@ impl Engine {
             seal_workers: AtomicUsize::new(0),
             seal_pool: crate::workers::Workers::new(),
         }))
-    }
-
-    /// `--upload-lag`: closed small files wait up to `lag` for others to fill their pack (see `fuse::pack`).
-    pub fn set_upload_lag(&self, lag: std::time::Duration) {
-        self.upload_lag_ms
-            .store(lag.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     pub(super) fn self_arc(&self) -> Arc<Engine> {

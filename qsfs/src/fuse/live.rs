@@ -80,10 +80,7 @@ pub(crate) fn mount_status(eng: &Arc<Engine>, workers: &[WorkerStatus]) -> Resul
             bytes,
             oldest_secs: oldest.map(|t| (now - t).max(0) as f64 / 1e9),
             retrying,
-            upload_lag_secs: match eng.upload_lag_ms.load(Ordering::Relaxed) {
-                0 => None,
-                ms => Some(ms as f64 / 1000.0),
-            },
+            upload_lag_secs: eng.upload_lag().map(|lag| lag.as_secs_f64()),
         },
         dirty_files,
         dirty_segments,

@@ -45,10 +45,7 @@ impl Engine {
     ) -> (Vec<SealRequest>, Vec<SealRequest>) {
         let mut bytes = first.1.plain_len;
         let (mut pack, mut others) = (vec![first], Vec::new());
-        let lag = match self.upload_lag_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        };
+        let lag = self.upload_lag();
         let deadline = Instant::now() + lag.unwrap_or(PACK_LINGER);
         while bytes < self.seg && pack.len() < PACK_MAX_JOBS {
             if lag.is_some() && self.pack_wanted_now(&pack) {
@@ -84,6 +81,20 @@ impl Engine {
             }
         }
         (pack, others)
+    }
+
+    /// `--upload-lag`: closed small files wait up to `lag` for others to fill their pack.
+    pub fn set_upload_lag(&self, lag: Duration) {
+        self.upload_lag_ms
+            .store(lag.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// The `--upload-lag` in force (None: the default gathering).
+    pub fn upload_lag(&self) -> Option<Duration> {
+        match self.upload_lag_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// Whether a pack being gathered must upload now: an fsync waits for one of its jobs, or the mount drains.
