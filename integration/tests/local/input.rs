@@ -233,3 +233,21 @@ fn a_weak_passphrase_is_refused_at_init() {
     v.envs[0].1 = "seven quiet lanterns drift over marble".into();
     v.init_default(&["--passphrase-env", "QSFS_TEST_PASS"]);
 }
+
+/// `mount --upload-lag` longer than an hour (closed data would sit on this machine only for that long) or not a
+/// duration is refused by name before anything is created or mounted.
+#[test]
+fn mount_refuses_an_upload_lag_past_an_hour_or_not_a_duration() {
+    let v = Vol::new();
+    v.init_default(&[]);
+    let mp = v.fresh_path("mnt");
+    let err = v.run(&["mount", "--upload-lag", "2h", s(&mp)]).failed();
+    assert!(
+        err.contains("--upload-lag") && err.contains("at most 1h"),
+        "{err}"
+    );
+    assert!(!mp.exists(), "a refused mount created {}", mp.display());
+    let err = v.run(&["mount", "--upload-lag", "soon", s(&mp)]).code(2);
+    assert!(err.contains("--upload-lag"), "{err}");
+    assert!(!mp.exists());
+}
