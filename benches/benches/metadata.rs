@@ -2,13 +2,12 @@
 //! one SQLite transaction each and record that transaction's changeset for the metadata log.
 //!
 //! - `create, one transaction each`: `MetaStore::write_fast` around `create_node`, as the mount's create does
-//!   (IMMEDIATE transaction, a session watching the logged tables, the changeset stored, an unsynced commit).
-//! - `create, 256 per transaction, a session each`: the same creates grouped into one commit, each still with a
-//!   session and changeset of its own: what grouping commits alone would save.
-//! - `create, 256 per transaction, one session`: one commit and one changeset for 256 creates: what grouping a
-//!   burst into one transaction and one changeset would cost per create.
-//! - `create, one transaction each, no session`: the same transaction on a plain connection to the same database,
-//!   with no session and no changeset: what the commit alone costs.
+//!   (IMMEDIATE transaction, the changes captured, the changeset stored, an unsynced commit).
+//! - `create, 256 per transaction`: the same creates grouped into one commit and one changeset: what grouping a
+//!   burst into one transaction would cost per create.
+//! - `create, one transaction each, a session each`: the same transaction on a plain connection to the same
+//!   database, recorded by an SQLite session per transaction (the way the log was recorded before).
+//! - `create, one transaction each, no log`: the same, with no session and no changeset: the commit alone.
 //! - the same four for `set_size_times`, the row update a close of a written file commits.
 //!
 //! The database lives under `BENCH_DIR` (default: the system temp directory), which should be on the disk being
@@ -26,26 +25,11 @@ use rusqlite::{Connection, TransactionBehavior};
 /// Changes grouped into one transaction in the grouped cases.
 const GROUP: u64 = 256;
 
-/// A session over the metadata log's tables, as the mount keeps one per transaction.
-fn watch(conn: &Connection) -> Session<'_> {
-    let mut session = Session::new(conn).expect("session");
-    session.table_filter(Some(|t: &str| meta::journal::LOGGED_TABLES.contains(&t)));
-    session.attach::<&str>(None).expect("attach");
-    session
-}
-
-fn changeset(session: &mut Session<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    session.changeset_strm(&mut bytes).expect("changeset");
-    bytes
-}
-
-/// How each change is committed.
+/// How each change is committed through `MetaStore`.
 #[derive(Clone, Copy)]
 enum Commit {
     Each,
-    GroupedSessionEach,
-    GroupedOneSession,
+    Grouped,
 }
 
 /// Runs `iters` changes (`change(conn, n)` for a fresh `n` each) committed as `how` says; returns the time taken.
@@ -61,20 +45,11 @@ fn run(
     while left > 0 {
         let n = match how {
             Commit::Each => 1,
-            _ => left.min(GROUP),
+            Commit::Grouped => left.min(GROUP),
         };
         m.write_fast(|c| {
             for _ in 0..n {
-                let i = counter.fetch_add(1, Ordering::Relaxed);
-                match how {
-                    Commit::GroupedSessionEach => {
-                        let mut session = watch(c);
-                        change(c, i)?;
-                        std::hint::black_box(changeset(&mut session));
-                    }
-                    // The transaction's own session (`MetaStore`'s) records the changes once at its commit.
-                    Commit::Each | Commit::GroupedOneSession => change(c, i)?,
-                }
+                change(c, counter.fetch_add(1, Ordering::Relaxed))?;
             }
             Ok(())
         })
@@ -84,11 +59,14 @@ fn run(
     start.elapsed()
 }
 
-/// Runs `iters` changes, one IMMEDIATE transaction each, on `conn` (no session); returns the time taken.
-fn run_unlogged(
+/// Runs `iters` changes, one IMMEDIATE transaction each, on a plain connection; with `session`, each transaction
+/// is watched by an SQLite session whose changeset is taken before the commit (how the log was recorded before
+/// `MetaStore` captured changes itself). Returns the time taken.
+fn run_plain(
     conn: &mut Connection,
     counter: &AtomicU64,
     iters: u64,
+    session: bool,
     change: impl Fn(&Connection, u64) -> qsfs::Result<()>,
 ) -> Duration {
     let start = Instant::now();
@@ -97,7 +75,17 @@ fn run_unlogged(
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .expect("begin");
-        change(&tx, i).expect("change");
+        if session {
+            let mut watch = Session::new(&tx).expect("session");
+            watch.table_filter(Some(|t: &str| meta::journal::LOGGED_TABLES.contains(&t)));
+            watch.attach::<&str>(None).expect("attach");
+            change(&tx, i).expect("change");
+            let mut bytes = Vec::new();
+            watch.changeset_strm(&mut bytes).expect("changeset");
+            std::hint::black_box(bytes);
+        } else {
+            change(&tx, i).expect("change");
+        }
         tx.commit().expect("commit");
     }
     start.elapsed()
@@ -128,14 +116,11 @@ fn metadata(c: &mut Criterion) {
     let counter = AtomicU64::new(0);
     let cases = [
         ("one transaction each", Commit::Each),
-        (
-            "256 per transaction, a session each",
-            Commit::GroupedSessionEach,
-        ),
-        (
-            "256 per transaction, one session",
-            Commit::GroupedOneSession,
-        ),
+        ("256 per transaction", Commit::Grouped),
+    ];
+    let plain_cases = [
+        ("one transaction each, a session each", true),
+        ("one transaction each, no log", false),
     ];
 
     let mut g = c.benchmark_group("metadata change");
@@ -156,9 +141,11 @@ fn metadata(c: &mut Criterion) {
             b.iter_custom(|iters| run(&m, &counter, iters, how, create))
         });
     }
-    g.bench_function("create, one transaction each, no session", |b| {
-        b.iter_custom(|iters| run_unlogged(&mut plain, &counter, iters, create))
-    });
+    for (name, session) in plain_cases {
+        g.bench_function(format!("create, {name}"), |b| {
+            b.iter_custom(|iters| run_plain(&mut plain, &counter, iters, session, create))
+        });
+    }
     // The close's update, over the files created above (inode numbers from 2 up, the root being 1).
     let created = counter.load(Ordering::Relaxed).max(1);
     let update_counter = AtomicU64::new(0);
@@ -171,9 +158,11 @@ fn metadata(c: &mut Criterion) {
             b.iter_custom(|iters| run(&m, &update_counter, iters, how, update))
         });
     }
-    g.bench_function("size update, one transaction each, no session", |b| {
-        b.iter_custom(|iters| run_unlogged(&mut plain, &update_counter, iters, update))
-    });
+    for (name, session) in plain_cases {
+        g.bench_function(format!("size update, {name}"), |b| {
+            b.iter_custom(|iters| run_plain(&mut plain, &update_counter, iters, session, update))
+        });
+    }
     g.finish();
 }
 

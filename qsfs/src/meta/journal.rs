@@ -1,6 +1,7 @@
 //! The local half of the metadata log: every transaction that `MetaStore::write`/`write_fast` commits is watched
-//! by an SQLite session, and the changeset it produced (exactly the rows it inserted, updated or deleted) is kept
-//! in `meta_log_pending` in the same transaction, so a crash can never commit a change without its log entry.
+//! (`capture`), and the changeset it produced (exactly the rows it inserted, updated or deleted, in the SQLite
+//! session extension's format) is kept in `meta_log_pending` in the same transaction, so a crash can never commit
+//! a change without its log entry.
 //! `crate::replica` ships pending changesets to the stores as encrypted, chained records and advances
 //! `meta_log_state`.
 //!
@@ -9,7 +10,6 @@
 //! plaintext; the repair queue, which triggers rebuild from the shards table; audit history) and the log's own
 //! tables are not.
 
-use rusqlite::session::Session;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Result;
@@ -31,30 +31,11 @@ pub const LOCAL_TABLES: &[&str] = &[
     "meta_log_pending",
 ];
 
-fn logged(table: &str) -> bool {
-    LOGGED_TABLES.contains(&table)
-}
-
-/// Starts watching `conn`'s logged tables.
-pub(super) fn watch(conn: &Connection) -> Result<Session<'_>> {
-    let mut session = Session::new(conn)?;
-    session.table_filter(Some(logged));
-    session.attach::<&str>(None)?;
-    Ok(session)
-}
-
-/// Ends a watch: the changeset of everything the transaction changed goes into `meta_log_pending` (nothing when
-/// it changed no logged row).
-pub(super) fn record(conn: &Connection, mut session: Session<'_>) -> Result<()> {
-    if session.is_empty() {
-        return Ok(());
-    }
-    let mut bytes = Vec::new();
-    session.changeset_strm(&mut bytes)?;
-    drop(session);
-    if !bytes.is_empty() {
+/// Keeps a transaction's changeset in `meta_log_pending` (nothing when it changed no logged row).
+pub(super) fn record(conn: &Connection, changeset: &[u8]) -> Result<()> {
+    if !changeset.is_empty() {
         conn.prepare_cached("INSERT INTO meta_log_pending (changeset) VALUES (?1)")?
-            .execute([bytes])?;
+            .execute([changeset])?;
     }
     Ok(())
 }

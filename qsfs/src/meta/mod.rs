@@ -17,6 +17,9 @@
 
 mod attrs;
 mod audit_log;
+mod capture;
+#[cfg(test)]
+mod capture_tests;
 pub mod checks;
 mod data;
 mod fsops;
@@ -63,6 +66,8 @@ pub struct MetaStore {
     scrub_due: std::sync::atomic::AtomicBool,
     /// Room kept for commits on a full disk (see `reserve`).
     reserve: reserve::Reserve,
+    /// Notes what each transaction changes, for the metadata log (see `capture`).
+    capture: capture::Capture,
 }
 
 impl MetaStore {
@@ -93,6 +98,7 @@ impl MetaStore {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        let capture = capture::Capture::install(&mut conn, journal::LOGGED_TABLES)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -111,6 +117,7 @@ impl MetaStore {
             read_only: Mutex::new(None),
             scrub_due: std::sync::atomic::AtomicBool::new(false),
             reserve,
+            capture,
         })
     }
 
@@ -156,9 +163,9 @@ impl MetaStore {
         f: impl FnOnce(&Connection) -> Result<T>,
     ) -> Result<T> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let session = journal::watch(&tx)?;
+        let watch = self.capture.watch();
         let out = f(&tx)?;
-        if !session.is_empty()
+        if !watch.is_empty()
             && let Some(why) = self
                 .read_only
                 .lock()
@@ -167,7 +174,7 @@ impl MetaStore {
         {
             return Err(QsfsError::ReadOnly(why));
         }
-        journal::record(&tx, session)?;
+        journal::record(&tx, &watch.changeset(&tx)?)?;
         tx.commit()?;
         Ok(out)
     }
