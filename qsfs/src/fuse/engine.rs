@@ -235,7 +235,7 @@ impl Engine {
         let inode = self
             .vol
             .meta()
-            .read(|c| meta::get_inode(c, ino))?
+            .read_short(|c| meta::get_inode(c, ino))?
             .ok_or_else(|| QsfsError::NotFound(format!("inode {ino}")))?;
         Self::new_cell(&inode)
     }

@@ -18,16 +18,21 @@ const STATFS_CACHE: Duration = Duration::from_secs(5);
 impl QsfsFs {
     /// An inode as the kernel should see it: the row, with sizes and times of unflushed writes laid over it.
     pub(super) fn inode(&self, ino: u64) -> Result<Inode> {
-        let mut i = self
+        let i = self
             .eng
             .vol
             .meta()
-            .read(|c| meta::get_inode(c, ino))?
+            .read_short(|c| meta::get_inode(c, ino))?
             .ok_or_else(|| QsfsError::NotFound(format!("inode {ino}")))?;
+        Ok(self.with_open_state(i))
+    }
+
+    /// `i` as a handle that has the file open sees it: with the size, times and attribute changes held in its cell.
+    fn with_open_state(&self, mut i: Inode) -> Inode {
         if i.kind == FileKind::File {
             self.eng.overlay(&mut i);
         }
-        Ok(i)
+        i
     }
 
     pub(super) fn lookup_name(&self, parent: u64, name: &[u8]) -> Result<Inode> {
@@ -36,13 +41,15 @@ impl QsfsFs {
                 String::from_utf8_lossy(name).into_owned(),
             ));
         }
-        let ino = self
-            .eng
-            .vol
-            .meta()
-            .read(|c| meta::lookup(c, parent, name))?
-            .ok_or_else(|| QsfsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-        self.inode(ino)
+        let found = self.eng.vol.meta().read_short(|c| {
+            let Some(ino) = meta::lookup(c, parent, name)? else {
+                return Ok(None);
+            };
+            meta::get_inode(c, ino)
+        })?;
+        let i =
+            found.ok_or_else(|| QsfsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        Ok(self.with_open_state(i))
     }
 
     /// Creates a node of any kind. Ownership follows Linux: the caller's uid; the parent's gid when the parent
@@ -145,7 +152,7 @@ impl QsfsFs {
         self.eng
             .vol
             .meta()
-            .read(|c| meta::read_link(c, ino))?
+            .read_short(|c| meta::read_link(c, ino))?
             .ok_or_else(|| QsfsError::Invalid(format!("inode {ino} is not a symlink")))
     }
 
@@ -250,7 +257,7 @@ impl QsfsFs {
         self.eng
             .vol
             .meta()
-            .read(|c| meta::get_xattr(c, ino, name))?
+            .read_short(|c| meta::get_xattr(c, ino, name))?
             .ok_or_else(|| QsfsError::NoAttribute(String::from_utf8_lossy(name).into_owned()))
     }
 
@@ -269,7 +276,11 @@ impl QsfsFs {
 
     /// The names, each NUL-terminated, as listxattr returns them.
     pub(super) fn list_xattr(&self, ino: u64) -> Result<Vec<u8>> {
-        let names = self.eng.vol.meta().read(|c| meta::list_xattrs(c, ino))?;
+        let names = self
+            .eng
+            .vol
+            .meta()
+            .read_short(|c| meta::list_xattrs(c, ino))?;
         let mut out = Vec::new();
         for n in names {
             out.extend_from_slice(&n);

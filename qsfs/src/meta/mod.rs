@@ -258,6 +258,17 @@ impl MetaStore {
         self.commit_with_room(&mut conn, f)
     }
 
+    /// A short read for the mount's hot paths (getattr, lookup): on the writer connection when no commit holds it,
+    /// else like `read`. While this holds the writer lock nothing can commit, so `f` sees one state without a
+    /// transaction of its own; and the writer's page cache is current, where a reader connection must drop its
+    /// cache and read pages again after every commit. Never for scans: a commit waits for it.
+    pub fn read_short<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        match self.conn.try_lock() {
+            Ok(conn) => f(&conn),
+            Err(_) => self.read(f),
+        }
+    }
+
     /// Runs `f` on the connection for reads (a consistent snapshot inside one deferred transaction).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         // Any idle reader will do; if all are busy, queue on one chosen by thread so waits spread out.
