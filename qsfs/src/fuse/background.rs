@@ -72,6 +72,48 @@ impl Engine {
     }
 }
 
+/// How often the metadata's write-ahead log is checkpointed in the background.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checkpoints the metadata's write-ahead log in the background (`MetaStore::checkpoint`), so that no commit of
+/// a FUSE request pays for one, as SQLite's automatic checkpoint would make it.
+pub(crate) struct MetaCheckpointer {
+    pub eng: Arc<Engine>,
+    pub runs: u64,
+    pub last_error: Option<String>,
+}
+
+impl Worker for MetaCheckpointer {
+    fn name(&self) -> &'static str {
+        "metadata checkpointer"
+    }
+
+    fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
+        match self.eng.vol.meta().checkpoint() {
+            Ok(ran) => {
+                self.runs += u64::from(ran);
+                self.last_error = None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "metadata checkpoint failed; will retry");
+                self.last_error = Some(e.to_string());
+            }
+        }
+        Next::Idle(CHECKPOINT_INTERVAL)
+    }
+
+    fn status(&self) -> String {
+        let done = format!(
+            "copies the metadata's log into its database: {} checkpoints",
+            self.runs
+        );
+        match &self.last_error {
+            Some(e) => format!("{done}; the last one failed: {e}"),
+            None => done,
+        }
+    }
+}
+
 pub(crate) struct Housekeeping {
     pub eng: Arc<Engine>,
     pub mountpoint: PathBuf,

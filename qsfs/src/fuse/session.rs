@@ -359,6 +359,11 @@ pub fn mount(
             syncs: 0,
             last_error: None,
         })?;
+        workers.start(super::background::MetaCheckpointer {
+            eng: eng.clone(),
+            runs: 0,
+            last_error: None,
+        })?;
     }
     // Proof-of-retrievability audits and self-healing (`[audit]`), and gc (`[gc]`), while the mount is served;
     // stopping keeps an interrupted full audit's checkpoint for next time.

@@ -54,6 +54,11 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Read-only connections kept for `read`.
 const READERS: usize = 4;
 
+/// Pages in the write-ahead log at which a commit checkpoints it itself. SQLite's default is 1000, which a burst
+/// of small files reaches every few dozen milliseconds; a mount checkpoints in the background instead
+/// (`checkpoint`), and this only bounds the log when nothing does.
+const WAL_BACKSTOP_PAGES: i64 = 4000;
+
 pub struct MetaStore {
     conn: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
@@ -68,6 +73,11 @@ pub struct MetaStore {
     reserve: reserve::Reserve,
     /// Notes what each transaction changes, for the metadata log (see `capture`).
     capture: capture::Capture,
+    /// A read-write connection that only checkpoints (see `checkpoint`).
+    checkpointer: Mutex<Connection>,
+    /// Commits so far, and how many there had been at the last checkpoint.
+    commits: std::sync::atomic::AtomicU64,
+    checkpointed: std::sync::atomic::AtomicU64,
 }
 
 impl MetaStore {
@@ -99,6 +109,13 @@ impl MetaStore {
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         let capture = capture::Capture::install(&mut conn, journal::LOGGED_TABLES)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
+        let checkpointer = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Its own automatic checkpoints are off: it runs them when asked.
+        checkpointer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -118,6 +135,9 @@ impl MetaStore {
             scrub_due: std::sync::atomic::AtomicBool::new(false),
             reserve,
             capture,
+            checkpointer: Mutex::new(checkpointer),
+            commits: std::sync::atomic::AtomicU64::new(0),
+            checkpointed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -176,7 +196,25 @@ impl MetaStore {
         }
         journal::record(&tx, &watch.changeset(&tx)?)?;
         tx.commit()?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Copies what was committed since the last checkpoint from the write-ahead log into the database, on a
+    /// connection of its own and without waiting for readers or the writer (a PASSIVE checkpoint): the mount runs
+    /// this in the background so that commits answering FUSE requests never pay for copying and fsyncing pages.
+    /// Returns whether there was anything to do.
+    pub fn checkpoint(&self) -> Result<bool> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let commits = self.commits.load(Relaxed);
+        if commits == self.checkpointed.load(Relaxed) {
+            return Ok(false);
+        }
+        let conn = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        self.checkpointed.store(commits, Relaxed);
+        Ok(true)
     }
 
     /// Copies a consistent image of the database to `dest` (`VACUUM INTO`) under the writer lock, so no commit
@@ -202,8 +240,9 @@ impl MetaStore {
     /// Makes every commit so far durable: fsyncs the write-ahead log (where NORMAL commits sit until a
     /// checkpoint, which syncs the database file itself). For fsync/fsyncdir when nothing else needs writing.
     pub fn sync(&self) -> Result<()> {
-        // Holding the writer lock orders this after any commit in progress.
-        let _conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Without the writer lock: every commit that returned before this call has its frames in the log file (or,
+        // once a checkpoint restarted the log, in the database file, which the checkpoint synced first), and an
+        // fsync makes them all durable; so commits need not wait behind this one.
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         match std::fs::File::open(&wal) {

@@ -3,14 +3,23 @@
 //! commits that record uploads, delete files and collect garbage are the ones that give space back. Without it a
 //! full disk leaves the database unable to commit anything ("database or disk is full"), `fsck` included.
 //!
-//! Released when a commit finds less than the reserve free (checked before each commit, one statvfs) or fails with
-//! SQLITE_FULL (then the commit is tried once more); allocated again, by the mount's housekeeping or the next open,
-//! once the disk has room for it twice over.
+//! Released when a commit finds less than the reserve free (checked before each commit with a statvfs, skipped
+//! for up to `ROOMY_RECHECK` while the last check saw `ROOMY` times the reserve free) or fails with SQLITE_FULL
+//! (then the commit is tried once more); allocated again, by the mount's housekeeping or the next open, once the
+//! disk has room for it twice over.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A check that found this many times the reserve free...
+const ROOMY: u64 = 8;
+/// ...is trusted for this long: a small-file burst commits thousands of times a second, and a statvfs each was
+/// a tenth of a create's time. A disk cannot lose `ROOMY - 1` reserves' worth of room that fast here, and a
+/// commit that still meets a full disk releases the reserve and is retried anyway.
+const ROOMY_RECHECK: Duration = Duration::from_millis(20);
 
 /// `(free, total)` bytes of the filesystem holding `path`, as an unprivileged writer sees them.
 pub fn disk_room(path: &Path) -> io::Result<(u64, u64)> {
@@ -34,6 +43,8 @@ pub struct Reserve {
     held: AtomicBool,
     /// Serializes allocating and releasing.
     busy: Mutex<()>,
+    /// When a check last found `ROOMY` times the reserve free.
+    roomy_at: Mutex<Option<Instant>>,
 }
 
 impl Reserve {
@@ -50,6 +61,7 @@ impl Reserve {
             size: reserve_size(total),
             held: AtomicBool::new(false),
             busy: Mutex::new(()),
+            roomy_at: Mutex::new(None),
         };
         r.held.store(r.is_allocated(), Ordering::Release);
         if !r.release_if_low() {
@@ -79,7 +91,19 @@ impl Reserve {
 
     /// Before a commit: releases the reserve when less than its size is free. Returns whether it did.
     pub fn release_if_low(&self) -> bool {
-        if !self.is_held() || self.free().is_none_or(|f| f >= self.size) {
+        if !self.is_held() {
+            return false;
+        }
+        let mut roomy_at = self.roomy_at.lock().unwrap_or_else(|p| p.into_inner());
+        if roomy_at.is_some_and(|t| t.elapsed() < ROOMY_RECHECK) {
+            return false;
+        }
+        let free = self.free();
+        *roomy_at = free
+            .filter(|&f| f >= self.size.saturating_mul(ROOMY))
+            .map(|_| Instant::now());
+        drop(roomy_at);
+        if free.is_none_or(|f| f >= self.size) {
             return false;
         }
         self.release()
