@@ -65,9 +65,32 @@ pub fn create_node(conn: &Connection, parent: u64, name: &[u8], new: &NewInode) 
     if lookup(conn, parent, name)?.is_some() {
         return Err(QsfsError::Exists(display(name)));
     }
-    let ino = super::create_inode(conn, new)?;
-    link(conn, parent, name, ino)?;
-    inode(conn, ino)
+    // The create of every file: one insert with its links counted, the entry, the parent's update; no row is
+    // written twice or read back (which `create_inode` + `link` would do).
+    let now = now_ns();
+    let dir = new.kind == FileKind::Dir;
+    let nlink = if dir { 2 } else { 1 };
+    let ino = super::namespace::insert_inode(conn, new, nlink, now)?;
+    conn.prepare_cached("INSERT INTO dirents (parent, name, ino) VALUES (?1, ?2, ?3)")?
+        .execute(params![parent as i64, name, ino as i64])?;
+    conn.prepare_cached(
+        "UPDATE inodes SET nlink = nlink + ?2, mtime_ns = ?3, ctime_ns = ?3 WHERE ino = ?1",
+    )?
+    .execute(params![parent as i64, i64::from(dir), now])?;
+    Ok(Inode {
+        ino,
+        kind: new.kind,
+        mode: new.mode & 0o7777,
+        uid: new.uid,
+        gid: new.gid,
+        size: new.target.as_ref().map_or(0, |t| t.len() as u64),
+        nlink,
+        rdev: new.rdev,
+        atime_ns: now,
+        mtime_ns: now,
+        ctime_ns: now,
+        crtime_ns: now,
+    })
 }
 
 /// Gives inode `ino` one more name. Directories cannot be hard-linked (EPERM).
@@ -418,6 +441,23 @@ mod tests {
 
     fn nlink(m: &MetaStore, ino: u64) -> u32 {
         m.read(|c| get_inode(c, ino)).unwrap().unwrap().nlink
+    }
+
+    #[test]
+    fn create_returns_the_row_it_wrote() {
+        let (_d, m) = store();
+        let mut link = node(FileKind::Symlink);
+        link.target = Some(b"../t".to_vec());
+        for (name, new) in [
+            (&b"d"[..], node(FileKind::Dir)),
+            (b"f", node(FileKind::File)),
+            (b"l", link),
+        ] {
+            let made = m.write(|c| create_node(c, ROOT_INO, name, &new)).unwrap();
+            let stored = m.read(|c| get_inode(c, made.ino)).unwrap();
+            assert_eq!(made.nlink, if new.kind == FileKind::Dir { 2 } else { 1 });
+            assert_eq!(Some(made), stored);
+        }
     }
 
     #[test]

@@ -129,11 +129,15 @@ pub fn lookup(conn: &Connection, parent: u64, name: &[u8]) -> Result<Option<u64>
 
 /// Inserts an inode with no links yet; `link` gives it a name.
 pub fn create_inode(conn: &Connection, new: &NewInode) -> Result<u64> {
-    let now = now_ns();
+    insert_inode(conn, new, 0, now_ns())
+}
+
+/// Inserts `new` with `nlink` links and every time `now`; returns its inode number.
+pub(super) fn insert_inode(conn: &Connection, new: &NewInode, nlink: u32, now: i64) -> Result<u64> {
     let size = new.target.as_ref().map_or(0, |t| t.len() as i64);
     let mut st = conn.prepare_cached(
         "INSERT INTO inodes (kind, mode, uid, gid, size, nlink, rdev, atime_ns, mtime_ns, ctime_ns, crtime_ns, target)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?7, ?7, ?7, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?8, ?9)",
     )?;
     st.execute(params![
         new.kind as i64,
@@ -141,6 +145,7 @@ pub fn create_inode(conn: &Connection, new: &NewInode) -> Result<u64> {
         new.uid,
         new.gid,
         size,
+        nlink,
         new.rdev,
         now,
         new.target
