@@ -444,6 +444,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_or_panicking_write_leaves_nothing_and_the_next_one_commits() {
+        let (_d, m) = store();
+        let err = m.write(|c| {
+            create_node(c, ROOT_INO, b"gone", &node(FileKind::File))?;
+            Err::<(), _>(QsfsError::Invalid("no".into()))
+        });
+        assert!(err.is_err());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.write_fast(|c| -> Result<()> {
+                create_node(c, ROOT_INO, b"gone too", &node(FileKind::File))?;
+                panic!("in the middle of a transaction")
+            })
+        }));
+        assert!(panicked.is_err());
+        m.write(|c| create_node(c, ROOT_INO, b"kept", &node(FileKind::File)))
+            .unwrap();
+        let names: Vec<Vec<u8>> = m
+            .read(|c| super::super::list_dir(c, ROOT_INO))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec![b"kept".to_vec()]);
+    }
+
+    #[test]
     fn create_returns_the_row_it_wrote() {
         let (_d, m) = store();
         let mut link = node(FileKind::Symlink);

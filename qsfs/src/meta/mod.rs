@@ -34,7 +34,7 @@ mod schema;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{QsfsError, Result};
 
@@ -182,9 +182,11 @@ impl MetaStore {
         conn: &mut Connection,
         f: impl FnOnce(&Connection) -> Result<T>,
     ) -> Result<T> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // BEGIN and COMMIT are cached statements: rusqlite's `Transaction` would parse both again for every commit.
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let _rollback = RollbackUnlessCommitted(conn);
         let watch = self.capture.watch();
-        let out = f(&tx)?;
+        let out = f(conn)?;
         if !watch.is_empty()
             && let Some(why) = self
                 .read_only
@@ -194,8 +196,8 @@ impl MetaStore {
         {
             return Err(QsfsError::ReadOnly(why));
         }
-        journal::record(&tx, &watch.changeset(&tx)?)?;
-        tx.commit()?;
+        journal::record(conn, &watch.changeset(conn)?)?;
+        conn.prepare_cached("COMMIT")?.execute([])?;
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
@@ -323,6 +325,20 @@ impl MetaStore {
         let out = f(&tx)?;
         tx.finish()?;
         Ok(out)
+    }
+}
+
+/// Rolls back the writer's open transaction when dropped: after an error, a COMMIT that failed (a full disk
+/// leaves the transaction open), or a panic in the closure.
+struct RollbackUnlessCommitted<'a>(&'a Connection);
+
+impl Drop for RollbackUnlessCommitted<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit()
+            && let Err(e) = self.0.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "rolling back a metadata transaction failed");
+        }
     }
 }
 
