@@ -23,6 +23,8 @@ mod capture_tests;
 pub mod checks;
 mod data;
 mod fsops;
+#[cfg(test)]
+mod fsops_tests;
 pub mod journal;
 mod namespace;
 mod ops;
