@@ -70,6 +70,7 @@ fn admin_commands_run_on_a_busy_mount() {
             "housekeeping",
             "store reviver",
             "local committer",
+            "metadata checkpointer",
             "audit/repair",
             "gc"
         ],
@@ -288,25 +289,40 @@ fn ctrl_c_stops_the_operation_not_the_mount() {
             .sync_all()
             .unwrap();
     }
-    let mut client = std::process::Command::new(crate::helpers::qsfs_bin())
-        .args(["--volume", s(&v.path), "audit", "--full", "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(client.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = client.wait().unwrap();
-    assert!(!status.success(), "the audit was not interrupted: {status}");
-    // The mount serves on, and the next full audit resumes from the interrupted one's checkpoint.
-    let st = json_of(&v, &["status", "--json"]);
-    assert!(st["mount"].is_object(), "{st}");
-    let full = json_of(&v, &["audit", "--full", "--json"]);
-    assert_eq!(full["resumed"], true, "{full}");
+    // The interrupt must land after the audit's first checkpoint and before its end, and the whole audit reads its
+    // ~300 MB in well under a second here: a few delays are tried until one lands in between. An interrupted audit
+    // whose checkpoint was lost never resumes, whatever the delay.
+    let mut tried = Vec::new();
+    let full = [250u64, 120, 500, 60, 900]
+        .into_iter()
+        .find_map(|delay_ms| {
+            let mut client = std::process::Command::new(crate::helpers::qsfs_bin())
+                .args(["--volume", s(&v.path), "audit", "--full", "--json"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(client.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .unwrap();
+            if client.wait().unwrap().success() {
+                tried.push(format!("{delay_ms} ms: the audit ended first"));
+                return None;
+            }
+            // The mount serves on, and the next full audit resumes from the interrupted one's checkpoint.
+            let st = json_of(&v, &["status", "--json"]);
+            assert!(st["mount"].is_object(), "{st}");
+            let full = json_of(&v, &["audit", "--full", "--json"]);
+            if full["resumed"] == true {
+                return Some(full);
+            }
+            tried.push(format!("{delay_ms} ms: interrupted, not resumed: {full}"));
+            None
+        });
+    let full = full.unwrap_or_else(|| panic!("no interrupted audit was resumed: {tried:#?}"));
     assert_eq!(full["verdict"], "healthy", "{full}");
     assert_eq!(
         fs::read(mount.path("big3")).unwrap(),

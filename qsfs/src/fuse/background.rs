@@ -1,5 +1,7 @@
 //! A mount's own workers (see `crate::workers`): housekeeping (sealing idle data, collecting recorded garbage,
-//! following remounts) and the background gc (`[gc]`: recorded garbage and orphan shards, like `qsfs gc`).
+//! following remounts), the background gc (`[gc]`: recorded garbage and orphan shards, like `qsfs gc`), and two
+//! steps on a timer (`Periodic`): the local committer, which bounds what a power loss takes from closed files, and
+//! the metadata checkpointer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,39 +18,96 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// The longest a local-first close stays unsynced (the loss window of a power cut; `kill -9` loses nothing).
 pub const LOCAL_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Syncs the metadata journal when local-first closes committed without a sync, at least every
-/// `LOCAL_COMMIT_INTERVAL`: the bound on what a power loss can take from closed files.
-pub(crate) struct LocalCommitter {
-    pub eng: Arc<Engine>,
-    pub syncs: u64,
-    pub last_error: Option<String>,
+/// How often the metadata's write-ahead log is checkpointed in the background.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A step the mount repeats on a timer, and says in `status` how often it did something.
+pub(crate) struct Periodic {
+    eng: Arc<Engine>,
+    name: &'static str,
+    /// What the step is for, then what it counts (`status`).
+    does: &'static str,
+    counts: &'static str,
+    every: Duration,
+    /// The step: true when it had something to do.
+    step: fn(&Engine) -> crate::error::Result<bool>,
+    done: u64,
+    last_error: Option<String>,
 }
 
-impl Worker for LocalCommitter {
+impl Periodic {
+    /// Syncs the metadata journal when local-first closes committed without a sync, at least every
+    /// `LOCAL_COMMIT_INTERVAL`: the bound on what a power loss can take from closed files. (Every half interval:
+    /// a close just after a sync is synced within the interval.)
+    pub(crate) fn local_committer(eng: Arc<Engine>) -> Periodic {
+        Periodic::new(
+            eng,
+            "local committer",
+            "syncs closed files' journal within a second",
+            "syncs",
+            LOCAL_COMMIT_INTERVAL / 2,
+            Engine::commit_local,
+        )
+    }
+
+    /// Checkpoints the metadata's write-ahead log in the background (`MetaStore::checkpoint`), so that no commit
+    /// of a FUSE request pays for one, as SQLite's automatic checkpoint would make it.
+    pub(crate) fn meta_checkpointer(eng: Arc<Engine>) -> Periodic {
+        Periodic::new(
+            eng,
+            "metadata checkpointer",
+            "copies the metadata's log into its database",
+            "checkpoints",
+            CHECKPOINT_INTERVAL,
+            |eng| eng.vol.meta().checkpoint(),
+        )
+    }
+
+    fn new(
+        eng: Arc<Engine>,
+        name: &'static str,
+        does: &'static str,
+        counts: &'static str,
+        every: Duration,
+        step: fn(&Engine) -> crate::error::Result<bool>,
+    ) -> Periodic {
+        Periodic {
+            eng,
+            name,
+            does,
+            counts,
+            every,
+            step,
+            done: 0,
+            last_error: None,
+        }
+    }
+}
+
+impl Worker for Periodic {
     fn name(&self) -> &'static str {
-        "local committer"
+        self.name
     }
 
     fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
-        match self.eng.commit_local() {
-            Ok(synced) => {
-                self.syncs += u64::from(synced);
+        match (self.step)(&self.eng) {
+            Ok(did) => {
+                self.done += u64::from(did);
                 self.last_error = None;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "syncing closed files' local journal failed; will retry");
+                // Once per run of failures: the step is retried every few hundred milliseconds.
+                if self.last_error.is_none() {
+                    tracing::warn!(worker = self.name, error = %e, "failed; will retry");
+                }
                 self.last_error = Some(e.to_string());
             }
         }
-        // Half the interval: a close just after a sync is synced within the interval.
-        Next::Idle(LOCAL_COMMIT_INTERVAL / 2)
+        Next::Idle(self.every)
     }
 
     fn status(&self) -> String {
-        let done = format!(
-            "syncs closed files' journal within a second: {} syncs",
-            self.syncs
-        );
+        let done = format!("{}: {} {}", self.does, self.done, self.counts);
         match &self.last_error {
             Some(e) => format!("{done}; the last one failed: {e}"),
             None => done,
@@ -69,48 +128,6 @@ impl Engine {
             self.local_unsynced
                 .store(true, std::sync::atomic::Ordering::Release)
         })
-    }
-}
-
-/// How often the metadata's write-ahead log is checkpointed in the background.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Checkpoints the metadata's write-ahead log in the background (`MetaStore::checkpoint`), so that no commit of
-/// a FUSE request pays for one, as SQLite's automatic checkpoint would make it.
-pub(crate) struct MetaCheckpointer {
-    pub eng: Arc<Engine>,
-    pub runs: u64,
-    pub last_error: Option<String>,
-}
-
-impl Worker for MetaCheckpointer {
-    fn name(&self) -> &'static str {
-        "metadata checkpointer"
-    }
-
-    fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
-        match self.eng.vol.meta().checkpoint() {
-            Ok(ran) => {
-                self.runs += u64::from(ran);
-                self.last_error = None;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "metadata checkpoint failed; will retry");
-                self.last_error = Some(e.to_string());
-            }
-        }
-        Next::Idle(CHECKPOINT_INTERVAL)
-    }
-
-    fn status(&self) -> String {
-        let done = format!(
-            "copies the metadata's log into its database: {} checkpoints",
-            self.runs
-        );
-        match &self.last_error {
-            Some(e) => format!("{done}; the last one failed: {e}"),
-            None => done,
-        }
     }
 }
 

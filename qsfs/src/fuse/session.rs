@@ -354,16 +354,8 @@ pub fn mount(
     })?;
     workers.start(super::background::Reviver { vol: vol.clone() })?;
     if !opts.read_only {
-        workers.start(super::background::LocalCommitter {
-            eng: eng.clone(),
-            syncs: 0,
-            last_error: None,
-        })?;
-        workers.start(super::background::MetaCheckpointer {
-            eng: eng.clone(),
-            runs: 0,
-            last_error: None,
-        })?;
+        workers.start(super::background::Periodic::local_committer(eng.clone()))?;
+        workers.start(super::background::Periodic::meta_checkpointer(eng.clone()))?;
     }
     // Proof-of-retrievability audits and self-healing (`[audit]`), and gc (`[gc]`), while the mount is served;
     // stopping keeps an interrupted full audit's checkpoint for next time.
