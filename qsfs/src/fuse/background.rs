@@ -21,62 +21,52 @@ pub const LOCAL_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the metadata's write-ahead log is checkpointed in the background.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A step the mount repeats on a timer, and says in `status` how often it did something.
-pub(crate) struct Periodic {
-    eng: Arc<Engine>,
+/// A step the mount repeats on a timer.
+pub(crate) struct Step {
     name: &'static str,
     /// What the step is for, then what it counts (`status`).
     does: &'static str,
     counts: &'static str,
     every: Duration,
-    /// The step: true when it had something to do.
-    step: fn(&Engine) -> crate::error::Result<bool>,
+    /// The step itself: true when it had something to do.
+    run: fn(&Engine) -> crate::error::Result<bool>,
+}
+
+/// Syncs the metadata journal when local-first closes committed without a sync, at least every
+/// `LOCAL_COMMIT_INTERVAL`: the bound on what a power loss can take from closed files. (Every half interval: a
+/// close just after a sync is synced within the interval.)
+pub(crate) const LOCAL_COMMITTER: Step = Step {
+    name: "local committer",
+    does: "syncs closed files' journal within a second",
+    counts: "syncs",
+    every: LOCAL_COMMIT_INTERVAL
+        .checked_div(2)
+        .expect("nonzero divisor"),
+    run: Engine::commit_local,
+};
+
+/// Checkpoints the metadata's write-ahead log in the background (`MetaStore::checkpoint`), so that no commit of a
+/// FUSE request pays for one, as SQLite's automatic checkpoint would make it.
+pub(crate) const META_CHECKPOINTER: Step = Step {
+    name: "metadata checkpointer",
+    does: "copies the metadata's log into its database",
+    counts: "checkpoints",
+    every: CHECKPOINT_INTERVAL,
+    run: |eng| eng.vol.meta().checkpoint(),
+};
+
+/// A `Step` run as a worker, counting the runs that did something.
+pub(crate) struct Periodic {
+    eng: Arc<Engine>,
+    step: &'static Step,
     done: u64,
     last_error: Option<String>,
 }
 
 impl Periodic {
-    /// Syncs the metadata journal when local-first closes committed without a sync, at least every
-    /// `LOCAL_COMMIT_INTERVAL`: the bound on what a power loss can take from closed files. (Every half interval:
-    /// a close just after a sync is synced within the interval.)
-    pub(crate) fn local_committer(eng: Arc<Engine>) -> Periodic {
-        Periodic::new(
-            eng,
-            "local committer",
-            "syncs closed files' journal within a second",
-            "syncs",
-            LOCAL_COMMIT_INTERVAL / 2,
-            Engine::commit_local,
-        )
-    }
-
-    /// Checkpoints the metadata's write-ahead log in the background (`MetaStore::checkpoint`), so that no commit
-    /// of a FUSE request pays for one, as SQLite's automatic checkpoint would make it.
-    pub(crate) fn meta_checkpointer(eng: Arc<Engine>) -> Periodic {
-        Periodic::new(
-            eng,
-            "metadata checkpointer",
-            "copies the metadata's log into its database",
-            "checkpoints",
-            CHECKPOINT_INTERVAL,
-            |eng| eng.vol.meta().checkpoint(),
-        )
-    }
-
-    fn new(
-        eng: Arc<Engine>,
-        name: &'static str,
-        does: &'static str,
-        counts: &'static str,
-        every: Duration,
-        step: fn(&Engine) -> crate::error::Result<bool>,
-    ) -> Periodic {
+    pub(crate) fn new(eng: Arc<Engine>, step: &'static Step) -> Periodic {
         Periodic {
             eng,
-            name,
-            does,
-            counts,
-            every,
             step,
             done: 0,
             last_error: None,
@@ -86,11 +76,11 @@ impl Periodic {
 
 impl Worker for Periodic {
     fn name(&self) -> &'static str {
-        self.name
+        self.step.name
     }
 
     fn work(&mut self, _stop: &Arc<AtomicBool>) -> Next {
-        match (self.step)(&self.eng) {
+        match (self.step.run)(&self.eng) {
             Ok(did) => {
                 self.done += u64::from(did);
                 self.last_error = None;
@@ -98,16 +88,16 @@ impl Worker for Periodic {
             Err(e) => {
                 // Once per run of failures: the step is retried every few hundred milliseconds.
                 if self.last_error.is_none() {
-                    tracing::warn!(worker = self.name, error = %e, "failed; will retry");
+                    tracing::warn!(worker = self.step.name, error = %e, "failed; will retry");
                 }
                 self.last_error = Some(e.to_string());
             }
         }
-        Next::Idle(self.every)
+        Next::Idle(self.step.every)
     }
 
     fn status(&self) -> String {
-        let done = format!("{}: {} {}", self.does, self.done, self.counts);
+        let done = format!("{}: {} {}", self.step.does, self.done, self.step.counts);
         match &self.last_error {
             Some(e) => format!("{done}; the last one failed: {e}"),
             None => done,

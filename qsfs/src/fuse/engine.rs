@@ -178,7 +178,7 @@ pub(crate) struct Engine {
     pub shutting_down: AtomicBool,
     /// Set when a commit produced garbage; the housekeeping thread collects it.
     pub garbage_pending: AtomicBool,
-    /// A local-first close committed without syncing; the local committer (`background::Periodic::local_committer`) syncs
+    /// A local-first close committed without syncing; the local committer (`background::LOCAL_COMMITTER`) syncs
     /// the metadata within `LOCAL_COMMIT_INTERVAL`.
     pub local_unsynced: AtomicBool,
     pub(super) seal_workers: AtomicUsize,

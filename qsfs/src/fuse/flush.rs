@@ -3,7 +3,7 @@
 //! Local-first (the default). `close` returns once the file's dirty snapshots are in the local journal: small ones
 //! inside their upload-queue rows, larger ones fsynced into `cache/queue/`, recorded with the new size in one
 //! SQLite commit that is written but not synced — like ext4's commit interval, it survives `kill -9` of the mount
-//! at once and a power loss once the local committer (`background::Periodic::local_committer`) has synced it, within
+//! at once and a power loss once the local committer (`background::LOCAL_COMMITTER`) has synced it, within
 //! [`super::background::LOCAL_COMMIT_INTERVAL`]; the WAL keeps commits in order, so a power loss drops only the
 //! newest closes, never older ones. Sealing workers upload them in the background (packing small ones, see
 //! `pack`), retrying until they succeed. Full segments of a sequential writer are already

@@ -354,8 +354,9 @@ pub fn mount(
     })?;
     workers.start(super::background::Reviver { vol: vol.clone() })?;
     if !opts.read_only {
-        workers.start(super::background::Periodic::local_committer(eng.clone()))?;
-        workers.start(super::background::Periodic::meta_checkpointer(eng.clone()))?;
+        use super::background::{LOCAL_COMMITTER, META_CHECKPOINTER, Periodic};
+        workers.start(Periodic::new(eng.clone(), &LOCAL_COMMITTER))?;
+        workers.start(Periodic::new(eng.clone(), &META_CHECKPOINTER))?;
     }
     // Proof-of-retrievability audits and self-healing (`[audit]`), and gc (`[gc]`), while the mount is served;
     // stopping keeps an interrupted full audit's checkpoint for next time.
