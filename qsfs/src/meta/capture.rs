@@ -290,6 +290,22 @@ impl Capture {
                 if !noted.armed || noted.failed.is_some() {
                     return;
                 }
+                let columns = match case {
+                    PreUpdateCase::Insert(new) => new.get_column_count(),
+                    PreUpdateCase::Delete(old) => old.get_column_count(),
+                    PreUpdateCase::Update {
+                        old_value_accessor: old,
+                        ..
+                    } => old.get_column_count(),
+                    PreUpdateCase::Unknown => -1,
+                };
+                // Like the session: a table whose columns changed since its layout was read cannot be recorded.
+                if usize::try_from(columns).ok() != Some(table.pk.len()) {
+                    return noted.fail(format!(
+                        "{name} has {columns} columns, not the {} the log was set up with",
+                        table.pk.len()
+                    ));
+                }
                 match case {
                     PreUpdateCase::Insert(new) => {
                         let get = |i| new.get_new_column_value(i).map(Val::from_ref);

@@ -266,3 +266,16 @@ fn writes_outside_a_watch_are_not_noted() {
     assert!(watch.is_empty());
     assert!(watch.changeset(&conn).unwrap().is_empty());
 }
+
+#[test]
+fn a_table_whose_columns_changed_since_install_is_an_error_not_a_short_changeset() {
+    let mut conn = database();
+    let capture = Capture::install(&mut conn, &tables()).unwrap();
+    conn.execute_batch("ALTER TABLE t ADD COLUMN e INTEGER")
+        .unwrap();
+    let watch = capture.watch();
+    conn.execute_batch("INSERT INTO t VALUES (7, 'w', 0.5, x'01', 3)")
+        .unwrap();
+    let err = watch.changeset(&conn).unwrap_err().to_string();
+    assert!(err.contains("columns"), "{err}");
+}
